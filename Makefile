@@ -1,0 +1,36 @@
+# cv-queue: the two commands are `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install broker-fetch lint test run e2e bench ci-e2e-optimized clean
+
+# (Re)install when pyproject.toml changes. Every dependency is pinned there.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# Kafka jars from Maven Central into ~/.cache/cv-queue (skipped when cached).
+broker-fetch: install
+	$(BIN)/cv-queue broker fetch
+
+lint: install
+	$(BIN)/ruff check .
+
+# Everything CI runs: install, fetch the broker, lint, then the whole suite against a real Kafka broker
+# that the test session starts and stops itself.
+test: install broker-fetch lint
+	$(BIN)/pytest
+
+# The main job: local broker, Dagster UI on http://127.0.0.1:3000, topics, worker fleet, sample jobs.
+run: install broker-fetch
+	$(BIN)/cv-queue dev
+
+clean:
+	rm -rf $(VENV) .dagster_home .cvq .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+"""cv-queue: a transactional Kafka/Redpanda job queue for AI CV evaluation, orchestrated by Dagster."""
+
+__version__ = "0.1.0"

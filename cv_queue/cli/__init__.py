@@ -1,0 +1,1 @@
+"""`cv-queue`: the command line for the broker, topics, jobs, workers, status and the DLQ."""

@@ -1,0 +1,62 @@
+"""`cv-queue topics provision|describe`."""
+
+import argparse
+
+from cv_queue.cli.context import connection, settings
+from cv_queue.cli.tables import render
+from cv_queue.kafka.clients import admin_client
+from cv_queue.kafka.topics import describe_topics, diff_topic, provision, topic_specs
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    topics = sub.add_parser("topics", help="provision and describe the queue's topics")
+    tsub = topics.add_subparsers(dest="topics_cmd", required=True)
+    prov = tsub.add_parser("provision", help="create missing topics, repair config drift, grow partitions")
+    prov.set_defaults(func=cmd_provision)
+    desc = tsub.add_parser("describe", help="partitions, leaders and configs")
+    desc.add_argument("name", nargs="?", help="one topic (default: all five)")
+    desc.set_defaults(func=cmd_describe)
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    admin = admin_client(connection(args))
+    report = provision(admin, topic_specs(settings(args)))
+    rows = []
+    for t in report.topics:
+        changes = ", ".join(f"{c.key}={c.after}" for c in t.config_changes) if t.action == "updated" else ""
+        if t.partitions_before is not None and t.partitions_before != t.partitions:
+            changes = f"partitions {t.partitions_before}->{t.partitions}" + (f"; {changes}" if changes else "")
+        rows.append([t.name, t.action, t.partitions, t.replication_factor, changes])
+    print(render(["topic", "action", "partitions", "replicas", "changes"], rows))
+    for t in report.topics:
+        for key, reason in t.dropped_configs.items():
+            print(f"warning: {t.name}: config {key} was not applied: {reason}")
+    return 0
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    qs = settings(args)
+    specs = {s.name: s for s in topic_specs(qs)}
+    names = [args.name] if args.name else list(specs)
+    states = describe_topics(admin_client(connection(args)), names)
+    missing = [n for n in names if n not in states]
+    for name in names:
+        state = states.get(name)
+        if state is None:
+            continue
+        print(f"NAME        {state.name}\nPARTITIONS  {state.partitions}\nREPLICAS    {state.replication_factor}")
+        spec = specs.get(name)
+        if spec is not None:
+            drift = diff_topic(spec, state)
+            print(f"DRIFT       {'yes' if drift.drifted else 'none'}")
+        print()
+        print(render(["partition", "leader", "replicas", "isr"],
+                     [[p, state.leaders[p], state.replicas[p], state.isr[p]] for p in sorted(state.leaders)]))
+        print()
+        keys = sorted(spec.config) if spec is not None else sorted(state.config)
+        rows = [[k, state.config.get(k, "(not reported)"), spec.config.get(k, "") if spec else ""] for k in keys]
+        print(render(["key", "value", "spec"], rows))
+        print()
+    for name in missing:
+        print(f"topic {name} does not exist (run `cv-queue topics provision`)")
+    return 1 if missing else 0

@@ -1,0 +1,56 @@
+"""The handler contract: a callable from (job, context) to scores, loaded by dotted path."""
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cv_queue.messages import EvaluationJob, EvaluationScores
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    """What a handler may want to know about the delivery it is serving."""
+
+    attempt: int  # 1 on the job's first delivery, +1 per retry-topic hop
+    handler_call: int  # 1-based count of calls for this job, across deliveries and in-process retries
+    replays: int  # times the job came back from the DLQ
+    worker: str
+    partition: int
+    offset: int
+
+
+class JobHandler(Protocol):
+    """Evaluates one job. Raise a cv_queue.errors.JobError subclass to choose how a failure is routed;
+    any other exception is classified by type (see cv_queue.kafka.classify)."""
+
+    def __call__(self, job: EvaluationJob, ctx: JobContext) -> EvaluationScores: ...
+
+
+class HandlerLoadError(ValueError):
+    """The configured handler path does not name a usable handler."""
+
+
+def load_handler(path: str, options: dict[str, Any] | None = None) -> JobHandler:
+    """'package.module:attr' (or 'package.module.attr'). A class is instantiated with `options`."""
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise HandlerLoadError(f"handler path {path!r} must look like 'package.module:name'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise HandlerLoadError(f"cannot import handler module {module_name!r}: {exc}") from exc
+    target = getattr(module, attr, None)
+    if target is None:
+        raise HandlerLoadError(f"module {module_name!r} has no attribute {attr!r}")
+    if isinstance(target, type):
+        try:
+            return target(**(options or {}))
+        except TypeError as exc:
+            raise HandlerLoadError(f"cannot construct {path} with options {options}: {exc}") from exc
+    if options:
+        raise HandlerLoadError(f"{path} is not a class, so handler_options {sorted(options)} cannot apply")
+    if not callable(target):
+        raise HandlerLoadError(f"{path} is not callable")
+    return target

@@ -1,0 +1,63 @@
+"""Retry delays: the pure maths for the retry topic, and the tenacity policy for in-process retries.
+
+Retry-topic delay for delivery attempt n (n = 1 after the first failed delivery):
+    base * multiplier**(n-1), capped at max_delay, then scaled by a uniform factor in [1-j, 1+j]
+    and capped again. A rate-limited failure never waits less than the retry-after it was given.
+"""
+
+import random
+
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential_jitter
+
+from cv_queue.errors import ErrorCategory, RateLimitedError
+from cv_queue.kafka.classify import ErrorClassifier
+from cv_queue.settings import RetrySettings
+
+
+def nominal_delay_ms(attempt: int, settings: RetrySettings) -> float:
+    """The un-jittered delay after `attempt` failed deliveries (attempt >= 1)."""
+    if attempt < 1:
+        raise ValueError("attempt counts from 1")
+    return min(settings.base_delay_ms * settings.multiplier ** (attempt - 1), settings.max_delay_ms)
+
+
+def delay_bounds_ms(attempt: int, settings: RetrySettings) -> tuple[float, float]:
+    """The closed interval a jittered delay falls in."""
+    nominal = nominal_delay_ms(attempt, settings)
+    return nominal * (1 - settings.jitter), min(nominal * (1 + settings.jitter), settings.max_delay_ms)
+
+
+def retry_delay_ms(
+    attempt: int,
+    settings: RetrySettings,
+    rng: random.Random | None = None,
+    retry_after_s: float | None = None,
+) -> int:
+    """A jittered delay for the retry topic; honours a rate limiter's retry-after as a floor."""
+    low, high = delay_bounds_ms(attempt, settings)
+    delay = (rng or random).uniform(low, high)
+    if retry_after_s is not None:
+        delay = max(delay, retry_after_s * 1000.0)
+    return int(delay)
+
+
+def inprocess_retrying(settings: RetrySettings, classifier: ErrorClassifier) -> Retrying:
+    """Tenacity policy for short blips: a few quick, jittered tries for transient errors only.
+
+    Rate-limited errors skip it: a limiter that says "wait" is better served by the delayed retry
+    topic than by hammering it again within the same second.
+    """
+
+    def is_blip(exc: BaseException) -> bool:
+        return not isinstance(exc, RateLimitedError) and classifier.classify(exc) == ErrorCategory.TRANSIENT
+
+    return Retrying(
+        stop=stop_after_attempt(settings.inprocess_tries) | stop_after_delay(settings.inprocess_max_total_ms / 1000),
+        wait=wait_exponential_jitter(
+            initial=settings.inprocess_initial_ms / 1000,
+            max=settings.inprocess_max_ms / 1000,
+            jitter=settings.inprocess_initial_ms / 1000,
+        ),
+        retry=retry_if_exception(is_blip),
+        reraise=True,
+    )

@@ -1,0 +1,64 @@
+"""Mapping exceptions to failure categories by type, never by message text.
+
+The original implementation matched error *message prefixes* ("timeout", "rate limit"), so a
+reworded error silently changed its route. Here a rule names an exception class; the most specific
+class in the exception's MRO wins; an unknown exception is `transient` (the attempt cap still applies).
+"""
+
+import importlib
+import json
+from collections.abc import Mapping
+
+import pydantic
+
+from cv_queue.errors import ErrorCategory, JobError
+
+# Exceptions for which a retry cannot help, after Spring Kafka's fatal list: decoding failures are
+# invalid payloads, programming errors are permanent.
+DEFAULT_RULES: dict[type[BaseException], ErrorCategory] = {
+    pydantic.ValidationError: ErrorCategory.INVALID_PAYLOAD,
+    json.JSONDecodeError: ErrorCategory.INVALID_PAYLOAD,
+    UnicodeDecodeError: ErrorCategory.INVALID_PAYLOAD,
+    TypeError: ErrorCategory.PERMANENT,
+    AttributeError: ErrorCategory.PERMANENT,
+    KeyError: ErrorCategory.PERMANENT,
+    NotImplementedError: ErrorCategory.PERMANENT,
+    FileNotFoundError: ErrorCategory.PERMANENT,
+    PermissionError: ErrorCategory.PERMANENT,
+    TimeoutError: ErrorCategory.TRANSIENT,
+    ConnectionError: ErrorCategory.TRANSIENT,
+}
+
+
+def import_exception(path: str) -> type[BaseException]:
+    """'package.module.ClassName' or 'package.module:ClassName' -> the class."""
+    module_name, _, attr = path.replace(":", ".").rpartition(".")
+    if not module_name:
+        raise ValueError(f"exception path {path!r} must be module.ClassName")
+    obj = getattr(importlib.import_module(module_name), attr, None)
+    if not (isinstance(obj, type) and issubclass(obj, BaseException)):
+        raise ValueError(f"{path!r} is not an exception class")
+    return obj
+
+
+class ErrorClassifier:
+    """Decides the category of a failure from its exception type (and its explicit __cause__ chain)."""
+
+    def __init__(self, rules: Mapping[str, ErrorCategory] | None = None) -> None:
+        self._rules: dict[type[BaseException], ErrorCategory] = dict(DEFAULT_RULES)
+        for path, category in (rules or {}).items():
+            self._rules[import_exception(path)] = ErrorCategory(category)
+
+    def classify(self, exc: BaseException) -> ErrorCategory:
+        seen: set[int] = set()
+        current: BaseException | None = exc
+        while current is not None and id(current) not in seen:
+            seen.add(id(current))
+            if isinstance(current, JobError):
+                return current.category
+            for klass in type(current).__mro__:
+                if klass in self._rules:
+                    return self._rules[klass]
+            # An explicit `raise X from cause` says what really failed; implicit context does not.
+            current = current.__cause__
+        return ErrorCategory.TRANSIENT

@@ -1,0 +1,94 @@
+"""librdkafka configurations for each client role, spelled out property by property.
+
+Every client gets an error callback that logs: librdkafka reports broker trouble through it, and a
+queue that swallows those reports is one nobody can debug.
+"""
+
+import logging
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka.admin import AdminClient
+
+from cv_queue.settings import KafkaConnection, QueueSettings
+
+log = logging.getLogger("cv_queue.kafka")
+
+# murmur2 is the Java client's partitioner: jobs keyed by job_id land on the same partition whichever
+# language's producer sent them, and a DLQ replay puts a job back where it first went.
+PARTITIONER = "murmur2_random"
+
+
+def _error_cb(err: KafkaError) -> None:
+    level = logging.ERROR if err.fatal() else logging.WARNING
+    log.log(level, "kafka client error: %s", err)
+
+
+def _base(conn: KafkaConnection, role: str) -> dict[str, Any]:
+    conf = conn.client_config()
+    conf["client.id"] = f"{conn.client_id}-{role}"
+    conf["error_cb"] = _error_cb
+    conf["logger"] = log
+    return conf
+
+
+def admin_client(conn: KafkaConnection) -> AdminClient:
+    return AdminClient(_base(conn, "admin"))
+
+
+def job_producer(conn: KafkaConnection) -> Producer:
+    """The enqueue producer: idempotent, acks=all, snappy, keyed by job_id."""
+    conf = _base(conn, "producer")
+    conf.update(
+        {
+            "enable.idempotence": True,
+            "acks": "all",
+            "compression.type": "snappy",
+            "partitioner": PARTITIONER,
+            "linger.ms": 5,
+            "delivery.timeout.ms": 30_000,
+        }
+    )
+    return Producer(conf)
+
+
+def transactional_producer(conn: KafkaConnection, transactional_id: str, timeout_ms: int = 60_000) -> Producer:
+    """A producer whose writes and consumed offsets commit atomically; a newer one with the same id fences it."""
+    conf = _base(conn, "txn")
+    conf.update(
+        {
+            "transactional.id": transactional_id,
+            "transaction.timeout.ms": timeout_ms,
+            "enable.idempotence": True,
+            "acks": "all",
+            "compression.type": "snappy",
+            "partitioner": PARTITIONER,
+            "linger.ms": 5,
+        }
+    )
+    return Producer(conf)
+
+
+def assigned_consumer(conn: KafkaConnection, settings: QueueSettings, group_id: str, role: str) -> Consumer:
+    """A consumer that is given partitions (assign) and commits only through transactions.
+
+    Reading read_committed means a record produced by an aborted or still-open transaction is never
+    seen, so a worker never acts on a retry or result that a crashed worker did not commit.
+    """
+    fetch = settings.fetch
+    conf = _base(conn, role)
+    conf.update(
+        {
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+            "fetch.max.bytes": fetch.fetch_max_bytes,
+            "fetch.wait.max.ms": fetch.fetch_wait_max_ms,
+            "fetch.min.bytes": fetch.fetch_min_bytes,
+            "max.partition.fetch.bytes": fetch.max_partition_fetch_bytes,
+            "enable.partition.eof": False,
+        }
+    )
+    return Consumer(conf)

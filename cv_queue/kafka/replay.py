@@ -1,0 +1,244 @@
+"""Replaying dead letters: back to the main topic, or to the parking lot once replayed too often.
+
+The DLQ is read from the committed offsets of the replay group (`cv-queue-dlq-reprocessor`), and each
+batch of republished jobs commits together with the DLQ offsets it consumed, in one transaction: a
+replay that crashes half-way resumes where it committed and never republishes a letter twice.
+
+Filters:
+- categories select DLQ partitions (the DLQ is partitioned by category), so letters of other
+  categories are not even read and stay for a later replay;
+- error classes: letters of other classes are skipped (read and committed past, and reported);
+- min age: a partition's scan stops at the first letter younger than that, leaving it for later;
+- max messages caps the letters handled in one run.
+"""
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, Message, TopicPartition
+from pydantic import BaseModel, Field
+
+from cv_queue.errors import ErrorCategory, InvalidPayloadError
+from cv_queue.kafka.clients import assigned_consumer, transactional_producer
+from cv_queue.kafka.envelope import OutputRecord, now_ms, parked_headers, read_dead_letter, replayed_headers
+from cv_queue.settings import KafkaConnection, QueueSettings
+
+log = logging.getLogger("cv_queue.replay")
+
+IDLE_END_S = 2.0  # no records for this long at a partition's end: it is done (an open txn may hold the LSO)
+
+
+class ReplayOutcome(StrEnum):
+    REPLAYED = "replayed"
+    PARKED = "parked"
+    SKIPPED = "skipped"  # error class filtered out: committed past, left in the DLQ topic
+
+
+class ReplayRequest(BaseModel):
+    """What to replay. Defaults replay every retryable letter of any age."""
+
+    categories: list[ErrorCategory] = Field(
+        default_factory=lambda: [ErrorCategory.TRANSIENT, ErrorCategory.RATE_LIMITED],
+        description="Categories to replay (each maps to its own DLQ partitions).",
+    )
+    error_classes: list[str] = Field(
+        default_factory=list,
+        description="Only letters whose error class matches (full dotted name or bare class name); [] = all.",
+    )
+    min_age_s: float = Field(0.0, ge=0, description="Leave letters that failed less than this long ago.")
+    max_messages: int = Field(10_000, ge=1, description="Most letters handled in this run.")
+    dry_run: bool = Field(False, description="Read and report only: produce nothing, commit nothing.")
+    target_topic: str | None = Field(None, description="Where replayed jobs go; None = the main topic.")
+    max_replays: int = Field(3, ge=0, description="Letters already replayed this often are parked instead.")
+    batch_size: int = Field(1000, ge=1, description="Letters per transaction.")
+
+
+class ReplayReport(BaseModel):
+    dry_run: bool
+    scanned: int = 0
+    replayed: int = 0
+    parked: int = 0
+    skipped: int = 0
+    left_too_young: dict[int, int] = Field(default_factory=dict, description="Partition -> first young offset.")
+    by_category: dict[str, dict[str, int]] = Field(default_factory=dict)
+    committed_offsets: dict[int, int] = Field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def rate_per_s(self) -> float:
+        return self.scanned / self.seconds if self.seconds else 0.0
+
+
+def _class_matches(error_class: str, wanted: list[str]) -> bool:
+    if not wanted:
+        return True
+    bare = error_class.rsplit(".", 1)[-1]
+    return error_class in wanted or bare in wanted
+
+
+class _Replayer:
+    def __init__(self, conn: KafkaConnection, settings: QueueSettings, request: ReplayRequest,
+                 on_progress: Callable[[ReplayReport], None] | None) -> None:
+        self.settings = settings
+        self.request = request
+        self.names = settings.topic_names
+        self.target = request.target_topic or self.names.main
+        self.on_progress = on_progress
+        self.report = ReplayReport(dry_run=request.dry_run)
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.partitions = settings.dlq_partitions(request.categories)
+        self.consumer = assigned_consumer(conn, settings, settings.replay_group_id, role="dlq-replay")
+        self.producer = None if request.dry_run else transactional_producer(conn, settings.replay_transactional_id)
+        self.pending: list[OutputRecord] = []
+        self.next_offsets: dict[int, int] = {}
+        self.done: set[int] = set()
+        self.cutoff = datetime.now(UTC) - timedelta(seconds=request.min_age_s)
+
+    def run(self) -> ReplayReport:
+        started = time.monotonic()
+        try:
+            if self.producer is not None:
+                self.producer.init_transactions(60)  # also fences a previous, crashed replay
+            self._scan()
+            self._flush()
+        finally:
+            self.consumer.close()
+            if self.producer is not None:
+                self.producer.flush(10)
+        self.report.seconds = round(time.monotonic() - started, 3)
+        self.report.by_category = {}
+        for (category, outcome), n in sorted(self.counts.items()):
+            self.report.by_category.setdefault(category, {})[outcome] = n
+        return self.report
+
+    def _assign(self, tps: list[TopicPartition]) -> dict[int, int]:
+        """Assign the DLQ partitions at the group's committed offsets; return their end offsets."""
+        committed = self.consumer.committed(tps, timeout=30)
+        ends = {}
+        for tp in committed:
+            _, high = self.consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=15)
+            ends[tp.partition] = high
+            if high <= tp.offset:
+                self.done.add(tp.partition)
+        self.consumer.assign([TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
+                              for tp in committed])
+        return ends
+
+    def _scan(self) -> None:
+        tps = [TopicPartition(self.names.dlq, p) for p in self.partitions]
+        ends = self._assign(tps)
+        last_record = time.monotonic()
+        while len(self.done) < len(self.partitions) and self._handled < self.request.max_messages:
+            messages = self.consumer.consume(1000, 0.2)
+            if messages:
+                last_record = time.monotonic()
+                self._take(messages, ends)
+                if len(self.pending) >= self.request.batch_size:
+                    self._flush()
+                continue
+            for tp in self.consumer.position(tps):
+                if tp.offset >= ends[tp.partition]:  # past the last record and its transaction marker
+                    self.done.add(tp.partition)
+            if time.monotonic() - last_record > IDLE_END_S:
+                break  # what is left is invisible (an open transaction) or not there
+
+    def _take(self, messages: list[Message], ends: dict[int, int]) -> None:
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaException(err)
+                continue
+            if msg.partition() in self.done or self._handled >= self.request.max_messages:
+                continue
+            self._handle(msg)
+            if msg.offset() + 1 >= ends[msg.partition()]:
+                self.done.add(msg.partition())
+
+    @property
+    def _handled(self) -> int:
+        return self.report.replayed + self.report.parked + self.report.skipped
+
+    def _handle(self, msg: Message) -> None:
+        partition, offset = msg.partition(), msg.offset()
+        self.report.scanned += 1
+        try:
+            letter = read_dead_letter(msg.topic(), partition, offset, msg.key(), msg.value(), msg.headers())
+        except InvalidPayloadError as exc:
+            # Not ours to interpret: keep it, whole, where a human will look.
+            self._park(msg, f"undecodable dead letter: {exc}", self.settings.dlq_category(partition))
+            return
+        if letter.failed_at > self.cutoff:
+            self.report.left_too_young[partition] = offset
+            self.done.add(partition)
+            return
+        if not _class_matches(letter.error_class, self.request.error_classes):
+            self._count(letter.category, ReplayOutcome.SKIPPED)
+            self.next_offsets[partition] = offset + 1
+            return
+        if letter.replays >= self.request.max_replays:
+            self._park(msg, f"replayed {letter.replays} times (cap {self.request.max_replays})", letter.category)
+            return
+        self.pending.append(OutputRecord(topic=self.target, key=letter.key, value=letter.value,
+                                         headers=replayed_headers(letter)))
+        self._count(letter.category, ReplayOutcome.REPLAYED)
+        self.next_offsets[partition] = offset + 1
+
+    def _park(self, msg: Message, reason: str, category: ErrorCategory) -> None:
+        self.pending.append(OutputRecord(topic=self.names.parked, key=msg.key(), value=msg.value(),
+                                         headers=parked_headers(msg.headers(), reason, now_ms())))
+        self._count(category, ReplayOutcome.PARKED)
+        self.next_offsets[msg.partition()] = msg.offset() + 1
+
+    def _count(self, category: ErrorCategory, outcome: ReplayOutcome) -> None:
+        self.counts[(category.value, outcome.value)] += 1
+        setattr(self.report, outcome.value, getattr(self.report, outcome.value) + 1)
+
+    def _flush(self) -> None:
+        if not self.next_offsets:
+            return
+        offsets = [TopicPartition(self.names.dlq, p, o) for p, o in sorted(self.next_offsets.items())]
+        if self.producer is not None:
+            self.producer.begin_transaction()
+            try:
+                for out in self.pending:
+                    self._produce(out)
+                self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
+                self.producer.commit_transaction(60)
+            except BaseException:
+                try:
+                    self.producer.abort_transaction(30)
+                except KafkaException as exc:
+                    log.warning("abort after a failed replay batch also failed: %s", exc)
+                raise
+        self.report.committed_offsets.update({tp.partition: tp.offset for tp in offsets})
+        self.pending.clear()
+        self.next_offsets.clear()
+        if self.on_progress is not None:
+            self.on_progress(self.report)
+
+    def _produce(self, out: OutputRecord) -> None:
+        assert self.producer is not None
+        while True:
+            try:
+                self.producer.produce(out.topic, key=out.key, value=out.value, headers=out.headers or None)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+
+def replay_dead_letters(
+    conn: KafkaConnection,
+    settings: QueueSettings,
+    request: ReplayRequest,
+    on_progress: Callable[[ReplayReport], None] | None = None,
+) -> ReplayReport:
+    """Replay eligible dead letters and report counts by category and outcome.
+
+    In a dry run `committed_offsets` shows where a real run would have committed.
+    """
+    return _Replayer(conn, settings, request, on_progress).run()

@@ -1,0 +1,290 @@
+"""Every setting of the queue, with its default and the environment variable that overrides it.
+
+Two roots:
+- `KafkaConnection` (env prefix `KAFKA_`): where the broker is and how to authenticate.
+- `QueueSettings` (env prefix `CVQ_`, nested with `__`, e.g. `CVQ_WORKER__MAX_IN_FLIGHT=64`): topics,
+  slots, fetch tuning, concurrency, retries and the DLQ replay policy.
+The README's config reference is generated from these field descriptions (`cv-queue config`).
+"""
+
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cv_queue.errors import CATEGORY_ORDER, ErrorCategory
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+_SEED_TOPIC_CONFIG = {
+    # The seed design's topic configuration, verbatim.
+    "cleanup.policy": "delete",
+    "retention.ms": "604800000",  # 7 days
+    "segment.ms": "3600000",  # 1 hour
+    "compression.type": "snappy",
+    "min.insync.replicas": "1",
+    "unclean.leader.election.enable": "false",
+}
+
+
+class KafkaConnection(BaseSettings):
+    """How to reach the broker. Secrets are SecretStr so they never print."""
+
+    model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore")
+
+    bootstrap_servers: str = Field(DEFAULT_BOOTSTRAP, description="Comma-separated host:port list.")
+    client_id: str = Field("cv-queue", description="Client id prefix reported to the broker.")
+    security_protocol: str = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")
+    sasl_username: str | None = Field(None, description="SASL username.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password.")
+    ssl_ca_location: str | None = Field(None, description="CA bundle file for SSL.")
+    ssl_certificate_location: str | None = Field(None, description="Client certificate file (mTLS).")
+    ssl_key_location: str | None = Field(None, description="Client private key file (mTLS).")
+    ssl_key_password: SecretStr | None = Field(None, description="Password of the client key.")
+
+    def client_config(self) -> dict[str, Any]:
+        """librdkafka properties shared by every client we build."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": self.client_id,
+            "security.protocol": self.security_protocol,
+        }
+        optional = {
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password.get_secret_value() if self.sasl_password else None,
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+            "ssl.key.password": self.ssl_key_password.get_secret_value() if self.ssl_key_password else None,
+        }
+        conf.update({k: v for k, v in optional.items() if v is not None})
+        return conf
+
+
+class TopicSettings(BaseModel):
+    """Topic layout. Names derive from `QueueSettings.namespace`; see `QueueSettings.topic_names`."""
+
+    partitions: int = Field(8, ge=1, description="Partitions of the main topic (and the retry topic).")
+    replication_factor: int = Field(1, ge=1, description="Replication factor of every topic.")
+    partitions_per_worker: int = Field(2, ge=1, description="Partitions one worker slot owns (a pair).")
+    dlq_partitions_per_category: int = Field(
+        1, ge=1, description="DLQ partitions per error category (the DLQ is partitioned by category)."
+    )
+    main_config: dict[str, str] = Field(
+        default_factory=lambda: dict(_SEED_TOPIC_CONFIG),
+        description="Configs of evaluate-jobs, evaluate-jobs-retry and evaluate-results (the seed's).",
+    )
+    dead_letter_retention_ms: int = Field(
+        30 * 24 * 3600 * 1000, description="retention.ms of the DLQ and the parking lot (30 days)."
+    )
+    max_message_bytes: int = Field(
+        2_097_152,
+        description="max.message.bytes of the DLQ and parking lot: room for a maximal job plus headers.",
+    )
+
+    @model_validator(mode="after")
+    def _slots_tile_partitions(self) -> "TopicSettings":
+        if self.partitions % self.partitions_per_worker:
+            raise ValueError(
+                f"partitions ({self.partitions}) must be a multiple of partitions_per_worker "
+                f"({self.partitions_per_worker}) so that worker slots tile the topic"
+            )
+        return self
+
+
+class FetchSettings(BaseModel):
+    """Consumer fetch tuning (the seed's values)."""
+
+    fetch_max_bytes: int = Field(1_048_576, description="fetch.max.bytes: 1 MB per fetch.")
+    fetch_wait_max_ms: int = Field(100, description="fetch.wait.max.ms: 100 ms.")
+    fetch_min_bytes: int = Field(1, description="fetch.min.bytes: 1.")
+    max_partition_fetch_bytes: int = Field(1_048_576, description="max.partition.fetch.bytes: 1 MB.")
+    max_records_per_poll: int = Field(1000, ge=1, description="Records per consume() call.")
+    poll_timeout_ms: int = Field(
+        500, ge=1, le=1000, description="Longest idle poll; ≤ 1 s so a termination signal is seen quickly."
+    )
+
+
+class WorkerSettings(BaseModel):
+    """How one partition-pair worker processes and commits."""
+
+    max_in_flight: int = Field(
+        32, ge=1,
+        description="Jobs running at once per worker. 32 suits ~1 s LLM calls: 4 workers keep 128 calls "
+        "in flight, ~128 jobs/s, without tripping typical provider concurrency limits.",
+    )
+    max_buffered: int = Field(
+        2000, ge=1, description="Records polled but not yet started; above this the worker pauses fetching."
+    )
+    commit_interval_ms: int = Field(100, ge=1, description="Commit a transaction at least this often.")
+    commit_max_records: int = Field(500, ge=1, description="...or as soon as this many records settled.")
+    shutdown_grace_ms: int = Field(
+        10_000, ge=0, description="On stop, wait this long for running jobs before committing and closing."
+    )
+    transaction_timeout_ms: int = Field(60_000, description="transaction.timeout.ms of the worker producer.")
+    progress_interval_s: float = Field(10.0, gt=0, description="How often a worker reports progress.")
+    max_job_bytes: int = Field(
+        524_288, ge=1, description="Larger job records are rejected as invalid_payload (512 KiB)."
+    )
+    handler: str = Field(
+        "cv_queue.evaluation.scorer:KeywordScorer",
+        description="Dotted path (module:attr) of the job handler; a class is instantiated with handler_options.",
+    )
+    handler_options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the handler.")
+
+
+class RetrySettings(BaseModel):
+    """Two retry layers: tenacity in process, then the delayed retry topic."""
+
+    inprocess_tries: int = Field(3, ge=1, description="Handler calls per delivery for transient errors.")
+    inprocess_initial_ms: int = Field(100, ge=0, description="First in-process backoff.")
+    inprocess_max_ms: int = Field(1000, ge=0, description="Largest in-process backoff.")
+    inprocess_max_total_ms: int = Field(2000, ge=0, description="In-process retrying gives up after this.")
+    base_delay_ms: int = Field(1000, ge=0, description="Retry-topic delay after the first failed delivery.")
+    multiplier: float = Field(2.0, ge=1.0, description="Each further delivery waits this much longer.")
+    max_delay_ms: int = Field(60_000, ge=0, description="Cap on one retry-topic delay.")
+    jitter: float = Field(0.2, ge=0.0, le=1.0, description="Delays vary uniformly by ± this fraction.")
+    max_attempts: int = Field(
+        5, ge=1, description="Deliveries before a retryable job is dead-lettered (1 = no retry topic)."
+    )
+    max_waiting_per_partition: int = Field(
+        500, ge=1, description="Not-yet-due retry records held per partition before it is paused."
+    )
+    rules: dict[str, ErrorCategory] = Field(
+        default_factory=dict,
+        description="Extra exception classes (dotted path) mapped to a category; the most specific wins.",
+    )
+
+
+class ReplayPolicy(BaseModel):
+    """What the Dagster DLQ sensor replays on its own, and the caps every replay honours."""
+
+    auto_categories: list[ErrorCategory] = Field(
+        default_factory=lambda: [ErrorCategory.TRANSIENT, ErrorCategory.RATE_LIMITED],
+        description="Categories replayed automatically (invalid_payload never is).",
+    )
+    cooldown_s: float = Field(60.0, ge=0, description="Replay a dead letter only this long after it failed.")
+    max_replays: int = Field(3, ge=0, description="A letter replayed this often goes to the parking lot.")
+    batch_size: int = Field(500, ge=1, description="Most letters one sensor-triggered replay run moves.")
+    sensor_interval_s: int = Field(30, ge=1, description="Seconds between DLQ sensor ticks.")
+
+    @field_validator("auto_categories")
+    @classmethod
+    def _never_invalid(cls, value: list[ErrorCategory]) -> list[ErrorCategory]:
+        if ErrorCategory.INVALID_PAYLOAD in value:
+            raise ValueError("invalid_payload letters are never replayed automatically; replay them by hand")
+        return value
+
+
+class TopicNames(BaseModel):
+    main: str
+    retry: str
+    dlq: str
+    results: str
+    parked: str
+
+    def all(self) -> list[str]:
+        return [self.main, self.retry, self.dlq, self.results, self.parked]
+
+
+class QueueSettings(BaseSettings):
+    """The queue's whole configuration. Read from CVQ_* environment variables when not given."""
+
+    model_config = SettingsConfigDict(env_prefix="CVQ_", env_nested_delimiter="__", extra="ignore")
+
+    namespace: str = Field(
+        "", description="Prefix for every topic, group and transactional id ('' = the plain names)."
+    )
+    consumer_group: str = Field("cv-queue-workers", description="Group whose offsets workers commit.")
+    replay_group: str = Field("cv-queue-dlq-reprocessor", description="Group whose offsets DLQ replay commits.")
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    fetch: FetchSettings = Field(default_factory=FetchSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    replay: ReplayPolicy = Field(default_factory=ReplayPolicy)
+
+    def _ns(self, name: str) -> str:
+        return f"{self.namespace}.{name}" if self.namespace else name
+
+    @property
+    def topic_names(self) -> TopicNames:
+        return TopicNames(
+            main=self._ns("evaluate-jobs"),
+            retry=self._ns("evaluate-jobs-retry"),
+            dlq=self._ns("evaluate-jobs-dlq"),
+            results=self._ns("evaluate-results"),
+            parked=self._ns("evaluate-jobs-parked"),
+        )
+
+    @property
+    def group_id(self) -> str:
+        return self._ns(self.consumer_group)
+
+    @property
+    def replay_group_id(self) -> str:
+        return self._ns(self.replay_group)
+
+    def transactional_id(self, slot: "Slot") -> str:
+        return self._ns(f"cv-queue-worker-{slot.name}")
+
+    @property
+    def replay_transactional_id(self) -> str:
+        return self._ns("cv-queue-dlq-reprocessor")
+
+    def slots(self) -> list["Slot"]:
+        """Worker slots tiling the main topic: 0-1, 2-3, 4-5, 6-7 by default."""
+        step = self.topics.partitions_per_worker
+        return [Slot(partitions=tuple(range(i, i + step))) for i in range(0, self.topics.partitions, step)]
+
+    def dlq_partition(self, category: ErrorCategory, key: bytes | None) -> int:
+        """The DLQ partition of a dead letter: the category's block, spread by key within it."""
+        per = self.topics.dlq_partitions_per_category
+        offset = (_stable_hash(key) % per) if per > 1 and key else 0
+        return CATEGORY_ORDER.index(category) * per + offset
+
+    def dlq_partitions(self, categories: list[ErrorCategory]) -> list[int]:
+        per = self.topics.dlq_partitions_per_category
+        return [CATEGORY_ORDER.index(c) * per + i for c in categories for i in range(per)]
+
+    def dlq_category(self, partition: int) -> ErrorCategory:
+        return CATEGORY_ORDER[partition // self.topics.dlq_partitions_per_category]
+
+
+class Slot(BaseModel, frozen=True):
+    """A worker's fixed set of partitions (of the main topic and, by number, of the retry topic)."""
+
+    partitions: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        """'0-1' for a contiguous pair; '0_3_5' otherwise."""
+        p = self.partitions
+        if len(p) > 1 and list(p) == list(range(p[0], p[-1] + 1)):
+            return f"{p[0]}-{p[-1]}"
+        return "_".join(str(x) for x in p)
+
+    @classmethod
+    def parse(cls, text: str) -> "Slot":
+        """Accepts '0,1', '0-1' or '3'."""
+        text = text.strip()
+        try:
+            if "-" in text:
+                lo, hi = (int(x) for x in text.split("-", 1))
+                parts = tuple(range(lo, hi + 1))
+            else:
+                parts = tuple(int(x) for x in text.replace("_", ",").split(",") if x.strip())
+        except ValueError as exc:
+            raise ValueError(f"not a partition list: {text!r} (use '0,1' or '0-1')") from exc
+        if not parts or min(parts) < 0 or len(set(parts)) != len(parts):
+            raise ValueError(f"not a partition list: {text!r} (use '0,1' or '0-1')")
+        return cls(partitions=tuple(sorted(parts)))
+
+
+def _stable_hash(data: bytes) -> int:
+    import zlib
+
+    return zlib.crc32(data)
