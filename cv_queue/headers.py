@@ -62,6 +62,14 @@ def read_int(headers: Sequence[tuple[str, bytes | None]] | None, name: str, defa
     return value
 
 
+def read_int_lenient(headers: Sequence[tuple[str, bytes | None]] | None, name: str, default: int) -> int:
+    """read_int for bookkeeping we write back out: garbage counts as absent instead of raising."""
+    try:
+        return read_int(headers, name, default)
+    except InvalidPayloadError:
+        return default
+
+
 def read_str(headers: Sequence[tuple[str, bytes | None]] | None, name: str) -> str | None:
     raw = last(headers, name)
     if raw is None:

@@ -126,3 +126,9 @@ def running_workers(conn: KafkaConnection, settings: QueueSettings, **kwargs: ob
             w.stop.set()
         for w in workers:
             w.thread.join(60)
+
+
+def tuned(settings: QueueSettings, **sections: dict) -> QueueSettings:
+    """A copy of settings with some fields of some sections changed: tuned(s, retry={"max_attempts": 2})."""
+    updates = {name: getattr(settings, name).model_copy(update=fields) for name, fields in sections.items()}
+    return settings.model_copy(update=updates)

@@ -221,10 +221,17 @@ def _wait_ready(state: BrokerState, timeout_s: float, progress: bool) -> None:
     # The first group and transaction requests create __consumer_offsets and __transaction_state.
     # Doing that here means callers never meet "coordinator load in progress" (and a librdkafka
     # assignment stall that follows a NOT_COORDINATOR answer on a brand-new cluster).
-    remaining = max(5.0, deadline - time.monotonic())
     consumer = Consumer({"bootstrap.servers": state.bootstrap, "group.id": "cv-queue-broker-warmup", **quiet})
     try:
-        consumer.committed([TopicPartition("__cvq_warmup", 0)], timeout=remaining)
+        while True:
+            try:
+                consumer.committed([TopicPartition("__cvq_warmup", 0)], timeout=5)
+                break
+            except KafkaException:  # NOT_COORDINATOR / load in progress while __consumer_offsets is born
+                if time.monotonic() > deadline:
+                    raise
+                check_alive()
+                time.sleep(0.25)
     finally:
         consumer.close()
     check_alive()

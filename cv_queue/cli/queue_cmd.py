@@ -169,4 +169,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         ends = end_offsets(admin, topic, list(range(partition_count(admin, topic))))
         print(f"{topic}: {sum(ends.values())} record offset(s) across {len(ends)} partition(s)")
     print(f"DLQ depth: {sum(x.lag for x in dlq)}")
+    print("(lag and depth are offset differences; transactional writes add one commit-marker offset per "
+          "transaction and partition, so they are upper bounds on record counts)")
     return 0

@@ -54,7 +54,7 @@ def inprocess_retrying(settings: RetrySettings, classifier: ErrorClassifier) -> 
     return Retrying(
         stop=stop_after_attempt(settings.inprocess_tries) | stop_after_delay(settings.inprocess_max_total_ms / 1000),
         wait=wait_exponential_jitter(
-            initial=settings.inprocess_initial_ms / 1000,
+            multiplier=settings.inprocess_initial_ms / 1000,
             max=settings.inprocess_max_ms / 1000,
             jitter=settings.inprocess_initial_ms / 1000,
         ),

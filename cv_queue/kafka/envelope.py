@@ -62,11 +62,26 @@ def now_ms() -> int:
     return int(datetime.now(UTC).timestamp() * 1000)
 
 
+def _carried_provenance(source: SourceRecord) -> h.Headers | None:
+    """The provenance an earlier hop recorded, if it is complete and well-formed."""
+    try:
+        topic = h.read_str(source.headers, h.ORIGINAL_TOPIC)
+        numbers = [h.read_int(source.headers, name, -1)
+                   for name in (h.ORIGINAL_PARTITION, h.ORIGINAL_OFFSET, h.ORIGINAL_TIMESTAMP)]
+    except InvalidPayloadError:
+        return None
+    if topic is None or min(numbers) < 0:
+        return None
+    return [(h.ORIGINAL_TOPIC, h.str_value(topic)),
+            *((name, h.int_value(n)) for name, n in
+              zip((h.ORIGINAL_PARTITION, h.ORIGINAL_OFFSET, h.ORIGINAL_TIMESTAMP), numbers, strict=True))]
+
+
 def _provenance(source: SourceRecord) -> h.Headers:
     """Where the job was first consumed: kept from an earlier hop, else this record."""
-    if h.last(source.headers, h.ORIGINAL_TOPIC) is not None:
-        return [(name, h.last(source.headers, name)) for name in
-                (h.ORIGINAL_TOPIC, h.ORIGINAL_PARTITION, h.ORIGINAL_OFFSET, h.ORIGINAL_TIMESTAMP)]
+    carried = _carried_provenance(source)
+    if carried is not None:
+        return carried
     return [
         (h.ORIGINAL_TOPIC, h.str_value(source.topic)),
         (h.ORIGINAL_PARTITION, h.int_value(source.partition)),
@@ -79,7 +94,9 @@ def failure_headers(
     source: SourceRecord, failure: Failure, attempts: int, handler_calls: int, worker: str, failed_at_ms: int
 ) -> h.Headers:
     """Foreign headers + provenance + the last error + bookkeeping. Replays count is carried over."""
-    first_failed = h.read_int(source.headers, h.FIRST_FAILED_AT, 0) or failed_at_ms
+    # Lenient reads: a record dead-lettered *because* its bookkeeping headers are garbage still gets
+    # a well-formed dead letter.
+    first_failed = h.read_int_lenient(source.headers, h.FIRST_FAILED_AT, 0) or failed_at_ms
     return [
         *h.foreign(source.headers),
         *_provenance(source),
@@ -92,7 +109,7 @@ def failure_headers(
         (h.FIRST_FAILED_AT, h.int_value(first_failed)),
         (h.FAILED_AT, h.int_value(failed_at_ms)),
         (h.WORKER, h.str_value(worker)),
-        (h.REPLAYS, h.int_value(h.read_int(source.headers, h.REPLAYS, 0))),
+        (h.REPLAYS, h.int_value(h.read_int_lenient(source.headers, h.REPLAYS, 0))),
     ]
 
 

@@ -120,9 +120,9 @@ class _Replayer:
         committed = self.consumer.committed(tps, timeout=30)
         ends = {}
         for tp in committed:
-            _, high = self.consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=15)
+            low, high = self.consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=15)
             ends[tp.partition] = high
-            if high <= tp.offset:
+            if max(tp.offset, low) >= high:  # nothing beyond the committed offset (or an empty partition)
                 self.done.add(tp.partition)
         self.consumer.assign([TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
                               for tp in committed])
@@ -201,6 +201,13 @@ class _Replayer:
     def _flush(self) -> None:
         if not self.next_offsets:
             return
+        # A finished partition commits the consumer position, which lies past the final transaction
+        # marker, so an emptied DLQ partition shows a depth of 0 rather than 1.
+        positions = {tp.partition: tp.offset for tp in self.consumer.position(
+            [TopicPartition(self.names.dlq, p) for p in self.next_offsets])}
+        for partition, offset in self.next_offsets.items():
+            if partition in self.done and partition not in self.report.left_too_young:
+                self.next_offsets[partition] = max(offset, positions[partition])
         offsets = [TopicPartition(self.names.dlq, p, o) for p, o in sorted(self.next_offsets.items())]
         if self.producer is not None:
             self.producer.begin_transaction()

@@ -5,6 +5,7 @@ partitions, refuses to shrink, and reports every config the broker rejected inst
 falling back (the original implementation fell back to a 1-partition topic without a word).
 """
 
+import time
 from collections.abc import Iterable
 from enum import StrEnum
 
@@ -314,9 +315,29 @@ def _converge_topic(admin: AdminClient, spec: TopicSpec, live: TopicState) -> To
     )
 
 
+def wait_until_served(admin: AdminClient, name: str, partitions: int, timeout_s: float = ADMIN_TIMEOUT_S) -> None:
+    """Block until the broker's metadata shows the topic with `partitions` led partitions.
+
+    A create or grow is acknowledged by the controller before every broker serves it; returning only
+    once it is served means a caller can produce to every partition right away.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        meta = admin.list_topics(name, timeout=ADMIN_TIMEOUT_S).topics.get(name)
+        if (meta is not None and meta.error is None and len(meta.partitions) >= partitions
+                and all(p.leader >= 0 for p in meta.partitions.values())):
+            return
+        if time.monotonic() > deadline:
+            raise ProvisioningError(f"topic {name!r} was created but is not served after {timeout_s:.0f}s")
+        time.sleep(0.1)
+
+
 def provision_topic(admin: AdminClient, spec: TopicSpec) -> TopicReport:
     live = describe_topics(admin, [spec.name]).get(spec.name)
-    return _create_topic(admin, spec) if live is None else _converge_topic(admin, spec, live)
+    report = _create_topic(admin, spec) if live is None else _converge_topic(admin, spec, live)
+    if report.action != TopicAction.UNCHANGED:
+        wait_until_served(admin, spec.name, report.partitions)
+    return report
 
 
 def provision(admin: AdminClient, specs: list[TopicSpec]) -> ProvisionReport:

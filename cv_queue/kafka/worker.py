@@ -257,6 +257,18 @@ class PartitionWorker:
         tracker = self._trackers[(source.topic, source.partition)]
         tracker.track(source.offset)
         self.stats.consumed += 1
+        try:
+            self._accept(source)
+        except Exception as exc:
+            # A bug of ours on one odd record must not stop the slot: dead-letter the record, whole, with
+            # the exception that tripped us, and go on.
+            log.exception("unexpected error on %s[%d]@%d; dead-lettering it", source.topic, source.partition,
+                          source.offset)
+            self.stats.invalid += 1
+            self._settle(source, self._dead_letter(
+                source, Failure.from_exception(exc, ErrorCategory.INVALID_PAYLOAD), attempts=0, calls=0))
+
+    def _accept(self, source: SourceRecord) -> None:
         from_retry = source.topic == self.names.retry
         try:
             h.validate_own(source.headers)
@@ -319,7 +331,16 @@ class PartitionWorker:
 
     def _complete(self, completion: _Completion) -> None:
         self._scheduler.done(completion.task.job.key)
-        self._settle(completion.task.source, self._route(completion))
+        source = completion.task.source
+        try:
+            output = self._route(completion)
+        except Exception as exc:  # same safety net as intake: never lose the record, never stop the slot
+            log.exception("unexpected error routing %s[%d]@%d; dead-lettering it", source.topic, source.partition,
+                          source.offset)
+            output = self._dead_letter(source, Failure.from_exception(exc, ErrorCategory.PERMANENT),
+                                       attempts=completion.task.attempts_before + 1,
+                                       calls=completion.task.calls_before + completion.calls)
+        self._settle(source, output)
 
     def _drain_completions(self) -> None:
         while True:
@@ -554,5 +575,8 @@ class PartitionWorker:
                 self._consumer.close()
             self._consumer = None
         if self._producer is not None:
-            self._producer.flush(5)
+            try:
+                self._producer.flush(5)
+            except KafkaException as exc:  # a fenced producer is in a fatal state; nothing left to send
+                log.debug("flush on close: %s", exc)
             self._producer = None

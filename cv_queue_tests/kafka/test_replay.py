@@ -1,0 +1,132 @@
+"""DLQ replay: exactly once, idempotent, capped into the parking lot, filterable, and a dry run commits nothing."""
+
+from collections import Counter
+
+from confluent_kafka import Producer
+
+from cv_queue import headers as h
+from cv_queue.errors import ErrorCategory, PermanentJobError
+from cv_queue.evaluation.samples import sample_jobs
+from cv_queue.evaluation.simulated import SimulatedLLM
+from cv_queue.kafka.clients import admin_client
+from cv_queue.kafka.envelope import Failure, SourceRecord, dead_letter_record, now_ms
+from cv_queue.kafka.lag import committed_offsets
+from cv_queue.kafka.producer import JobProducer
+from cv_queue.kafka.replay import ReplayRequest, replay_dead_letters
+from cv_queue.messages import EvaluationResult
+from cv_queue_tests.support import read_topic, running_workers, tuned
+
+STRAIGHT_TO_DLQ = {"inprocess_tries": 1, "max_attempts": 1}
+
+
+def _dlq_offsets(conn, settings):
+    parts = settings.dlq_partitions(list(ErrorCategory))
+    return committed_offsets(admin_client(conn), settings.replay_group_id, settings.topic_names.dlq, parts)
+
+
+def test_replay_moves_each_letter_back_exactly_once(conn, provisioned):
+    settings = tuned(provisioned, retry=STRAIGHT_TO_DLQ)
+    jobs = list(sample_jobs(20, seed=8, labels_for={i: {"simulate": "transient-until-replay"} for i in range(20)}))
+    JobProducer(conn, settings.topic_names.main).enqueue_batch(jobs, headers=[("origin", b"api")])
+    with running_workers(conn, settings, handler=SimulatedLLM(latency_ms=0)):
+        letters = read_topic(conn, settings.topic_names.dlq, expect=20, timeout_s=60)
+    assert len(letters) == 20
+
+    dry = replay_dead_letters(conn, settings, ReplayRequest(dry_run=True))
+    assert (dry.dry_run, dry.replayed, dry.scanned) == (True, 20, 20)
+    assert all(v is None for v in _dlq_offsets(conn, settings).values())  # nothing committed
+    assert len(read_topic(conn, settings.topic_names.main, expect=20)) == 20  # nothing produced
+
+    report = replay_dead_letters(conn, settings, ReplayRequest())
+    assert report.replayed == 20 and report.parked == 0
+    assert report.by_category == {"transient": {"replayed": 20}}
+    main = read_topic(conn, settings.topic_names.main, expect=40)
+    replayed = [m for m in main if h.last(m.headers(), h.REPLAYS) is not None]
+    assert len(main) == 40 and len(replayed) == 20
+    by_key = {j.key: j for j in jobs}
+    for msg in replayed:
+        assert msg.value() == by_key[msg.key()].to_bytes()  # the original bytes, not a re-encoding
+        assert h.read_int(msg.headers(), h.REPLAYS, 0) == 1
+        assert h.last(msg.headers(), h.ATTEMPTS) is None  # attempts reset
+        assert ("origin", b"api") in msg.headers()
+    dlq_committed = _dlq_offsets(conn, settings)
+    transient_partition = settings.dlq_partition(ErrorCategory.TRANSIENT, None)
+    assert dlq_committed[transient_partition] is not None and dlq_committed[transient_partition] >= 20
+
+    again = replay_dead_letters(conn, settings, ReplayRequest())
+    assert (again.scanned, again.replayed) == (0, 0)
+    assert len(read_topic(conn, settings.topic_names.main, expect=40)) == 40
+
+    with running_workers(conn, settings, handler=SimulatedLLM(latency_ms=0)):
+        results = read_topic(conn, settings.topic_names.results, expect=20, timeout_s=60)
+    decoded = [EvaluationResult.model_validate_json(m.value()) for m in results]
+    assert Counter(r.job_id for r in decoded) == Counter({j.job_id: 1 for j in jobs})
+    assert all(r.replays == 1 for r in decoded)
+
+
+def test_letters_over_the_replay_cap_and_undecodable_ones_are_parked(conn, provisioned):
+    settings = tuned(provisioned, retry=STRAIGHT_TO_DLQ)
+    job = next(sample_jobs(1, seed=12, labels_for={0: {"simulate": "transient:1000"}}))
+    JobProducer(conn, settings.topic_names.main).enqueue(job)
+    transient_partition = settings.dlq_partition(ErrorCategory.TRANSIENT, None)
+    with running_workers(conn, settings, handler=SimulatedLLM(latency_ms=0)):
+        read_topic(conn, settings.topic_names.dlq, expect=1, timeout_s=60)
+        first = replay_dead_letters(conn, settings, ReplayRequest(max_replays=1))
+        assert first.replayed == 1
+        letters = read_topic(conn, settings.topic_names.dlq, expect=2, timeout_s=60)  # it failed again
+    assert [h.read_int(m.headers(), h.REPLAYS, -1) for m in letters] == [0, 1]
+    raw = Producer(conn.client_config())
+    raw.produce(settings.topic_names.dlq, key=b"stray", value=b"not a dead letter", partition=transient_partition)
+    raw.flush(10)
+
+    second = replay_dead_letters(conn, settings, ReplayRequest(max_replays=1))
+    assert (second.replayed, second.parked) == (0, 2)
+    parked = {m.key(): m for m in read_topic(conn, settings.topic_names.parked, expect=2)}
+    capped = parked[job.key]
+    assert capped.value() == job.to_bytes()
+    assert "replayed 1 times (cap 1)" in h.read_str(capped.headers(), h.PARKED_REASON)
+    assert h.read_str(capped.headers(), h.ERROR_CATEGORY) == "transient"  # the whole story stays attached
+    assert h.read_int(capped.headers(), h.ORIGINAL_OFFSET, -1) >= 0
+    assert "undecodable" in h.read_str(parked[b"stray"].headers(), h.PARKED_REASON)
+    assert parked[b"stray"].value() == b"not a dead letter"
+    main = read_topic(conn, settings.topic_names.main, expect=2)
+    assert len(main) == 2  # the original and the one replay; parking republished nothing
+
+
+def _plant_letter(raw: Producer, settings, key: bytes, exc: Exception, category: ErrorCategory, failed_at_ms: int):
+    source = SourceRecord(topic=settings.topic_names.main, partition=0, offset=1, timestamp_ms=failed_at_ms,
+                          key=key, value=b"{}", headers=[])
+    out = dead_letter_record(source, Failure.from_exception(exc, category), 1, 1, "planted", settings.topic_names.dlq,
+                             settings.dlq_partition(category, key), failed_at_ms)
+    raw.produce(out.topic, key=out.key, value=out.value, headers=out.headers, partition=out.partition)
+
+
+class QuotaError(Exception):
+    pass
+
+
+def test_filters_by_category_error_class_and_age(conn, provisioned):
+    settings = provisioned
+    raw = Producer(conn.client_config())
+    old = now_ms() - 3_600_000
+    _plant_letter(raw, settings, b"p1", PermanentJobError("no"), ErrorCategory.PERMANENT, old)
+    _plant_letter(raw, settings, b"p2", QuotaError("quota"), ErrorCategory.PERMANENT, old)
+    _plant_letter(raw, settings, b"p3", QuotaError("quota"), ErrorCategory.PERMANENT, now_ms())
+    _plant_letter(raw, settings, b"i1", ValueError("bad"), ErrorCategory.INVALID_PAYLOAD, old)
+    raw.flush(10)
+
+    default = replay_dead_letters(conn, settings, ReplayRequest())
+    assert default.scanned == 0  # transient/rate_limited partitions only: permanent letters are not read
+
+    young = replay_dead_letters(conn, settings, ReplayRequest(categories=[ErrorCategory.PERMANENT],
+                                                              error_classes=["QuotaError"], min_age_s=600))
+    assert (young.replayed, young.skipped) == (1, 1)  # p2 replayed, p1 skipped (other class)
+    permanent_partition = settings.dlq_partition(ErrorCategory.PERMANENT, None)
+    assert young.left_too_young == {permanent_partition: 2}  # p3 stays for later
+    assert young.by_category == {"permanent": {"replayed": 1, "skipped": 1}}
+
+    later = replay_dead_letters(conn, settings, ReplayRequest(categories=[ErrorCategory.PERMANENT]))
+    assert later.replayed == 1  # p3, now that no age limit holds it back
+    replayed_keys = sorted(m.key() for m in read_topic(conn, settings.topic_names.main, expect=2))
+    assert replayed_keys == [b"p2", b"p3"]
+    assert _dlq_offsets(conn, settings)[settings.dlq_partition(ErrorCategory.INVALID_PAYLOAD, None)] is None
