@@ -32,5 +32,15 @@ test: install broker-fetch lint
 run: install broker-fetch
 	$(BIN)/cv-queue dev
 
+# End to end through Dagster: broker, daemon, topic assets, worker fleet, 1,000 jobs with failures, DLQ replay.
+e2e: install broker-fetch
+	$(BIN)/python -m cv_queue_tests.e2e.runner
+
+# The seed's command. E2E_PARALLEL closed-loop clients; E2E_WORKER_REPLICAS worker runs (1, 2, 4 or 8).
+E2E_PARALLEL ?= 8
+E2E_WORKER_REPLICAS ?= 4
+ci-e2e-optimized: install broker-fetch
+	E2E_PARALLEL=$(E2E_PARALLEL) E2E_WORKER_REPLICAS=$(E2E_WORKER_REPLICAS) $(BIN)/python -m cv_queue_tests.e2e.runner
+
 clean:
 	rm -rf $(VENV) .dagster_home .cvq .pytest_cache .ruff_cache

@@ -1,5 +1,16 @@
-"""The one Dagster entry point: `dagster dev -w workspace.yaml` and `dagster-daemon` load `defs` from here."""
+"""The one Dagster entry point: `dagster dev -w workspace.yaml`, the daemon and `dagster job launch` load `defs`."""
 
 import dagster as dg
 
-defs = dg.Definitions()
+from cv_queue.defs.dlq import dlq_sensor, reprocess_dlq
+from cv_queue.defs.resources import default_resources
+from cv_queue.defs.topics import queue_depth_sensor, topic_assets, topic_checks
+from cv_queue.defs.workers import partition_worker, start_worker_fleet, stop_worker_fleet, worker_fleet_sensor
+
+defs = dg.Definitions(
+    assets=topic_assets,
+    asset_checks=topic_checks,
+    jobs=[partition_worker, reprocess_dlq, stop_worker_fleet, start_worker_fleet],
+    sensors=[worker_fleet_sensor, dlq_sensor, queue_depth_sensor],
+    resources=default_resources(),
+)

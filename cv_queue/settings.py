@@ -120,7 +120,9 @@ class WorkerSettings(BaseModel):
     max_buffered: int = Field(
         2000, ge=1, description="Records polled but not yet started; above this the worker pauses fetching."
     )
-    commit_interval_ms: int = Field(100, ge=1, description="Commit a transaction at least this often.")
+    commit_interval_ms: int = Field(
+        50, ge=1, description="Commit a transaction at least this often (bounds the latency a commit adds)."
+    )
     commit_max_records: int = Field(500, ge=1, description="...or as soon as this many records settled.")
     shutdown_grace_ms: int = Field(
         10_000, ge=0, description="On stop, wait this long for running jobs before committing and closing."
@@ -180,6 +182,15 @@ class ReplayPolicy(BaseModel):
         return value
 
 
+class FleetSettings(BaseModel):
+    """How the Dagster fleet sensor keeps one worker run per slot."""
+
+    sensor_interval_s: int = Field(15, ge=1, description="Seconds between fleet sensor ticks.")
+    restart_backoff_s: float = Field(
+        20.0, ge=0, description="A slot whose run just failed waits this long before a replacement starts."
+    )
+
+
 class TopicNames(BaseModel):
     main: str
     retry: str
@@ -206,6 +217,7 @@ class QueueSettings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     replay: ReplayPolicy = Field(default_factory=ReplayPolicy)
+    fleet: FleetSettings = Field(default_factory=FleetSettings)
 
     def _ns(self, name: str) -> str:
         return f"{self.namespace}.{name}" if self.namespace else name

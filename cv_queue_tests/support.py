@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
+from cv_queue.kafka.clients import poll_batch
 from cv_queue.kafka.worker import PartitionWorker, WorkerStats
 from cv_queue.settings import KafkaConnection, QueueSettings, Slot
 
@@ -65,7 +66,7 @@ def read_topic(conn: KafkaConnection, topic: str, *, expect: int | None = None, 
         deadline = time.monotonic() + timeout_s
         last = time.monotonic()
         while time.monotonic() < deadline:
-            batch = consumer.consume(1000, 0.2)
+            batch = poll_batch(consumer, 1000, 0.2)
             for msg in batch:
                 if msg.error() is None:
                     out.append(msg)

@@ -65,7 +65,12 @@ def _run(cmd: list[str], env: dict[str, str]) -> None:
     subprocess.run(cmd, env=env, cwd=PROJECT_ROOT, check=True)
 
 
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # `kill`, `timeout` and CI stop us like Ctrl-C does: everything is cleaned up
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     env = dict(os.environ)
     for key, value in DEMO_ENV.items():
         env.setdefault(key, value)

@@ -8,7 +8,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from cv_queue.cli.context import connection, settings
 from cv_queue.cli.tables import render
 from cv_queue.errors import CATEGORY_ORDER, ErrorCategory, InvalidPayloadError
-from cv_queue.kafka.clients import admin_client
+from cv_queue.kafka.clients import admin_client, poll_batch
 from cv_queue.kafka.envelope import read_dead_letter
 from cv_queue.kafka.lag import committed_offsets, end_offsets
 from cv_queue.kafka.replay import ReplayRequest, replay_dead_letters
@@ -52,7 +52,7 @@ def cmd_peek(args: argparse.Namespace) -> int:
     rows, remaining = [], {p for p in partitions if (committed[p] or 0) < ends[p]}
     try:
         while remaining and len(rows) < args.limit:
-            batch = consumer.consume(min(500, args.limit), 2.0)
+            batch = poll_batch(consumer, min(500, args.limit), 2.0)
             if not batch:
                 break
             for msg in batch:

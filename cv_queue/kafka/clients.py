@@ -7,7 +7,7 @@ queue that swallows those reports is one nobody can debug.
 import logging
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient
 
 from cv_queue.settings import KafkaConnection, QueueSettings
@@ -92,3 +92,18 @@ def assigned_consumer(conn: KafkaConnection, settings: QueueSettings, group_id: 
         }
     )
     return Consumer(conf)
+
+
+def poll_batch(consumer: Consumer, max_records: int, timeout_s: float) -> list[Message]:
+    """Up to max_records messages, returning as soon as the first one arrives.
+
+    `Consumer.consume(n, timeout)` waits until n messages arrived *or* the timeout passed, so an idle
+    worker would sit out the whole timeout with one job in hand; `poll` returns at the first message,
+    and a non-blocking `consume` then takes whatever else is already fetched.
+    """
+    first = consumer.poll(timeout_s)
+    if first is None:
+        return []
+    if max_records <= 1:
+        return [first]
+    return [first, *consumer.consume(max_records - 1, 0)]

@@ -23,7 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaException, Message, TopicPart
 from pydantic import BaseModel, Field
 
 from cv_queue.errors import ErrorCategory, InvalidPayloadError
-from cv_queue.kafka.clients import assigned_consumer, transactional_producer
+from cv_queue.kafka.clients import assigned_consumer, poll_batch, transactional_producer
 from cv_queue.kafka.envelope import OutputRecord, now_ms, parked_headers, read_dead_letter, replayed_headers
 from cv_queue.settings import KafkaConnection, QueueSettings
 
@@ -133,7 +133,7 @@ class _Replayer:
         ends = self._assign(tps)
         last_record = time.monotonic()
         while len(self.done) < len(self.partitions) and self._handled < self.request.max_messages:
-            messages = self.consumer.consume(1000, 0.2)
+            messages = poll_batch(self.consumer, 1000, 0.2)
             if messages:
                 last_record = time.monotonic()
                 self._take(messages, ends)

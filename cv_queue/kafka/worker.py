@@ -31,7 +31,7 @@ from cv_queue.errors import ErrorCategory, InvalidPayloadError
 from cv_queue.evaluation.handler import JobContext, JobHandler, load_handler
 from cv_queue.kafka.backoff import inprocess_retrying, retry_delay_ms
 from cv_queue.kafka.classify import ErrorClassifier
-from cv_queue.kafka.clients import assigned_consumer, transactional_producer
+from cv_queue.kafka.clients import assigned_consumer, poll_batch, transactional_producer
 from cv_queue.kafka.envelope import (
     Failure,
     OutputRecord,
@@ -52,6 +52,7 @@ _FENCING_CODES = frozenset({
 })
 START_TIMEOUT_S = 60.0
 BUSY_POLL_S = 0.005  # poll timeout while jobs run, so completions are settled within ~5 ms
+IDLE_REPORT_EVERY = 6  # an idle worker reports every 6th progress interval instead of every one
 
 
 class WorkerStartError(RuntimeError):
@@ -158,6 +159,8 @@ class PartitionWorker:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._in_transaction = False
+        self._last_summary = ""
+        self._quiet_reports = 0
 
     # ------------------------------------------------------------------ start-up
 
@@ -506,7 +509,7 @@ class PartitionWorker:
         last_commit = time.monotonic()
         last_progress = time.monotonic()
         while not stop.is_set():
-            messages = consumer.consume(fetch.max_records_per_poll, self._poll_timeout())
+            messages = poll_batch(consumer, fetch.max_records_per_poll, self._poll_timeout())
             for msg in messages:
                 err = msg.error()
                 if err is None:
@@ -532,11 +535,17 @@ class PartitionWorker:
                 self._report()
 
     def _report(self) -> None:
+        """Report progress when something changed, and otherwise every IDLE_REPORT_EVERY intervals."""
         self._refresh_gauges_safe()
+        summary = self.stats.summary()
+        self._quiet_reports = 0 if summary != self._last_summary else self._quiet_reports + 1
+        if self._quiet_reports % IDLE_REPORT_EVERY:
+            return
+        self._last_summary = summary
         if self.on_progress is not None:
             self.on_progress(self.stats)
         else:
-            log.info("%s", self.stats.summary())
+            log.info("%s", summary)
 
     def _refresh_gauges_safe(self) -> None:
         if self._consumer is not None:

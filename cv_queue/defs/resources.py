@@ -1,0 +1,130 @@
+"""Dagster resources: where the broker is (KafkaResource) and how the queue is shaped (QueueResource).
+
+Both are thin: they hold config that shows in the launchpad and hand out what the broker layer builds.
+Defaults come from the broker layer's own settings (and so from the same environment variables), so a
+value is documented once, in cv_queue/settings.py.
+"""
+
+import json
+import os
+from typing import Any
+
+import dagster as dg
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
+from pydantic import Field, SecretStr
+
+from cv_queue.kafka.clients import admin_client, assigned_consumer, job_producer
+from cv_queue.settings import KafkaConnection, QueueSettings
+
+_CONN = KafkaConnection.model_fields
+_DEFAULTS = QueueSettings()  # reads CVQ_* once, at definition load
+
+
+def _field(model: type, name: str, default: Any) -> Any:
+    return Field(default=default, description=model.model_fields[name].description)
+
+
+class KafkaResource(dg.ConfigurableResource):
+    """The broker connection: bootstrap servers, client id, topic namespace and security settings.
+
+    Secrets (SASL password, key password) are meant to come from `dg.EnvVar`, so the UI shows only
+    the variable's name.
+    """
+
+    bootstrap_servers: str = Field(description=_CONN["bootstrap_servers"].description)
+    client_id: str = Field("cv-queue-dagster", description=_CONN["client_id"].description)
+    namespace: str = Field("", description=QueueSettings.model_fields["namespace"].description)
+    security_protocol: str = Field("PLAINTEXT", description=_CONN["security_protocol"].description)
+    sasl_mechanism: str | None = Field(None, description=_CONN["sasl_mechanism"].description)
+    sasl_username: str | None = Field(None, description=_CONN["sasl_username"].description)
+    sasl_password: str | None = Field(None, description=_CONN["sasl_password"].description)
+    ssl_ca_location: str | None = Field(None, description=_CONN["ssl_ca_location"].description)
+    ssl_certificate_location: str | None = Field(None, description=_CONN["ssl_certificate_location"].description)
+    ssl_key_location: str | None = Field(None, description=_CONN["ssl_key_location"].description)
+    ssl_key_password: str | None = Field(None, description=_CONN["ssl_key_password"].description)
+
+    def connection(self) -> KafkaConnection:
+        return KafkaConnection(
+            bootstrap_servers=self.bootstrap_servers, client_id=self.client_id,
+            security_protocol=self.security_protocol, sasl_mechanism=self.sasl_mechanism,
+            sasl_username=self.sasl_username,
+            sasl_password=SecretStr(self.sasl_password) if self.sasl_password else None,
+            ssl_ca_location=self.ssl_ca_location, ssl_certificate_location=self.ssl_certificate_location,
+            ssl_key_location=self.ssl_key_location,
+            ssl_key_password=SecretStr(self.ssl_key_password) if self.ssl_key_password else None,
+        )
+
+    def admin(self) -> AdminClient:
+        return admin_client(self.connection())
+
+    def producer(self) -> Producer:
+        return job_producer(self.connection())
+
+    def consumer(self, settings: QueueSettings, group_id: str, role: str) -> Consumer:
+        return assigned_consumer(self.connection(), settings, group_id, role)
+
+    @classmethod
+    def from_env(cls) -> "KafkaResource":
+        """Built from the environment the way the broker layer reads it; secrets stay EnvVar references.
+
+        An EnvVar that points at an unset variable fails the run even for an optional field, so only
+        variables that are set become EnvVars.
+        """
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": os.environ.get("KAFKA_BOOTSTRAP_SERVERS", _CONN["bootstrap_servers"].default),
+            "namespace": _DEFAULTS.namespace,
+        }
+        for name in ("security_protocol", "sasl_mechanism", "sasl_username", "ssl_ca_location",
+                     "ssl_certificate_location", "ssl_key_location"):
+            if os.environ.get(f"KAFKA_{name.upper()}"):
+                kwargs[name] = os.environ[f"KAFKA_{name.upper()}"]
+        for secret in ("sasl_password", "ssl_key_password"):
+            if os.environ.get(f"KAFKA_{secret.upper()}"):
+                kwargs[secret] = dg.EnvVar(f"KAFKA_{secret.upper()}")
+        return cls(**kwargs)
+
+
+_W, _R, _P, _T = (type(_DEFAULTS.worker), type(_DEFAULTS.retry), type(_DEFAULTS.replay), type(_DEFAULTS.topics))
+
+
+class QueueResource(dg.ConfigurableResource):
+    """The queue's shape and policies. Unset values fall back to QueueSettings (and its CVQ_* variables)."""
+
+    partitions: int = _field(_T, "partitions", _DEFAULTS.topics.partitions)
+    replication_factor: int = _field(_T, "replication_factor", _DEFAULTS.topics.replication_factor)
+    partitions_per_worker: int = _field(_T, "partitions_per_worker", _DEFAULTS.topics.partitions_per_worker)
+    max_in_flight: int = _field(_W, "max_in_flight", _DEFAULTS.worker.max_in_flight)
+    commit_interval_ms: int = _field(_W, "commit_interval_ms", _DEFAULTS.worker.commit_interval_ms)
+    handler: str = _field(_W, "handler", _DEFAULTS.worker.handler)
+    handler_options_json: str = Field(json.dumps(_DEFAULTS.worker.handler_options),
+                                      description="JSON object of handler keyword arguments.")
+    inprocess_tries: int = _field(_R, "inprocess_tries", _DEFAULTS.retry.inprocess_tries)
+    retry_base_delay_ms: int = _field(_R, "base_delay_ms", _DEFAULTS.retry.base_delay_ms)
+    retry_multiplier: float = _field(_R, "multiplier", _DEFAULTS.retry.multiplier)
+    retry_max_delay_ms: int = _field(_R, "max_delay_ms", _DEFAULTS.retry.max_delay_ms)
+    retry_max_attempts: int = _field(_R, "max_attempts", _DEFAULTS.retry.max_attempts)
+    replay_auto_categories: list[str] = _field(_P, "auto_categories",
+                                               [c.value for c in _DEFAULTS.replay.auto_categories])
+    replay_cooldown_s: float = _field(_P, "cooldown_s", _DEFAULTS.replay.cooldown_s)
+    replay_max_replays: int = _field(_P, "max_replays", _DEFAULTS.replay.max_replays)
+    replay_batch_size: int = _field(_P, "batch_size", _DEFAULTS.replay.batch_size)
+
+    def settings(self, kafka: KafkaResource) -> QueueSettings:
+        """The broker layer's settings: environment defaults overlaid with this resource's values, validated."""
+        merged = QueueSettings().model_dump()
+        merged["namespace"] = kafka.namespace
+        merged["topics"].update(partitions=self.partitions, replication_factor=self.replication_factor,
+                                partitions_per_worker=self.partitions_per_worker)
+        merged["worker"].update(max_in_flight=self.max_in_flight, commit_interval_ms=self.commit_interval_ms,
+                                handler=self.handler, handler_options=json.loads(self.handler_options_json or "{}"))
+        merged["retry"].update(inprocess_tries=self.inprocess_tries, base_delay_ms=self.retry_base_delay_ms,
+                               multiplier=self.retry_multiplier, max_delay_ms=self.retry_max_delay_ms,
+                               max_attempts=self.retry_max_attempts)
+        merged["replay"].update(auto_categories=self.replay_auto_categories, cooldown_s=self.replay_cooldown_s,
+                                max_replays=self.replay_max_replays, batch_size=self.replay_batch_size)
+        return QueueSettings(**merged)
+
+
+def default_resources() -> dict[str, dg.ConfigurableResource]:
+    return {"kafka": KafkaResource.from_env(), "queue": QueueResource()}

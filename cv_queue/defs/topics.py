@@ -1,0 +1,114 @@
+"""Topic assets: materializing one provisions its topic (create, repair, grow) and records what it is.
+
+Each asset has a `config_drift` check that fails, with the diff, when the live topic no longer matches
+its spec; a sensor records queue depth per partition and DLQ depth as observations the UI plots.
+"""
+
+import dagster as dg
+
+from cv_queue.defs.resources import KafkaResource, QueueResource
+from cv_queue.kafka.lag import group_lag
+from cv_queue.kafka.topics import TopicRole, TopicSpec, describe_topics, diff_topic, provision_topic, topic_specs
+
+GROUP = "kafka_topics"
+ASSET_NAMES = {
+    TopicRole.MAIN: "evaluate_jobs",
+    TopicRole.RETRY: "evaluate_jobs_retry",
+    TopicRole.DLQ: "evaluate_jobs_dlq",
+    TopicRole.RESULTS: "evaluate_results",
+    TopicRole.PARKED: "evaluate_jobs_parked",
+}
+DESCRIPTIONS = {
+    TopicRole.MAIN: "Jobs to evaluate: 8 partitions, the seed's configs, consumed by the worker slots.",
+    TopicRole.RETRY: "Failed jobs waiting for their next delivery (cvq.retry.due.at); same partition count.",
+    TopicRole.DLQ: "Dead letters with full provenance headers, partitioned by error category.",
+    TopicRole.RESULTS: "One result per job, written exactly once in the worker's transactions.",
+    TopicRole.PARKED: "Dead letters replayed too often (or undecodable): kept for a human.",
+}
+
+
+def asset_key(role: TopicRole) -> dg.AssetKey:
+    return dg.AssetKey([GROUP, ASSET_NAMES[role]])
+
+
+def _spec(role: TopicRole, kafka: KafkaResource, queue: QueueResource) -> TopicSpec:
+    return next(s for s in topic_specs(queue.settings(kafka)) if s.role == role)
+
+
+def _table(rows: list[dict], columns: list[str]) -> dg.MetadataValue:
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({c: str(r[c]) for c in columns}) for r in rows],
+        schema=dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in columns]),
+    )
+
+
+def _topic_asset(role: TopicRole) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinition]:
+    @dg.asset(key=asset_key(role), group_name=GROUP, kinds={"kafka"}, description=DESCRIPTIONS[role],
+              metadata={"role": role.value})
+    def topic(context: dg.AssetExecutionContext, kafka: KafkaResource, queue: QueueResource) -> dg.MaterializeResult:
+        spec = _spec(role, kafka, queue)
+        admin = kafka.admin()
+        report = provision_topic(admin, spec)
+        state = describe_topics(admin, [spec.name])[spec.name]
+        for key, reason in report.dropped_configs.items():
+            context.log.warning(f"{spec.name}: config {key} was not applied: {reason}")
+        changes = [{"key": c.key, "before": c.before or "(new)", "after": c.after} for c in report.config_changes]
+        if report.partitions_before is not None and report.partitions_before != report.partitions:
+            changes.insert(0, {"key": "partitions", "before": report.partitions_before, "after": report.partitions})
+        return dg.MaterializeResult(metadata={
+            "topic": spec.name,
+            "action": report.action.value,
+            "partitions": state.partitions,
+            "replication_factor": state.replication_factor,
+            "config": _table([{"key": k, "value": state.config.get(k, "(not reported)")} for k in sorted(spec.config)],
+                             ["key", "value"]),
+            "leaders": _table([{"partition": p, "leader": b, "replicas": state.replicas[p], "isr": state.isr[p]}
+                               for p, b in state.leaders.items()], ["partition", "leader", "replicas", "isr"]),
+            "changes": _table(changes, ["key", "before", "after"]),
+            "dropped_configs": dg.MetadataValue.json(report.dropped_configs),
+        })
+
+    @dg.asset_check(asset=topic, name="config_drift", description="The live topic matches its spec.")
+    def drift_check(kafka: KafkaResource, queue: QueueResource) -> dg.AssetCheckResult:
+        spec = _spec(role, kafka, queue)
+        drift = diff_topic(spec, describe_topics(kafka.admin(), [spec.name]).get(spec.name))
+        diff = {d.key: {"spec": d.desired, "live": d.live} for d in drift.configs}
+        if drift.missing:
+            diff["topic"] = {"spec": "exists", "live": "missing"}
+        if not drift.missing and drift.partitions_live != drift.partitions_desired:
+            diff["partitions"] = {"spec": drift.partitions_desired, "live": drift.partitions_live}
+        if not drift.missing and drift.replication_live != drift.replication_desired:
+            diff["replication_factor"] = {"spec": drift.replication_desired, "live": drift.replication_live}
+        return dg.AssetCheckResult(
+            passed=not drift.drifted,
+            metadata={"topic": spec.name, "diff": dg.MetadataValue.json(diff)},
+            description="no drift" if not diff else f"{len(diff)} difference(s); re-materialize to repair",
+        )
+
+    return topic, drift_check
+
+
+_BUILT = [_topic_asset(role) for role in TopicRole]
+topic_assets = [asset for asset, _ in _BUILT]
+topic_checks = [check for _, check in _BUILT]
+
+
+@dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Records queue depth per partition and DLQ depth as asset observations (offsets only).")
+def queue_depth_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource,
+                       queue: QueueResource) -> dg.SensorResult:
+    settings = queue.settings(kafka)
+    admin = kafka.admin()
+    names = settings.topic_names
+    events = []
+    for role, topic, group in ((TopicRole.MAIN, names.main, settings.group_id),
+                               (TopicRole.RETRY, names.retry, settings.group_id),
+                               (TopicRole.DLQ, names.dlq, settings.replay_group_id)):
+        lags = group_lag(admin, group, topic)
+        metadata: dict[str, int | str] = {"depth": sum(x.lag for x in lags), "group": group}
+        for x in lags:
+            label = f"{settings.dlq_category(x.partition).value}_p{x.partition}" if role == TopicRole.DLQ \
+                else f"p{x.partition}"
+            metadata[f"depth_{label}"] = x.lag
+        events.append(dg.AssetObservation(asset_key=asset_key(role), metadata=metadata))
+    return dg.SensorResult(asset_events=events)

@@ -1,0 +1,206 @@
+"""Worker runs, one per partition pair, launched through the instance's run launcher.
+
+- `partition_worker` runs the broker layer's PartitionWorker for one slot until the run is terminated
+  (it then commits what is complete and ends CANCELED) or the fleet is stopped (it ends SUCCESS).
+  Slots are static partitions, so the launchpad offers a slot picker and a backfill launches any set.
+- `worker_fleet_sensor` keeps one queued-or-running run per slot, replacing runs that died.
+- `stop_worker_fleet` / `start_worker_fleet` stop or resume the whole fleet in one action.
+"""
+
+import os
+import queue as queue_lib
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+from pydantic import Field
+
+from cv_queue.defs import tags
+from cv_queue.defs.fleet_state import fleet_stopped, set_fleet_stopped
+from cv_queue.defs.resources import KafkaResource, QueueResource
+from cv_queue.kafka.worker import PartitionWorker, WorkerStartError, WorkerStats
+from cv_queue.settings import QueueSettings, Slot
+
+WORKER_JOB = "partition_worker"
+SLOTS = [slot.name for slot in QueueSettings().slots()]  # 0-1, 2-3, 4-5, 6-7 by default
+ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+          dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+FLEET_CHECK_S = 3.0
+
+
+class WorkerRunConfig(dg.Config):
+    slot: str = Field(description="The slot's partitions, e.g. '0-1'. Set for you when launched by partition.")
+    progress_interval_s: float = Field(10.0, description="How often the run logs progress.")
+    shutdown_grace_s: float = Field(10.0, description="On termination, how long running jobs may finish.")
+
+
+def _slot_tags(slot: str) -> dict[str, str]:
+    return {tags.WORKER_SLOT: slot, tags.ROLE: tags.ROLE_WORKER}
+
+
+@dg.static_partitioned_config(partition_keys=SLOTS, tags_for_partition_key_fn=_slot_tags)
+def worker_slot_config(partition_key: str) -> dict:
+    return {"ops": {"run_partition_worker": {"config": {"slot": partition_key}}}}
+
+
+def _join_worker(context: dg.OpExecutionContext, thread: threading.Thread, stop: threading.Event,
+                 progress: "queue_lib.SimpleQueue[WorkerStats]") -> bool:
+    """Wait for the worker thread, relaying progress; True if it was stopped because the fleet stopped."""
+    next_fleet_check = time.monotonic() + FLEET_CHECK_S
+    while thread.is_alive():
+        thread.join(0.5)
+        while True:
+            try:
+                stats = progress.get_nowait()
+            except queue_lib.Empty:
+                break
+            context.log.info(stats.summary())
+        if time.monotonic() >= next_fleet_check:
+            next_fleet_check = time.monotonic() + FLEET_CHECK_S
+            if not stop.is_set() and fleet_stopped(context.instance):
+                context.log.info("the fleet was stopped: finishing running jobs and committing")
+                stop.set()
+                return True
+    return False
+
+
+@dg.op(tags={tags.ROLE: tags.ROLE_WORKER})  # deliberately no RetryPolicy: the fleet sensor restarts workers
+def run_partition_worker(context: dg.OpExecutionContext, config: WorkerRunConfig, kafka: KafkaResource,
+                         queue: QueueResource) -> dg.Output[dict]:
+    settings = queue.settings(kafka)
+    settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={
+        "progress_interval_s": config.progress_interval_s,
+        "shutdown_grace_ms": int(config.shutdown_grace_s * 1000)})})
+    slot = Slot.parse(config.slot)
+    progress: queue_lib.SimpleQueue[WorkerStats] = queue_lib.SimpleQueue()
+    worker = PartitionWorker(kafka.connection(), settings, slot, on_progress=progress.put)
+    stop = threading.Event()
+    outcome: dict = {}
+
+    def target() -> None:
+        try:
+            outcome["stats"] = worker.run(stop)
+        except BaseException as exc:  # re-raised in the op's thread
+            outcome["error"] = exc
+
+    context.log.info(f"worker for slot {slot.name} (pid {os.getpid()}) on {settings.topic_names.main} "
+                     f"partitions {list(slot.partitions)}")
+    thread = threading.Thread(target=target, name=f"cvq-worker-{slot.name}", daemon=True)
+    thread.start()
+    try:
+        fleet_stop = _join_worker(context, thread, stop, progress)
+        thread.join()
+    except dg.DagsterExecutionInterruptedError:
+        # Termination (UI, CLI, SIGTERM from a container stop): commit what completed, then end CANCELED.
+        context.log.warning(f"slot {slot.name}: termination requested; committing completed work and closing")
+        stop.set()
+        thread.join(config.shutdown_grace_s + 30)
+        raise
+    if "error" in outcome:
+        error = outcome["error"]
+        if isinstance(error, WorkerStartError):
+            raise dg.Failure(description=str(error)) from error
+        raise error
+    stats: WorkerStats = outcome["stats"]
+    if stats.stop_reason == "fenced":
+        raise dg.Failure(description=f"slot {slot.name}: fenced by another worker for the same slot")
+    context.log.info(f"stopped ({'fleet stop' if fleet_stop else stats.stop_reason}): {stats.summary()}")
+    return dg.Output({"succeeded": stats.succeeded, "retried": stats.retried,
+                      "dead_lettered": stats.dead_lettered},
+                     metadata={"succeeded": stats.succeeded, "retried": stats.retried,
+                               "dead_lettered": stats.dead_lettered, "invalid": stats.invalid,
+                               "commits": stats.commits})
+
+
+@dg.job(name=WORKER_JOB, config=worker_slot_config, tags={tags.ROLE: tags.ROLE_WORKER},
+        executor_def=dg.in_process_executor,  # one process per run: the run *is* the worker
+        description="A long-running worker for one partition pair; runs until terminated.")
+def partition_worker() -> None:
+    run_partition_worker()
+
+
+def active_worker_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
+    return list(instance.get_runs(filters=dg.RunsFilter(job_name=WORKER_JOB, statuses=ACTIVE)))
+
+
+def _recently_failed(instance: dg.DagsterInstance, slot: str, backoff_s: float) -> bool:
+    """A slot whose last run failed moments ago waits a little, so a crash loop does not spin."""
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=WORKER_JOB, tags={tags.WORKER_SLOT: slot}), limit=1)
+    if not runs or runs[0].status != dg.DagsterRunStatus.FAILURE:
+        return False
+    record = instance.get_run_record_by_id(runs[0].run_id)
+    ended = record.end_time if record else None
+    return ended is not None and datetime.fromtimestamp(ended, UTC) > datetime.now(UTC) - timedelta(seconds=backoff_s)
+
+
+FLEET = QueueSettings().fleet  # read at definition load, like the sensor's interval must be
+
+
+@dg.sensor(job=partition_worker, minimum_interval_seconds=FLEET.sensor_interval_s,
+           default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Keeps one worker run per slot: launches missing slots, replaces runs that died.")
+def worker_fleet_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource,
+                        queue: QueueResource) -> dg.SensorResult:
+    stopped = fleet_stopped(context.instance)
+    if stopped:
+        return dg.SensorResult(skip_reason=dg.SkipReason(
+            f"the fleet was stopped by run {stopped['by_run']} at {stopped['at']}; launch start_worker_fleet "
+            "to resume"))
+    names = queue.settings(kafka).topic_names
+    present = kafka.admin().list_topics(timeout=10).topics
+    missing_topics = [t for t in (names.main, names.retry, names.dlq, names.results) if t not in present]
+    if missing_topics:
+        return dg.SensorResult(skip_reason=dg.SkipReason(
+            f"topics {missing_topics} do not exist yet: materialize the kafka_topics assets first"))
+    covered = {run.tags.get(tags.WORKER_SLOT) for run in active_worker_runs(context.instance)}
+    missing = [slot for slot in SLOTS if slot not in covered]
+    waiting = [slot for slot in missing if _recently_failed(context.instance, slot, FLEET.restart_backoff_s)]
+    launch = [slot for slot in missing if slot not in waiting]
+    if not launch:
+        reason = f"all {len(SLOTS)} slots have a worker run" if not missing else \
+            f"slots {waiting} failed in the last {FLEET.restart_backoff_s:.0f}s; restarting them after a pause"
+        return dg.SensorResult(skip_reason=dg.SkipReason(reason))
+    context.log.info(f"launching worker runs for slots {launch}")
+    return dg.SensorResult(run_requests=[dg.RunRequest(partition_key=slot, tags=_slot_tags(slot)) for slot in launch])
+
+
+class StopFleetConfig(dg.Config):
+    wait_s: float = Field(120.0, description="How long to wait for the worker runs to finish.")
+    terminate_after_wait: bool = Field(
+        True, description="Terminate runs still going after wait_s (they then end CANCELED).")
+
+
+@dg.op
+def stop_fleet(context: dg.OpExecutionContext, config: StopFleetConfig) -> dg.Output[int]:
+    instance = context.instance
+    set_fleet_stopped(instance, True, context.run_id)
+    runs = active_worker_runs(instance)
+    context.log.info(f"fleet stopped; waiting for {len(runs)} worker run(s) to commit and end")
+    deadline = time.monotonic() + config.wait_s
+    remaining = runs
+    while remaining and time.monotonic() < deadline:
+        time.sleep(2)
+        remaining = [r for r in active_worker_runs(instance) if r.run_id in {x.run_id for x in runs}]
+    if remaining and config.terminate_after_wait:
+        for run in remaining:
+            context.log.warning(f"terminating {run.run_id} (slot {run.tags.get(tags.WORKER_SLOT)})")
+            instance.run_coordinator.cancel_run(run.run_id)
+    return dg.Output(len(runs), metadata={"worker_runs": len(runs), "still_running": len(remaining)})
+
+
+@dg.job(executor_def=dg.in_process_executor,
+        description="Stop the worker fleet: the fleet sensor launches nothing and every worker run ends.")
+def stop_worker_fleet() -> None:
+    stop_fleet()
+
+
+@dg.op
+def start_fleet(context: dg.OpExecutionContext) -> None:
+    set_fleet_stopped(context.instance, False, context.run_id)
+    context.log.info("fleet started: the fleet sensor launches the missing slots on its next tick")
+
+
+@dg.job(executor_def=dg.in_process_executor, description="Resume the worker fleet after stop_worker_fleet.")
+def start_worker_fleet() -> None:
+    start_fleet()

@@ -1,0 +1,86 @@
+"""The DLQ sensor evaluated the way the daemon evaluates it, on a real instance and broker."""
+
+import dagster as dg
+from confluent_kafka import Producer
+
+from cv_queue.defs.dlq import dlq_sensor, reprocess_dlq
+from cv_queue.defs.resources import QueueResource
+from cv_queue.defs.topics import topic_assets
+from cv_queue.errors import ErrorCategory, InvalidPayloadError, TransientJobError
+from cv_queue.kafka.envelope import now_ms
+from cv_queue.kafka.lag import committed_offsets
+from cv_queue_tests.kafka.test_replay import _plant_letter
+from cv_queue_tests.support import read_topic
+
+
+def _tick(instance, resources, cursor=None):
+    with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as ctx:
+        result = dlq_sensor(ctx)
+    return result
+
+
+def test_dlq_sensor_end_to_end(resources, instance, settings, conn):
+    resources = {**resources, "queue": QueueResource(replay_cooldown_s=0)}
+    assert dg.materialize(topic_assets, resources=resources, instance=instance).success
+
+    empty = _tick(instance, resources)
+    assert empty.run_requests == [] and "no new dead letters" in empty.skip_reason.skip_message
+
+    raw = Producer(conn.client_config())
+    _plant_letter(raw, settings, b"bad-1", InvalidPayloadError("not_json"), ErrorCategory.INVALID_PAYLOAD, now_ms())
+    raw.flush(10)
+    invalid_only = _tick(instance, resources)
+    assert invalid_only.run_requests == []  # invalid_payload letters are never replayed automatically
+
+    for i in range(3):
+        _plant_letter(raw, settings, f"t-{i}".encode(), TransientJobError("blip"), ErrorCategory.TRANSIENT,
+                      now_ms() - 1000)
+    raw.flush(10)
+    first = _tick(instance, resources)
+    [request] = first.run_requests
+    again = _tick(instance, resources)  # same state, no cursor: the same request, same key
+    assert [r.run_key for r in again.run_requests] == [request.run_key]
+    config = request.run_config["ops"]["reprocess_dead_letters"]["config"]
+    assert set(config["categories"]) == {"transient", "rate_limited"}
+    assert config["max_messages"] == 3
+
+    retick = _tick(instance, resources, cursor=first.cursor)
+    assert retick.run_requests == [] and retick.skip_reason is not None
+
+    run = reprocess_dlq.execute_in_process(run_config=request.run_config, resources=resources, instance=instance,
+                                           tags=request.tags)
+    assert run.success
+    assert sorted(m.key() for m in read_topic(conn, settings.topic_names.main, expect=3)) == [b"t-0", b"t-1", b"t-2"]
+    invalid_partition = settings.dlq_partition(ErrorCategory.INVALID_PAYLOAD, None)
+    committed = committed_offsets(resources["kafka"].admin(), settings.replay_group_id, settings.topic_names.dlq,
+                                  [invalid_partition])
+    assert committed[invalid_partition] is None  # the invalid letter was not touched
+
+
+def test_cooldown_holds_fresh_letters(resources, instance, settings, conn):
+    resources = {**resources, "queue": QueueResource(replay_cooldown_s=3600)}
+    assert dg.materialize(topic_assets, resources=resources, instance=instance).success
+    raw = Producer(conn.client_config())
+    _plant_letter(raw, settings, b"fresh", TransientJobError("blip"), ErrorCategory.TRANSIENT, now_ms())
+    raw.flush(10)
+    held = _tick(instance, resources)
+    assert held.run_requests == []
+    assert "within the 3600s cooldown" in held.skip_reason.skip_message
+    cooled = _tick(instance, {**resources, "queue": QueueResource(replay_cooldown_s=0)})
+    assert len(cooled.run_requests) == 1
+
+
+def test_batch_size_caps_a_request(resources, instance, settings, conn):
+    resources = {**resources, "queue": QueueResource(replay_cooldown_s=0, replay_batch_size=4)}
+    assert dg.materialize(topic_assets, resources=resources, instance=instance).success
+    raw = Producer(conn.client_config())
+    for i in range(10):
+        _plant_letter(raw, settings, f"k{i}".encode(), TransientJobError("x"), ErrorCategory.TRANSIENT, now_ms())
+    raw.flush(10)
+    first = _tick(instance, resources)
+    second = _tick(instance, resources, cursor=first.cursor)
+    third = _tick(instance, resources, cursor=second.cursor)
+    sizes = [r.run_requests[0].run_config["ops"]["reprocess_dead_letters"]["config"]["max_messages"]
+             for r in (first, second, third)]
+    assert sizes == [4, 4, 2]
+    assert len({r.run_requests[0].run_key for r in (first, second, third)}) == 3
