@@ -16,6 +16,7 @@ from pydantic import Field
 
 from cv_queue.defs import tags
 from cv_queue.defs.resources import KafkaResource, QueueResource
+from cv_queue.defs.topics import skip_until_provisioned, unprovisioned
 from cv_queue.errors import ErrorCategory
 from cv_queue.kafka.lag import committed_offsets, end_offsets, offsets_before
 from cv_queue.kafka.replay import ReplayReport, ReplayRequest, replay_dead_letters
@@ -140,6 +141,8 @@ def _eligible_ranges(kafka: KafkaResource, settings: QueueSettings, cursor: dict
            description="Watches the DLQ's offsets and triggers reprocess_dlq under the replay policy.")
 def dlq_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource, queue: QueueResource) -> dg.SensorResult:
     settings = queue.settings(kafka)
+    if missing := unprovisioned(kafka, settings):
+        return skip_until_provisioned(missing)
     policy = settings.replay
     cursor: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
     now_ms = int(time.time() * 1000)

@@ -9,6 +9,7 @@ import dagster as dg
 from cv_queue.defs.resources import KafkaResource, QueueResource
 from cv_queue.kafka.lag import group_lag
 from cv_queue.kafka.topics import TopicRole, TopicSpec, describe_topics, diff_topic, provision_topic, topic_specs
+from cv_queue.settings import QueueSettings
 
 GROUP = "kafka_topics"
 ASSET_NAMES = {
@@ -25,6 +26,17 @@ DESCRIPTIONS = {
     TopicRole.RESULTS: "One result per job, written exactly once in the worker's transactions.",
     TopicRole.PARKED: "Dead letters replayed too often (or undecodable): kept for a human.",
 }
+
+
+def unprovisioned(kafka: KafkaResource, settings: QueueSettings) -> list[str]:
+    """Queue topics missing on the broker: sensors skip, saying so, rather than erroring before provisioning."""
+    present = kafka.admin().list_topics(timeout=10).topics
+    return [name for name in settings.topic_names.all() if name not in present]
+
+
+def skip_until_provisioned(missing: list[str]) -> dg.SensorResult:
+    return dg.SensorResult(skip_reason=dg.SkipReason(
+        f"topics {missing} do not exist yet: materialize the kafka_topics assets first"))
 
 
 def asset_key(role: TopicRole) -> dg.AssetKey:
@@ -98,6 +110,8 @@ topic_checks = [check for _, check in _BUILT]
 def queue_depth_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource,
                        queue: QueueResource) -> dg.SensorResult:
     settings = queue.settings(kafka)
+    if missing := unprovisioned(kafka, settings):
+        return skip_until_provisioned(missing)
     admin = kafka.admin()
     names = settings.topic_names
     events = []

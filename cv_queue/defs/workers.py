@@ -19,6 +19,7 @@ from pydantic import Field
 from cv_queue.defs import tags
 from cv_queue.defs.fleet_state import fleet_stopped, set_fleet_stopped
 from cv_queue.defs.resources import KafkaResource, QueueResource
+from cv_queue.defs.topics import skip_until_provisioned, unprovisioned
 from cv_queue.kafka.worker import PartitionWorker, WorkerStartError, WorkerStats
 from cv_queue.settings import QueueSettings, Slot
 
@@ -147,12 +148,8 @@ def worker_fleet_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResourc
         return dg.SensorResult(skip_reason=dg.SkipReason(
             f"the fleet was stopped by run {stopped['by_run']} at {stopped['at']}; launch start_worker_fleet "
             "to resume"))
-    names = queue.settings(kafka).topic_names
-    present = kafka.admin().list_topics(timeout=10).topics
-    missing_topics = [t for t in (names.main, names.retry, names.dlq, names.results) if t not in present]
-    if missing_topics:
-        return dg.SensorResult(skip_reason=dg.SkipReason(
-            f"topics {missing_topics} do not exist yet: materialize the kafka_topics assets first"))
+    if missing := unprovisioned(kafka, queue.settings(kafka)):
+        return skip_until_provisioned(missing)
     covered = {run.tags.get(tags.WORKER_SLOT) for run in active_worker_runs(context.instance)}
     missing = [slot for slot in SLOTS if slot not in covered]
     waiting = [slot for slot in missing if _recently_failed(context.instance, slot, FLEET.restart_backoff_s)]

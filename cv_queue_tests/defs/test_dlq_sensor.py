@@ -21,6 +21,8 @@ def _tick(instance, resources, cursor=None):
 
 def test_dlq_sensor_end_to_end(resources, instance, settings, conn):
     resources = {**resources, "queue": QueueResource(replay_cooldown_s=0)}
+    unprovisioned = _tick(instance, resources)
+    assert unprovisioned.run_requests == [] and "do not exist yet" in unprovisioned.skip_reason.skip_message
     assert dg.materialize(topic_assets, resources=resources, instance=instance).success
 
     empty = _tick(instance, resources)
