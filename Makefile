@@ -32,6 +32,10 @@ test: install broker-fetch lint
 run: install broker-fetch
 	$(BIN)/cv-queue dev
 
+# Throughput: the seed's before/after and ours, no-op vs the bare client, DLQ replay; prints JSON lines and tables.
+bench: install broker-fetch
+	$(BIN)/cv-queue bench --standard
+
 # End to end through Dagster: broker, daemon, topic assets, worker fleet, 1,000 jobs with failures, DLQ replay.
 e2e: install broker-fetch
 	$(BIN)/python -m cv_queue_tests.e2e.runner

@@ -7,7 +7,7 @@ Two roots:
 The README's config reference is generated from these field descriptions (`cv-queue config`).
 """
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -116,6 +116,11 @@ class WorkerSettings(BaseModel):
         32, ge=1,
         description="Jobs running at once per worker. 32 suits ~1 s LLM calls: 4 workers keep 128 calls "
         "in flight, ~128 jobs/s, without tripping typical provider concurrency limits.",
+    )
+    ordering: Literal["key", "partition"] = Field(
+        "key",
+        description="What must not run concurrently: jobs with the same key (default), or any two jobs of one "
+        "partition (the seed's one-job-at-a-time-per-partition design).",
     )
     max_buffered: int = Field(
         2000, ge=1, description="Records polled but not yet started; above this the worker pauses fetching."

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from cv_queue import __version__
 from cv_queue.broker.errors import BrokerError
-from cv_queue.cli import broker_cmd, config_cmd, dev_cmd, dlq_cmd, queue_cmd, topics_cmd
+from cv_queue.cli import bench_cmd, broker_cmd, config_cmd, dev_cmd, dlq_cmd, queue_cmd, topics_cmd
 from cv_queue.cli.context import add_global_flags
 from cv_queue.evaluation.handler import HandlerLoadError
 from cv_queue.kafka.topics import ProvisioningError
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cv-queue {__version__}")
     add_global_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (broker_cmd, topics_cmd, queue_cmd, dlq_cmd, config_cmd, dev_cmd):
+    for module in (broker_cmd, topics_cmd, queue_cmd, dlq_cmd, config_cmd, dev_cmd, bench_cmd):
         module.add_parser(sub)
     return parser
 

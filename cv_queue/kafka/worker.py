@@ -29,7 +29,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from cv_queue import headers as h
 from cv_queue.errors import ErrorCategory, InvalidPayloadError
 from cv_queue.evaluation.handler import JobContext, JobHandler, load_handler
-from cv_queue.kafka.backoff import inprocess_retrying, retry_delay_ms
+from cv_queue.kafka.backoff import InProcessRetry, retry_delay_ms
 from cv_queue.kafka.classify import ErrorClassifier
 from cv_queue.kafka.clients import assigned_consumer, poll_batch, transactional_producer
 from cv_queue.kafka.envelope import (
@@ -52,6 +52,7 @@ _FENCING_CODES = frozenset({
 })
 START_TIMEOUT_S = 60.0
 BUSY_POLL_S = 0.005  # poll timeout while jobs run, so completions are settled within ~5 ms
+OFFER_CHUNK = 8  # decoded jobs handed to the handler threads at a time
 IDLE_REPORT_EVERY = 6  # an idle worker reports every 6th progress interval instead of every one
 
 
@@ -105,6 +106,7 @@ class _Task:
     attempts_before: int
     calls_before: int
     replays: int
+    lane: bytes | tuple[str, int]  # what must not run concurrently: the key, or the partition
 
 
 @dataclass(slots=True)
@@ -151,7 +153,12 @@ class PartitionWorker:
         self._due: DueQueue[_Task] = DueQueue()
         self._waiting_by_partition: dict[int, int] = {}
         self._trackers: dict[tuple[str, int], PartitionTracker[OutputRecord]] = {}
-        self._work: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
+        # Handler threads take their next job themselves under this condition, so a finished job's slot is
+        # refilled at once, not when the poll loop next comes round (and not after a commit it is blocked in).
+        self._cond = threading.Condition()
+        self._taking = True  # False once shutting down: running jobs finish, no new ones start
+        self._closing = False
+        self._ready: list[_Task] = []  # decoded this loop turn, handed to the scheduler in one batch
         self._done: queue.SimpleQueue[_Completion] = queue.SimpleQueue()
         self._paused: set[tuple[str, int]] = set()
         self._settled_since_commit = 0
@@ -223,12 +230,26 @@ class PartitionWorker:
 
     # ------------------------------------------------------------------ handler threads
 
+    def _next_task(self) -> _Task | None:
+        with self._cond:
+            while not self._closing:
+                if self._taking and (taken := self._scheduler.take()) is not None:
+                    return taken[1]
+                self._cond.wait()
+        return None
+
+    def _offer(self, tasks: list[_Task]) -> None:
+        """Hand jobs to the scheduler and wake as many handler threads as there are new jobs."""
+        if not tasks:
+            return
+        with self._cond:
+            for task in tasks:
+                self._scheduler.offer(task.lane, task)
+            self._cond.notify(len(tasks))
+
     def _handler_loop(self) -> None:
-        retrying = inprocess_retrying(self.settings.retry, self._classifier)  # one per thread: not thread-safe
-        while True:
-            task = self._work.get()
-            if task is None:
-                return
+        retrying = InProcessRetry(self.settings.retry, self._classifier)  # one per thread: not thread-safe
+        while (task := self._next_task()) is not None:
             calls = 0
             ctx_base = (task.attempts_before + 1, task.replays, self.worker_id, task.source.partition,
                         task.source.offset)
@@ -247,11 +268,13 @@ class PartitionWorker:
                 ).to_bytes()
 
             try:
-                result = retrying(invoke)
-                self._done.put(_Completion(task, calls, result, None))
-            except Exception as exc:
-                category = self._classifier.classify(exc)
-                self._done.put(_Completion(task, calls, None, Failure.from_exception(exc, category)))
+                completion = _Completion(task, calls, retrying(invoke), None)
+            except Exception as exc:  # every handler failure is classified and routed
+                completion = _Completion(task, calls, None, Failure.from_exception(exc, self._classifier.classify(exc)))
+            with self._cond:
+                self._scheduler.done(task.lane)  # frees the slot and promotes the key's next job
+                self._cond.notify()
+            self._done.put(completion)
 
     # ------------------------------------------------------------------ intake
 
@@ -286,21 +309,25 @@ class PartitionWorker:
             failure = Failure.from_exception(exc, ErrorCategory.INVALID_PAYLOAD)
             self._settle(source, self._dead_letter(source, failure, attempts=0, calls=0))
             return
-        task = _Task(source=source, job=job, attempts_before=attempts, calls_before=calls, replays=replays)
-        if due > now_ms():
+        task = _Task(source=source, job=job, attempts_before=attempts, calls_before=calls, replays=replays,
+                     lane=self._lane(source, job))
+        if due and due > now_ms():
             self._due.push(due, task)
             self._waiting_by_partition[source.partition] = self._waiting_by_partition.get(source.partition, 0) + 1
         else:
-            self._scheduler.offer(job.key, task)
+            self._ready.append(task)
+
+    def _lane(self, source: SourceRecord, job: EvaluationJob) -> bytes | tuple[str, int]:
+        if self.settings.worker.ordering == "partition":
+            return (source.topic, source.partition)
+        return job.key
 
     def _release_due(self) -> None:
+        if not len(self._due):
+            return
         for task in self._due.pop_due(now_ms()):
             self._waiting_by_partition[task.source.partition] -= 1
-            self._scheduler.offer(task.job.key, task)
-
-    def _dispatch(self) -> None:
-        while (taken := self._scheduler.take()) is not None:
-            self._work.put(taken[1])
+            self._ready.append(task)
 
     # ------------------------------------------------------------------ completion and routing
 
@@ -333,7 +360,6 @@ class PartitionWorker:
         self._settled_since_commit += 1
 
     def _complete(self, completion: _Completion) -> None:
-        self._scheduler.done(completion.task.job.key)
         source = completion.task.source
         try:
             output = self._route(completion)
@@ -514,13 +540,17 @@ class PartitionWorker:
                 err = msg.error()
                 if err is None:
                     self._intake(msg)
+                    if len(self._ready) >= OFFER_CHUNK:  # keep handlers busy while the rest is decoded
+                        self._offer(self._ready)
+                        self._ready = []
                 elif err.fatal():
                     raise KafkaException(err)
                 elif err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consume error on %s[%s]: %s", msg.topic(), msg.partition(), err.str())
             self._drain_completions()
             self._release_due()
-            self._dispatch()
+            self._offer(self._ready)
+            self._ready = []
             self._update_pauses()
             now = time.monotonic()
             if self._settled_since_commit and (
@@ -556,13 +586,15 @@ class PartitionWorker:
         """Stop taking work, let running jobs finish within the grace period, commit what completed."""
         assert self._consumer is not None
         self._consumer.pause([TopicPartition(t, p) for t, p in self._source_partitions()])
+        with self._cond:
+            self._taking = False  # jobs buffered behind running ones are not started: redelivered later
         deadline = time.monotonic() + self.settings.worker.shutdown_grace_ms / 1000
         while self._scheduler.in_flight and time.monotonic() < deadline:
             try:
                 self._complete(self._done.get(timeout=0.05))
             except queue.Empty:
                 continue
-            # Jobs buffered behind a finished key are not started now: they are redelivered later.
+        self._drain_completions()
         abandoned = self._scheduler.in_flight
         self._commit()
         if abandoned:
@@ -570,8 +602,9 @@ class PartitionWorker:
                         "redelivery", self.slot.name, abandoned)
 
     def _close(self) -> None:
-        for _ in self._threads:
-            self._work.put(None)
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
         if self._producer is not None and self._in_transaction:
             try:
                 self._producer.abort_transaction(10)

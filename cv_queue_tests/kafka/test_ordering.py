@@ -81,3 +81,20 @@ def test_same_key_runs_one_at_a_time_in_offset_order(conn, provisioned):
     firsts = sorted((runs[0][1], runs[0][2]) for runs in by_key.values())
     overlapping_keys = sum(1 for a, b in itertools.pairwise(firsts) if b[0] < a[1])
     assert overlapping_keys > 0
+
+
+def test_partition_ordering_runs_one_job_per_partition_at_a_time(conn, provisioned):
+    # The seed's design as written: one job at a time per partition, whatever the keys.
+    settings = tuned(provisioned, worker={"max_in_flight": 16, "ordering": "partition"})
+    jobs = [j.model_copy(update={"labels": {"sleep_s": "0.03"}}) for j in sample_jobs(12, seed=9, prefix="p")]
+    raw = Producer(conn.client_config())
+    for job in jobs:
+        raw.produce(settings.topic_names.main, key=job.key, value=job.to_bytes(), partition=5)
+    raw.flush(10)
+    handler = RecordingHandler()
+    with running_workers(conn, settings, handler=handler):
+        read_topic(conn, settings.topic_names.results, expect=len(jobs), timeout_s=60)
+    runs = sorted((start, end, offset) for _, offset, start, end in handler.calls)
+    assert len(runs) == len(jobs)
+    assert [r[2] for r in runs] == sorted(r[2] for r in runs)  # in offset order
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(runs))  # never two at once in the partition
