@@ -28,6 +28,10 @@ CATEGORY_ORDER: tuple[ErrorCategory, ...] = (
 )
 
 
+#: What replays by default, by hand or from the sensor: the categories a later attempt can cure.
+DEFAULT_REPLAY_CATEGORIES: tuple[ErrorCategory, ...] = (ErrorCategory.TRANSIENT, ErrorCategory.RATE_LIMITED)
+
+
 class JobError(Exception):
     """Base of the failures a handler raises on purpose; the subclass names the category."""
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cv_queue.errors import CATEGORY_ORDER, ErrorCategory
+from cv_queue.errors import CATEGORY_ORDER, DEFAULT_REPLAY_CATEGORIES, ErrorCategory
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
@@ -137,6 +137,9 @@ class WorkerSettings(BaseModel):
     max_job_bytes: int = Field(
         524_288, ge=1, description="Larger job records are rejected as invalid_payload (512 KiB)."
     )
+    max_result_bytes: int = Field(
+        900_000, ge=1, description="A larger result is dead-lettered as permanent (it could never be produced)."
+    )
     handler: str = Field(
         "cv_queue.evaluation.scorer:KeywordScorer",
         description="Dotted path (module:attr) of the job handler; a class is instantiated with handler_options.",
@@ -171,7 +174,7 @@ class ReplayPolicy(BaseModel):
     """What the Dagster DLQ sensor replays on its own, and the caps every replay honours."""
 
     auto_categories: list[ErrorCategory] = Field(
-        default_factory=lambda: [ErrorCategory.TRANSIENT, ErrorCategory.RATE_LIMITED],
+        default_factory=lambda: list(DEFAULT_REPLAY_CATEGORIES),
         description="Categories replayed automatically (invalid_payload never is).",
     )
     cooldown_s: float = Field(60.0, ge=0, description="Replay a dead letter only this long after it failed.")

@@ -271,7 +271,9 @@ def start_cluster(
                 f"(pids {', '.join(str(n.pid) for n in alive)}; state {state_file}).",
                 "use it, or run `cv-queue broker stop` first.",
             )
-        state_file.unlink()  # stale: every process it names is gone
+        if existing.ephemeral:  # stale: every process it names is gone; so is the need for its data
+            shutil.rmtree(existing.data_root, ignore_errors=True)
+        state_file.unlink()
     java = require_java()
     libs = fetch_kafka(KAFKA_VERSION, quiet=not progress)
     data_root, ephemeral = _prepare_data_root(data_dir)
@@ -283,7 +285,10 @@ def start_cluster(
         cluster_id = next((cid for n in layout if (cid := _existing_cluster_id(n))), None) or new_cluster_id()
         state = _launch(java, libs, layout, cluster_id, data_root, ephemeral, state_file, progress)
     except BaseException:
-        if ephemeral:
+        # Some nodes may already run (the state file names them): stop them before deleting their data.
+        if read_state(state_file) is not None:
+            stop_cluster(state_file, timeout_s=5, progress=False)
+        elif ephemeral:
             shutil.rmtree(data_root, ignore_errors=True)
         raise
     try:

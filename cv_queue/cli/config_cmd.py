@@ -2,6 +2,7 @@
 
 import argparse
 import json
+from pathlib import Path
 
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings
@@ -11,6 +12,8 @@ from cv_queue.settings import KafkaConnection, QueueSettings
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     cfg = sub.add_parser("config", help="print the configuration reference (markdown)")
+    cfg.add_argument("--readme", type=Path, default=None,
+                     help="rewrite the reference between the config-reference markers of this file instead")
     cfg.set_defaults(func=cmd_config)
 
 
@@ -35,6 +38,18 @@ def reference() -> str:
     return "\n".join(lines)
 
 
+START, END = "<!-- config-reference:start", "<!-- config-reference:end -->"
+
+
 def cmd_config(args: argparse.Namespace) -> int:
-    print(reference())
+    if args.readme is None:
+        print(reference())
+        return 0
+    text = args.readme.read_text()
+    if START not in text or END not in text:
+        raise ValueError(f"{args.readme} has no config-reference markers")
+    head, rest = text.split(START, 1)
+    marker_line, _ = rest.split("\n", 1)
+    _, tail = rest.split(END, 1)
+    args.readme.write_text(f"{head}{START}{marker_line}\n{reference()}\n{END}{tail}")
     return 0

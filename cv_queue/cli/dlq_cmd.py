@@ -3,12 +3,12 @@
 import argparse
 import sys
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from cv_queue.cli.context import connection, settings
 from cv_queue.cli.tables import render
-from cv_queue.errors import CATEGORY_ORDER, ErrorCategory, InvalidPayloadError
-from cv_queue.kafka.clients import admin_client, poll_batch
+from cv_queue.errors import CATEGORY_ORDER, DEFAULT_REPLAY_CATEGORIES, ErrorCategory, InvalidPayloadError
+from cv_queue.kafka.clients import admin_client, assigned_consumer, poll_batch
 from cv_queue.kafka.envelope import read_dead_letter
 from cv_queue.kafka.lag import committed_offsets, end_offsets
 from cv_queue.kafka.replay import ReplayRequest, replay_dead_letters
@@ -45,8 +45,8 @@ def cmd_peek(args: argparse.Namespace) -> int:
     admin = admin_client(conn)
     committed = committed_offsets(admin, qs.replay_group_id, topic, partitions)
     ends = end_offsets(admin, topic, partitions)
-    consumer = Consumer({**conn.client_config(), "group.id": f"{qs.replay_group_id}-peek",
-                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    # A group of its own, never committed: peeking must not move the replay group's offsets.
+    consumer = assigned_consumer(conn, qs, f"{qs.replay_group_id}-peek", role="dlq-peek")
     consumer.assign([TopicPartition(topic, p, committed[p] if committed[p] is not None else OFFSET_BEGINNING)
                      for p in partitions])
     rows, remaining = [], {p for p in partitions if (committed[p] or 0) < ends[p]}
@@ -78,7 +78,7 @@ def cmd_peek(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     qs = settings(args)
     request = ReplayRequest(
-        categories=[ErrorCategory(c) for c in (args.category or ["transient", "rate_limited"])],
+        categories=[ErrorCategory(c) for c in args.category] if args.category else list(DEFAULT_REPLAY_CATEGORIES),
         error_classes=args.error_class,
         min_age_s=args.min_age,
         max_messages=args.max_messages,

@@ -149,6 +149,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"worker for slot {slot.name} was fenced by a newer worker for the same slot; exiting",
               file=sys.stderr)
         return 3
+    if stats.stop_reason == "fatal":
+        print(f"worker for slot {slot.name} stopped on a fatal producer error (see above); restart it",
+              file=sys.stderr)
+        return 4
     return 0
 
 

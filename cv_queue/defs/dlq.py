@@ -17,9 +17,10 @@ from pydantic import Field
 from cv_queue.defs import tags
 from cv_queue.defs.resources import KafkaResource, QueueResource
 from cv_queue.defs.topics import skip_until_provisioned, unprovisioned
-from cv_queue.errors import ErrorCategory
+from cv_queue.errors import DEFAULT_REPLAY_CATEGORIES, ErrorCategory
 from cv_queue.kafka.lag import committed_offsets, end_offsets, offsets_before
 from cv_queue.kafka.replay import ReplayReport, ReplayRequest, replay_dead_letters
+from cv_queue.kafka.transaction import TransactionFatalError, TransactionFencedError
 from cv_queue.settings import QueueSettings
 
 REPLAY_JOB = "reprocess_dlq"
@@ -29,14 +30,15 @@ class ReprocessConfig(dg.Config):
     """What to replay, and how hard to retry if the broker misbehaves. Every field has a default."""
 
     categories: list[str] = Field(
-        default=[ErrorCategory.TRANSIENT.value, ErrorCategory.RATE_LIMITED.value],
+        default=[c.value for c in DEFAULT_REPLAY_CATEGORIES],
         description="Error categories to replay: transient, rate_limited, permanent, invalid_payload.")
     error_classes: list[str] = Field(default=[], description="Only these error classes ([] = all).")
     min_age_seconds: float = Field(0.0, description="Leave letters younger than this for a later run.")
     max_messages: int = Field(10_000, description="Most letters handled by this run.")
     dry_run: bool = Field(False, description="Report what would happen; produce and commit nothing.")
     target: str = Field("main", description="'main' for the main topic, or a topic name to replay into.")
-    max_replays: int = Field(3, description="Letters already replayed this often go to the parking lot.")
+    max_replays: int = Field(QueueSettings().replay.max_replays,
+                             description="Letters already replayed this often go to the parking lot.")
     max_retries: int = Field(3, description="Retries of this run's step when the broker fails.")
     retry_delay_seconds: float = Field(5.0, description="Delay before the first retry.")
     retry_backoff: str = Field("exponential", description="'exponential', 'linear' or 'constant'.")
@@ -92,7 +94,7 @@ def reprocess_dead_letters(context: dg.OpExecutionContext, config: ReprocessConf
 
     try:
         report = replay_dead_letters(kafka.connection(), settings, request, on_progress=progress)
-    except KafkaException as exc:
+    except (KafkaException, TransactionFatalError, TransactionFencedError) as exc:
         # RetryRequested (not a RetryPolicy) so the limits come from this run's config.
         wait = retry_wait_s(config, context.retry_number)
         context.log.warning(f"replay failed ({exc}); retry {context.retry_number + 1}/{config.max_retries} "
@@ -110,59 +112,94 @@ def reprocess_dlq() -> None:
     reprocess_dead_letters()
 
 
-def _eligible_ranges(kafka: KafkaResource, settings: QueueSettings, cursor: dict[str, int],
-                     now_ms: int) -> tuple[dict[int, tuple[int, int]], dict[int, int], int]:
-    """Per auto-replay partition: (start, end) of letters past the cooldown and beyond the cursor.
+class _Offsets:
+    """The offsets one tick needs, per auto-replay DLQ partition (offset reads only: a tick must stay short)."""
 
-    Also returns the new end offsets seen and how many letters are still cooling down.
-    """
-    admin = kafka.admin()
-    topic = settings.topic_names.dlq
-    policy = settings.replay
-    partitions = settings.dlq_partitions(policy.auto_categories)
-    ends = end_offsets(admin, topic, partitions)
-    cooled = offsets_before(admin, topic, partitions, now_ms - int(policy.cooldown_s * 1000))
-    committed = committed_offsets(admin, settings.replay_group_id, topic, partitions)
-    ranges, cooling = {}, 0
-    for p in partitions:
-        seen = cursor.get(str(p), 0)
-        if seen > ends[p]:  # the topic was recreated behind our back: start over
-            seen = 0
-        start = max(seen, committed[p] or 0)
-        end = min(cooled[p], ends[p])
-        if end > start:
-            ranges[p] = (start, end)
-        cooling += max(0, ends[p] - max(end, start))
-    return ranges, ends, cooling
+    def __init__(self, kafka: KafkaResource, settings: QueueSettings, now_ms: int) -> None:
+        admin = kafka.admin()
+        topic = settings.topic_names.dlq
+        policy = settings.replay
+        self.partitions = settings.dlq_partitions(policy.auto_categories)
+        self.ends = end_offsets(admin, topic, self.partitions)
+        cooled = offsets_before(admin, topic, self.partitions, now_ms - int(policy.cooldown_s * 1000))
+        # Letters past the cooldown end at the first younger one.
+        self.eligible = {p: min(cooled[p], self.ends[p]) for p in self.partitions}
+        committed = committed_offsets(admin, settings.replay_group_id, topic, self.partitions)
+        self.committed = {p: committed[p] or 0 for p in self.partitions}
 
 
-@dg.sensor(job=reprocess_dlq, minimum_interval_seconds=QueueSettings().replay.sensor_interval_s,
-           default_status=dg.DefaultSensorStatus.RUNNING,
-           description="Watches the DLQ's offsets and triggers reprocess_dlq under the replay policy.")
-def dlq_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource, queue: QueueResource) -> dg.SensorResult:
-    settings = queue.settings(kafka)
-    if missing := unprovisioned(kafka, settings):
-        return skip_until_provisioned(missing)
-    policy = settings.replay
-    cursor: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
-    now_ms = int(time.time() * 1000)
-    ranges, _, cooling = _eligible_ranges(kafka, settings, cursor, now_ms)
-    categories = ", ".join(c.value for c in policy.auto_categories)
-    if not ranges:
-        reason = f"no new dead letters in the auto-replay categories ({categories})"
-        if cooling:
-            reason += f"; offsets of up to {cooling} letter(s) are within the {policy.cooldown_s:.0f}s cooldown"
-        return dg.SensorResult(skip_reason=dg.SkipReason(reason))
-    budget = policy.batch_size
-    batch: dict[int, tuple[int, int]] = {}
+def _cap(ranges: dict[int, tuple[int, int]], budget: int) -> dict[int, tuple[int, int]]:
+    batch = {}
     for p, (start, end) in sorted(ranges.items()):
         if budget <= 0:
             break
         upto = min(end, start + budget)
         batch[p] = (start, upto)
         budget -= upto - start
-    new_cursor = {**cursor, **{str(p): end for p, (_, end) in batch.items()}}
-    run_key = "dlq:" + ";".join(f"{p}:{s}-{e}" for p, (s, e) in sorted(batch.items()))
+    return batch
+
+
+def _key(prefix: str, batch: dict[int, tuple[int, int]]) -> str:
+    return prefix + ";".join(f"{p}:{s}-{e}" for p, (s, e) in sorted(batch.items()))
+
+
+def _finished_run(instance: dg.DagsterInstance, run_key: str | None) -> dg.DagsterRun | None:
+    """The run a previous tick requested, once it has finished (None while it is pending or running)."""
+    if not run_key:
+        return None
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1)
+    return runs[0] if runs and runs[0].is_finished else None
+
+
+@dg.sensor(job=reprocess_dlq, minimum_interval_seconds=QueueSettings().replay.sensor_interval_s,
+           default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Watches the DLQ's offsets and triggers reprocess_dlq under the replay policy.")
+def dlq_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource, queue: QueueResource) -> dg.SensorResult:
+    """One run per batch of new, cooled-down letters of the auto-replay categories.
+
+    The cursor holds the offsets already requested and the last run_key. Letters beyond the cursor are
+    new. Letters below it that the replay group has not committed were requested by a run that did not
+    replay them (it failed, or stopped at its cap): once that run has finished they are requested again,
+    under a run_key that names it, so a lasting failure cannot leave letters behind.
+    """
+    settings = queue.settings(kafka)
+    if missing := unprovisioned(kafka, settings):
+        return skip_until_provisioned(missing)
+    policy = settings.replay
+    state = json.loads(context.cursor) if context.cursor else {}
+    requested: dict[str, int] = state.get("offsets", {})
+    last_key: str | None = state.get("run_key")
+    offsets = _Offsets(kafka, settings, int(time.time() * 1000))
+    categories = ", ".join(c.value for c in policy.auto_categories)
+
+    new = {}
+    for p in offsets.partitions:
+        seen = requested.get(str(p), 0)
+        if seen > offsets.ends[p]:  # the topic was recreated behind our back: start over
+            seen = 0
+        start = max(seen, offsets.committed[p])
+        if offsets.eligible[p] > start:
+            new[p] = (start, offsets.eligible[p])
+    batch, prefix = _cap(new, policy.batch_size), "dlq:"
+    if not batch:
+        stalled = {p: (offsets.committed[p], end) for p in offsets.partitions
+                   if (end := min(requested.get(str(p), 0), offsets.eligible[p])) > offsets.committed[p]}
+        previous = _finished_run(context.instance, last_key)
+        if stalled and previous is not None:
+            batch, prefix = _cap(stalled, policy.batch_size), f"dlq-again-after-{previous.run_id}:"
+    if not batch:
+        cooling = sum(max(0, offsets.ends[p] - max(offsets.eligible[p], offsets.committed[p]))
+                      for p in offsets.partitions)
+        reason = f"no new dead letters in the auto-replay categories ({categories})"
+        if cooling:
+            reason += f"; offsets of up to {cooling} letter(s) are within the {policy.cooldown_s:.0f}s cooldown"
+        if last_key and _finished_run(context.instance, last_key) is None:
+            reason += f"; waiting for the replay run {last_key} to finish"
+        return dg.SensorResult(skip_reason=dg.SkipReason(reason))
+
+    run_key = _key(prefix, batch)
+    cursor = {"offsets": {**requested, **{str(p): max(end, requested.get(str(p), 0))
+                                          for p, (_, end) in batch.items()}}, "run_key": run_key}
     config = ReprocessConfig(categories=[c.value for c in policy.auto_categories], min_age_seconds=policy.cooldown_s,
                              max_messages=sum(e - s for s, e in batch.values()), max_replays=policy.max_replays)
     context.log.info(f"requesting a replay of DLQ offsets {batch} ({categories})")
@@ -173,5 +210,5 @@ def dlq_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource, queue:
             tags={tags.ROLE: tags.ROLE_DLQ_REPLAY, "cv-queue/trigger": "dlq_sensor",
                   "cv-queue/requested-at": datetime.now(UTC).isoformat(timespec="seconds")},
         )],
-        cursor=json.dumps(new_cursor),
+        cursor=json.dumps(cursor),
     )

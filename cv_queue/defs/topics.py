@@ -30,7 +30,7 @@ DESCRIPTIONS = {
 
 def unprovisioned(kafka: KafkaResource, settings: QueueSettings) -> list[str]:
     """Queue topics missing on the broker: sensors skip, saying so, rather than erroring before provisioning."""
-    present = kafka.admin().list_topics(timeout=10).topics
+    present = kafka.admin().list_topics(timeout=5).topics
     return [name for name in settings.topic_names.all() if name not in present]
 
 

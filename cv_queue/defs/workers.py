@@ -106,6 +106,9 @@ def run_partition_worker(context: dg.OpExecutionContext, config: WorkerRunConfig
     stats: WorkerStats = outcome["stats"]
     if stats.stop_reason == "fenced":
         raise dg.Failure(description=f"slot {slot.name}: fenced by another worker for the same slot")
+    if stats.stop_reason == "fatal":
+        raise dg.Failure(description=f"slot {slot.name}: the worker's producer hit a fatal error (see the logs); "
+                                     "the fleet sensor starts a replacement")
     context.log.info(f"stopped ({'fleet stop' if fleet_stop else stats.stop_reason}): {stats.summary()}")
     return dg.Output({"succeeded": stats.succeeded, "retried": stats.retried,
                       "dead_lettered": stats.dead_lettered},

@@ -52,11 +52,6 @@ class PartitionTracker(Generic[T]):
         return self.committed, outputs
 
     @property
-    def watermark(self) -> int:
-        """The lowest offset not yet settled (or the committed position when nothing is open)."""
-        return self._order[0] if self._order else self.committed
-
-    @property
     def open_count(self) -> int:
         return len(self._order)
 
@@ -109,9 +104,6 @@ class KeyedScheduler(Generic[T]):
     def buffered(self) -> int:
         """Items accepted but not running."""
         return len(self._ready) + self._waiting_count
-
-    def is_busy(self, key: K) -> bool:
-        return key in self._busy
 
 
 class DueQueue(Generic[T]):

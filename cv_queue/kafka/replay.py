@@ -12,7 +12,6 @@ Filters:
 - max messages caps the letters handled in one run.
 """
 
-import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -22,12 +21,11 @@ from enum import StrEnum
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, Message, TopicPartition
 from pydantic import BaseModel, Field
 
-from cv_queue.errors import ErrorCategory, InvalidPayloadError
+from cv_queue.errors import DEFAULT_REPLAY_CATEGORIES, ErrorCategory, InvalidPayloadError
 from cv_queue.kafka.clients import assigned_consumer, poll_batch, transactional_producer
 from cv_queue.kafka.envelope import OutputRecord, now_ms, parked_headers, read_dead_letter, replayed_headers
+from cv_queue.kafka.transaction import commit_atomically
 from cv_queue.settings import KafkaConnection, QueueSettings
-
-log = logging.getLogger("cv_queue.replay")
 
 IDLE_END_S = 2.0  # no records for this long at a partition's end: it is done (an open txn may hold the LSO)
 
@@ -35,14 +33,15 @@ IDLE_END_S = 2.0  # no records for this long at a partition's end: it is done (a
 class ReplayOutcome(StrEnum):
     REPLAYED = "replayed"
     PARKED = "parked"
-    SKIPPED = "skipped"  # error class filtered out: committed past, left in the DLQ topic
+    SKIPPED = "skipped"  # error class filtered out: the replay group commits past it (the record stays in the
+    # topic until retention, reachable by reading the DLQ from an earlier offset, but no later replay sees it)
 
 
 class ReplayRequest(BaseModel):
     """What to replay. Defaults replay every retryable letter of any age."""
 
     categories: list[ErrorCategory] = Field(
-        default_factory=lambda: [ErrorCategory.TRANSIENT, ErrorCategory.RATE_LIMITED],
+        default_factory=lambda: list(DEFAULT_REPLAY_CATEGORIES),
         description="Categories to replay (each maps to its own DLQ partitions).",
     )
     error_classes: list[str] = Field(
@@ -97,6 +96,7 @@ class _Replayer:
         self.next_offsets: dict[int, int] = {}
         self.done: set[int] = set()
         self.cutoff = datetime.now(UTC) - timedelta(seconds=request.min_age_s)
+        self.ends: dict[int, int] = {}  # end offsets when the run started: the run never reads past them
 
     def run(self) -> ReplayReport:
         started = time.monotonic()
@@ -118,7 +118,7 @@ class _Replayer:
     def _assign(self, tps: list[TopicPartition]) -> dict[int, int]:
         """Assign the DLQ partitions at the group's committed offsets; return their end offsets."""
         committed = self.consumer.committed(tps, timeout=30)
-        ends = {}
+        ends = self.ends
         for tp in committed:
             low, high = self.consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=15)
             ends[tp.partition] = high
@@ -158,6 +158,8 @@ class _Replayer:
             self._handle(msg)
             if msg.offset() + 1 >= ends[msg.partition()]:
                 self.done.add(msg.partition())
+            if msg.partition() in self.done:
+                self.consumer.pause([TopicPartition(msg.topic(), msg.partition())])
 
     @property
     def _handled(self) -> int:
@@ -201,41 +203,23 @@ class _Replayer:
     def _flush(self) -> None:
         if not self.next_offsets:
             return
-        # A finished partition commits the consumer position, which lies past the final transaction
-        # marker, so an emptied DLQ partition shows a depth of 0 rather than 1.
+        # A finished partition commits up to the end offset seen at the start, which lies past the final
+        # transaction marker (so an emptied DLQ partition shows a depth of 0, not 1), but never past a
+        # letter that arrived during the run and was not handled.
         positions = {tp.partition: tp.offset for tp in self.consumer.position(
             [TopicPartition(self.names.dlq, p) for p in self.next_offsets])}
         for partition, offset in self.next_offsets.items():
             if partition in self.done and partition not in self.report.left_too_young:
-                self.next_offsets[partition] = max(offset, positions[partition])
+                self.next_offsets[partition] = max(offset, min(positions[partition], self.ends[partition]))
         offsets = [TopicPartition(self.names.dlq, p, o) for p, o in sorted(self.next_offsets.items())]
         if self.producer is not None:
-            self.producer.begin_transaction()
-            try:
-                for out in self.pending:
-                    self._produce(out)
-                self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
-                self.producer.commit_transaction(60)
-            except BaseException:
-                try:
-                    self.producer.abort_transaction(30)
-                except KafkaException as exc:
-                    log.warning("abort after a failed replay batch also failed: %s", exc)
-                raise
+            commit_atomically(self.producer, self.pending, offsets, self.consumer.consumer_group_metadata(),
+                              stopping=lambda: False)
         self.report.committed_offsets.update({tp.partition: tp.offset for tp in offsets})
         self.pending.clear()
         self.next_offsets.clear()
         if self.on_progress is not None:
             self.on_progress(self.report)
-
-    def _produce(self, out: OutputRecord) -> None:
-        assert self.producer is not None
-        while True:
-            try:
-                self.producer.produce(out.topic, key=out.key, value=out.value, headers=out.headers or None)
-                return
-            except BufferError:
-                self.producer.poll(0.05)
 
 
 def replay_dead_letters(

@@ -289,6 +289,12 @@ def _converge_topic(admin: AdminClient, spec: TopicSpec, live: TopicState) -> To
             "Kafka cannot remove partitions, and doing it by recreating the topic would lose data. Raise "
             "CVQ_TOPICS__PARTITIONS back to at least the live count, or migrate to a new namespace."
         )
+    if spec.role == TopicRole.DLQ and spec.partitions != live.partitions:
+        raise ProvisioningError(
+            f"DLQ {spec.name!r} has {live.partitions} partitions but the spec asks for {spec.partitions}; DLQ "
+            "partitions stand for error categories, so changing their number would file existing dead letters "
+            "under the wrong category. Keep CVQ_TOPICS__DLQ_PARTITIONS_PER_CATEGORY, or use a new namespace."
+        )
     drift = diff_topic(spec, live)
     changes = {d.key: d.desired for d in drift.configs}
     # Keys missing from the broker's description are keys it does not know or ignores (Redpanda's

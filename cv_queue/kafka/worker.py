@@ -41,15 +41,17 @@ from cv_queue.kafka.envelope import (
     retry_record,
 )
 from cv_queue.kafka.inflight import DueQueue, KeyedScheduler, PartitionTracker
+from cv_queue.kafka.transaction import (
+    TransactionAbandonedError,
+    TransactionFatalError,
+    TransactionFencedError,
+    commit_atomically,
+)
 from cv_queue.messages import EvaluationJob, EvaluationResult, decode_job
 from cv_queue.settings import KafkaConnection, QueueSettings, Slot
 
 log = logging.getLogger("cv_queue.worker")
 
-_FENCING_CODES = frozenset({
-    KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
-    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-})
 START_TIMEOUT_S = 60.0
 BUSY_POLL_S = 0.005  # poll timeout while jobs run, so completions are settled within ~5 ms
 OFFER_CHUNK = 8  # decoded jobs handed to the handler threads at a time
@@ -58,10 +60,6 @@ IDLE_REPORT_EVERY = 6  # an idle worker reports every 6th progress interval inst
 
 class WorkerStartError(RuntimeError):
     """The worker cannot start: topics missing, partitions absent, broker unreachable."""
-
-
-class WorkerFencedError(RuntimeError):
-    """A newer worker took over this slot's transactional id."""
 
 
 @dataclass
@@ -83,10 +81,6 @@ class WorkerStats:
     waiting_retries: int = 0
     lag: int = 0
     stop_reason: str = ""
-
-    @property
-    def processed(self) -> int:
-        return self.succeeded + self.retried + self.dead_lettered
 
     def summary(self) -> str:
         return (
@@ -123,10 +117,6 @@ def _source(msg: Message) -> SourceRecord:
                         key=msg.key(), value=msg.value(), headers=msg.headers() or [])
 
 
-def _is_fenced(err: KafkaError) -> bool:
-    return err.code() in _FENCING_CODES
-
-
 class PartitionWorker:
     """Runs one slot until `stop` is set (or it is fenced). Build, then call `run(stop)`."""
 
@@ -139,6 +129,13 @@ class PartitionWorker:
         on_progress: Callable[[WorkerStats], None] | None = None,
         worker_id: str | None = None,
     ) -> None:
+        if slot not in settings.slots():
+            # Workers assign partitions and are fenced only per slot: an overlapping slot ("1-2" next to
+            # "0-1") would process partition 1 twice under two transactional ids.
+            raise WorkerStartError(
+                f"slot {slot.name} is not one of this queue's slots {[s.name for s in settings.slots()]} "
+                f"({settings.topics.partitions} partitions, {settings.topics.partitions_per_worker} per worker)"
+            )
         self.conn = conn
         self.settings = settings
         self.slot = slot
@@ -166,6 +163,7 @@ class PartitionWorker:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._in_transaction = False
+        self._stopping = threading.Event()
         self._last_summary = ""
         self._quiet_reports = 0
 
@@ -247,6 +245,12 @@ class PartitionWorker:
                 self._scheduler.offer(task.lane, task)
             self._cond.notify(len(tasks))
 
+    def _failure(self, exc: BaseException) -> Failure:
+        try:
+            return Failure.from_exception(exc, self._classifier.classify(exc))
+        except Exception:
+            return Failure(ErrorCategory.TRANSIENT, type(exc).__qualname__, "unprintable exception", "")
+
     def _handler_loop(self) -> None:
         retrying = InProcessRetry(self.settings.retry, self._classifier)  # one per thread: not thread-safe
         while (task := self._next_task()) is not None:
@@ -267,14 +271,22 @@ class PartitionWorker:
                     handler_calls=task.calls_before + calls, replays=replays, worker=worker,
                 ).to_bytes()
 
+            completion: _Completion | None = None
             try:
-                completion = _Completion(task, calls, retrying(invoke), None)
+                result = retrying(invoke)
+                completion = _Completion(task, calls, result, None)
             except Exception as exc:  # every handler failure is classified and routed
-                completion = _Completion(task, calls, None, Failure.from_exception(exc, self._classifier.classify(exc)))
-            with self._cond:
-                self._scheduler.done(task.lane)  # frees the slot and promotes the key's next job
-                self._cond.notify()
-            self._done.put(completion)
+                completion = _Completion(task, calls, None, self._failure(exc))
+            finally:
+                if completion is None:  # a BaseException escaped the handler: the job still needs an outcome
+                    completion = _Completion(task, calls, None, Failure(
+                        ErrorCategory.TRANSIENT, "BaseException", "handler thread interrupted", ""))
+                # The completion is queued before the slot is freed, so a shutdown that waits for
+                # in_flight == 0 always finds it.
+                self._done.put(completion)
+                with self._cond:
+                    self._scheduler.done(task.lane)  # frees the slot and promotes the key's next job
+                    self._cond.notify()
 
     # ------------------------------------------------------------------ intake
 
@@ -339,11 +351,16 @@ class PartitionWorker:
     def _route(self, completion: _Completion) -> OutputRecord:
         task = completion.task
         self.stats.handler_calls += completion.calls
-        if completion.result is not None:
+        if completion.result is not None and len(completion.result) <= self.settings.worker.max_result_bytes:
             self.stats.succeeded += 1
             return OutputRecord(topic=self.names.results, key=task.source.key, value=completion.result, headers=[])
         failure = completion.failure
-        assert failure is not None
+        if failure is None:  # a result too large to produce would block every later commit of the slot
+            failure = Failure(ErrorCategory.PERMANENT, "cv_queue.ResultTooLarge",
+                              f"the handler's result is {len(completion.result or b'')} bytes, over "
+                              f"max_result_bytes {self.settings.worker.max_result_bytes}", "")
+        if failure.category == ErrorCategory.INVALID_PAYLOAD:
+            self.stats.invalid += 1
         attempts = task.attempts_before + 1
         calls = task.calls_before + completion.calls
         retry = self.settings.retry
@@ -381,6 +398,8 @@ class PartitionWorker:
 
     # ------------------------------------------------------------------ flow control
 
+    # The poll loop reads the scheduler's counters without taking _cond: they are plain ints under the GIL,
+    # and a stale value only shifts a pause, a gauge or a poll timeout by one loop turn.
     def _update_pauses(self) -> None:
         assert self._consumer is not None
         buffered = self._scheduler.buffered + len(self._due)
@@ -429,48 +448,12 @@ class PartitionWorker:
 
     def _transact(self, outputs: list[OutputRecord], offsets: list[TopicPartition]) -> None:
         assert self._producer is not None and self._consumer is not None
-        producer = self._producer
-        backoff = 0.1
-        while True:
-            try:
-                producer.begin_transaction()
-                self._in_transaction = True
-                for out in outputs:
-                    self._produce(out)
-                producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(), 30)
-                producer.commit_transaction(60)
-                self._in_transaction = False
-                return
-            except KafkaException as exc:
-                err = exc.args[0]
-                if err.fatal() or _is_fenced(err):
-                    self._in_transaction = False
-                    raise WorkerFencedError(
-                        f"worker {self.worker_id} was fenced: another worker now owns slot {self.slot.name} "
-                        f"(transactional id {self.settings.transactional_id(self.slot)}). Exiting without "
-                        f"committing; the newer worker resumes from the last committed offsets. ({err.str()})"
-                    ) from exc
-                log.warning("transaction failed (%s); aborting and retrying in %.1fs", err.str(), backoff)
-                if self._in_transaction:
-                    try:
-                        producer.abort_transaction(30)
-                    except KafkaException as abort_exc:
-                        if abort_exc.args[0].fatal() or _is_fenced(abort_exc.args[0]):
-                            raise WorkerFencedError(str(abort_exc)) from abort_exc
-                    self._in_transaction = False
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-
-    def _produce(self, out: OutputRecord) -> None:
-        assert self._producer is not None
-        kwargs = {"partition": out.partition} if out.partition is not None else {}
-        while True:
-            try:
-                self._producer.produce(out.topic, key=out.key, value=out.value, headers=out.headers or None,
-                                       **kwargs)
-                return
-            except BufferError:
-                self._producer.poll(0.05)
+        self._in_transaction = True
+        try:
+            commit_atomically(self._producer, outputs, offsets, self._consumer.consumer_group_metadata(),
+                              stopping=self._stopping.is_set)
+        finally:
+            self._in_transaction = False
 
     # ------------------------------------------------------------------ the loop
 
@@ -503,9 +486,10 @@ class PartitionWorker:
     def run(self, stop: threading.Event) -> WorkerStats:
         """Process until `stop` is set; then drain, commit what is complete and close.
 
-        Returns the final stats; `stats.stop_reason` is "stopped" or "fenced". A fenced worker does not
-        commit anything more (it can't) and leaves the slot to its successor.
+        Returns the final stats; `stats.stop_reason` is "stopped", "fenced" (a newer worker owns the slot;
+        this one commits nothing more) or "fatal" (the producer cannot go on; a restart recovers).
         """
+        self._stopping = stop
         try:
             self._start()
         except KafkaException as exc:
@@ -518,9 +502,18 @@ class PartitionWorker:
             self._loop(stop)
             self._shutdown()
             self.stats.stop_reason = "stopped"
-        except WorkerFencedError as exc:
-            log.error("%s", exc)
+        except TransactionFencedError as exc:
+            log.error("worker %s was fenced: another worker now owns slot %s (transactional id %s). Exiting "
+                      "without committing; the newer worker resumes from the last committed offsets. (%s)",
+                      self.worker_id, self.slot.name, self.settings.transactional_id(self.slot), exc)
             self.stats.stop_reason = "fenced"
+        except TransactionAbandonedError:
+            log.warning("worker %s stopped during a failing transaction; its records will be consumed again",
+                        self.worker_id)
+            self.stats.stop_reason = "stopped"
+        except TransactionFatalError as exc:
+            log.error("worker %s cannot continue: %s", self.worker_id, exc)
+            self.stats.stop_reason = "fatal"
         finally:
             self._close()
         self._refresh_gauges_safe()

@@ -86,3 +86,29 @@ def test_batch_size_caps_a_request(resources, instance, settings, conn):
              for r in (first, second, third)]
     assert sizes == [4, 4, 2]
     assert len({r.run_requests[0].run_key for r in (first, second, third)}) == 3
+
+
+def test_letters_of_a_failed_replay_run_are_requested_again(resources, instance, settings, conn):
+    resources = {**resources, "queue": QueueResource(replay_cooldown_s=0)}
+    assert dg.materialize(topic_assets, resources=resources, instance=instance).success
+    raw = Producer(conn.client_config())
+    for i in range(3):
+        _plant_letter(raw, settings, f"r-{i}".encode(), TransientJobError("x"), ErrorCategory.TRANSIENT, now_ms())
+    raw.flush(10)
+    first = _tick(instance, resources)
+    [request] = first.run_requests
+    # The requested run fails (here: a bad category) without replaying anything.
+    bad_config = {"ops": {"reprocess_dead_letters": {"config": {"categories": ["nonsense"]}}}}
+    failed = reprocess_dlq.execute_in_process(run_config=bad_config, resources=resources, instance=instance,
+                                              tags={**request.tags, "dagster/run_key": request.run_key},
+                                              raise_on_error=False)
+    assert not failed.success
+    again = _tick(instance, resources, cursor=first.cursor)
+    [retry] = again.run_requests
+    assert retry.run_key.startswith(f"dlq-again-after-{failed.run_id}:") and retry.run_key != request.run_key
+    done = reprocess_dlq.execute_in_process(run_config=retry.run_config, resources=resources, instance=instance,
+                                            tags={**retry.tags, "dagster/run_key": retry.run_key})
+    assert done.success
+    assert len(read_topic(conn, settings.topic_names.main, expect=3)) == 3
+    settled = _tick(instance, resources, cursor=again.cursor)
+    assert settled.run_requests == []  # everything requested was replayed: nothing left to ask for

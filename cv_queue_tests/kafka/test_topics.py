@@ -75,6 +75,14 @@ def test_partitions_grow_but_never_shrink(conn, settings):
     assert describe_topics(admin, [names.main])[names.main].partitions == 12
 
 
+def test_dlq_partition_count_is_never_changed(conn, settings):
+    admin = admin_client(conn)
+    provision(admin, topic_specs(settings))
+    with pytest.raises(ProvisioningError, match="error categories"):
+        provision(admin, topic_specs(tuned(settings, topics={"dlq_partitions_per_category": 2})))
+    assert describe_topics(admin, [settings.topic_names.dlq])[settings.topic_names.dlq].partitions == 4
+
+
 def test_rejected_config_is_reported_and_partitions_are_kept(conn, settings):
     admin = admin_client(conn)
     odd = tuned(settings, topics={"main_config": {**settings.topics.main_config, "redpanda.remote.read": "true"}})
