@@ -72,13 +72,19 @@ def test_cooldown_holds_fresh_letters(resources, instance, settings, conn):
     assert len(cooled.run_requests) == 1
 
 
-def test_batch_size_caps_a_request(resources, instance, settings, conn):
-    resources = {**resources, "queue": QueueResource(replay_cooldown_s=0, replay_batch_size=4)}
+def _with_transient_letters(resources, instance, settings, conn, count: int, **queue) -> dict:
+    """Topics provisioned and `count` transient letters in the DLQ; returns resources with the queue policy."""
+    resources = {**resources, "queue": QueueResource(replay_cooldown_s=0, **queue)}
     assert dg.materialize(topic_assets, resources=resources, instance=instance).success
     raw = Producer(conn.client_config())
-    for i in range(10):
+    for i in range(count):
         _plant_letter(raw, settings, f"k{i}".encode(), TransientJobError("x"), ErrorCategory.TRANSIENT, now_ms())
     raw.flush(10)
+    return resources
+
+
+def test_batch_size_caps_a_request(resources, instance, settings, conn):
+    resources = _with_transient_letters(resources, instance, settings, conn, 10, replay_batch_size=4)
     first = _tick(instance, resources)
     second = _tick(instance, resources, cursor=first.cursor)
     third = _tick(instance, resources, cursor=second.cursor)
@@ -89,12 +95,7 @@ def test_batch_size_caps_a_request(resources, instance, settings, conn):
 
 
 def test_letters_of_a_failed_replay_run_are_requested_again(resources, instance, settings, conn):
-    resources = {**resources, "queue": QueueResource(replay_cooldown_s=0)}
-    assert dg.materialize(topic_assets, resources=resources, instance=instance).success
-    raw = Producer(conn.client_config())
-    for i in range(3):
-        _plant_letter(raw, settings, f"r-{i}".encode(), TransientJobError("x"), ErrorCategory.TRANSIENT, now_ms())
-    raw.flush(10)
+    resources = _with_transient_letters(resources, instance, settings, conn, 3)
     first = _tick(instance, resources)
     [request] = first.run_requests
     # The requested run fails (here: a bad category) without replaying anything.
