@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 from confluent_kafka import Producer
 
-from cv_queue.bench.scenarios import BARE, SCENARIOS, Scenario, Workload
+from cv_queue.bench.scenarios import BARE, REPLAY, Scenario, Workload
 from cv_queue.bench.watch import SettleWatcher
 from cv_queue.errors import ErrorCategory, TransientJobError
 from cv_queue.evaluation.samples import sample_jobs
@@ -246,20 +246,17 @@ def run_replay(conn: KafkaConnection, letters: int, progress: Progress) -> dict:
             except BufferError:
                 producer.poll(0.01)
     producer.flush(120)
-    progress(f"  {REPLAY_NAME}: {letters} dead letters planted; replaying")
+    progress(f"  {REPLAY}: {letters} dead letters planted; replaying")
     report = replay_dead_letters(conn, settings, ReplayRequest(batch_size=5000, max_messages=letters))
     watcher = SettleWatcher(conn, [settings.topic_names.main])
     watcher.start()
     try:
-        _wait_all(watcher, letters, REPLAY_NAME, progress, timeout_s=120)
+        _wait_all(watcher, letters, REPLAY, progress, timeout_s=120)
         time.sleep(0.5)
     finally:
         watcher.stop()
-    return {"scenario": REPLAY_NAME, "jobs": letters, "seconds": report.seconds,
+    return {"scenario": REPLAY, "jobs": letters, "seconds": report.seconds,
             "jobs_per_s": round(report.replayed / report.seconds, 1), "latency_p50_ms": None, "latency_p99_ms": None,
             "in_flight": None, "partitions": 4, "workers": 1, "efficiency": None, "peak_worker_rss_mb": None,
             "lost": letters - report.replayed, "duplicated": watcher.duplicates, "handler_ms": 0}
 
-
-REPLAY_NAME = "dlq-replay"
-SCENARIO_RUNNERS = SCENARIOS

@@ -7,8 +7,8 @@ import tempfile
 from pathlib import Path
 
 from cv_queue.bench.report import add_ratios, json_lines, other_table, seed_table
-from cv_queue.bench.runner import REPLAY_NAME, BenchError, run_bare_consumer, run_replay, run_worker_scenario
-from cv_queue.bench.scenarios import ALL, BARE, SCENARIOS, Workload
+from cv_queue.bench.runner import BenchError, run_bare_consumer, run_replay, run_worker_scenario
+from cv_queue.bench.scenarios import ALL, BARE, REPLAY, SCENARIOS, Workload
 from cv_queue.broker.cluster import start_cluster, stop_cluster
 from cv_queue.cli.context import connection
 
@@ -59,7 +59,7 @@ STANDARD = [
     ("cv-queue", 20000, 100.0),
     ("cv-queue", 60000, 0.0),
     ("bare-consumer", 60000, 0.0),
-    (REPLAY_NAME, 20000, 0.0),
+    (REPLAY, 20000, 0.0),
 ]
 
 
@@ -93,7 +93,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 progress(f"{name}: {count} jobs, handler {workload.latency_ms} ms")
                 if name == BARE:
                     rows.append(run_bare_consumer(conn, count, tmp_path, progress))
-                elif name == REPLAY_NAME:
+                elif name == REPLAY:
                     rows.append(run_replay(conn, count, progress))
                 else:
                     scenario = SCENARIOS[name]
