@@ -12,10 +12,11 @@ from datetime import UTC, datetime
 
 import dagster as dg
 from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 from pydantic import Field
 
 from cv_queue.defs import tags
-from cv_queue.defs.resources import KafkaResource, QueueResource
+from cv_queue.defs.resources import DEFAULTS, KafkaResource, QueueResource
 from cv_queue.defs.topics import skip_until_provisioned, unprovisioned
 from cv_queue.errors import DEFAULT_REPLAY_CATEGORIES, ErrorCategory
 from cv_queue.kafka.lag import committed_offsets, end_offsets, offsets_before
@@ -37,7 +38,7 @@ class ReprocessConfig(dg.Config):
     max_messages: int = Field(10_000, description="Most letters handled by this run.")
     dry_run: bool = Field(False, description="Report what would happen; produce and commit nothing.")
     target: str = Field("main", description="'main' for the main topic, or a topic name to replay into.")
-    max_replays: int = Field(QueueSettings().replay.max_replays,
+    max_replays: int = Field(DEFAULTS.replay.max_replays,
                              description="Letters already replayed this often go to the parking lot.")
     max_retries: int = Field(3, description="Retries of this run's step when the broker fails.")
     retry_delay_seconds: float = Field(5.0, description="Delay before the first retry.")
@@ -115,8 +116,7 @@ def reprocess_dlq() -> None:
 class _Offsets:
     """The offsets one tick needs, per auto-replay DLQ partition (offset reads only: a tick must stay short)."""
 
-    def __init__(self, kafka: KafkaResource, settings: QueueSettings, now_ms: int) -> None:
-        admin = kafka.admin()
+    def __init__(self, admin: AdminClient, settings: QueueSettings, now_ms: int) -> None:
         topic = settings.topic_names.dlq
         policy = settings.replay
         self.partitions = settings.dlq_partitions(policy.auto_categories)
@@ -151,7 +151,7 @@ def _finished_run(instance: dg.DagsterInstance, run_key: str | None) -> dg.Dagst
     return runs[0] if runs and runs[0].is_finished else None
 
 
-@dg.sensor(job=reprocess_dlq, minimum_interval_seconds=QueueSettings().replay.sensor_interval_s,
+@dg.sensor(job=reprocess_dlq, minimum_interval_seconds=DEFAULTS.replay.sensor_interval_s,
            default_status=dg.DefaultSensorStatus.RUNNING,
            description="Watches the DLQ's offsets and triggers reprocess_dlq under the replay policy.")
 def dlq_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource, queue: QueueResource) -> dg.SensorResult:
@@ -163,13 +163,14 @@ def dlq_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource, queue:
     under a run_key that names it, so a lasting failure cannot leave letters behind.
     """
     settings = queue.settings(kafka)
-    if missing := unprovisioned(kafka, settings):
+    admin = kafka.admin()  # one client for the whole tick
+    if missing := unprovisioned(admin, settings):
         return skip_until_provisioned(missing)
     policy = settings.replay
     state = json.loads(context.cursor) if context.cursor else {}
     requested: dict[str, int] = state.get("offsets", {})
     last_key: str | None = state.get("run_key")
-    offsets = _Offsets(kafka, settings, int(time.time() * 1000))
+    offsets = _Offsets(admin, settings, int(time.time() * 1000))
     categories = ", ".join(c.value for c in policy.auto_categories)
 
     new = {}

@@ -18,7 +18,7 @@ from cv_queue.kafka.clients import admin_client, assigned_consumer, job_producer
 from cv_queue.settings import KafkaConnection, QueueSettings
 
 _CONN = KafkaConnection.model_fields
-_DEFAULTS = QueueSettings()  # reads CVQ_* once, at definition load
+DEFAULTS = QueueSettings()  # the CVQ_* environment, read once when the code location loads
 
 
 def _field(model: type, name: str, default: Any) -> Any:
@@ -73,7 +73,7 @@ class KafkaResource(dg.ConfigurableResource):
         """
         kwargs: dict[str, Any] = {
             "bootstrap_servers": os.environ.get("KAFKA_BOOTSTRAP_SERVERS", _CONN["bootstrap_servers"].default),
-            "namespace": _DEFAULTS.namespace,
+            "namespace": DEFAULTS.namespace,
         }
         for name in ("security_protocol", "sasl_mechanism", "sasl_username", "ssl_ca_location",
                      "ssl_certificate_location", "ssl_key_location"):
@@ -85,30 +85,30 @@ class KafkaResource(dg.ConfigurableResource):
         return cls(**kwargs)
 
 
-_W, _R, _P, _T = (type(_DEFAULTS.worker), type(_DEFAULTS.retry), type(_DEFAULTS.replay), type(_DEFAULTS.topics))
+_W, _R, _P, _T = (type(DEFAULTS.worker), type(DEFAULTS.retry), type(DEFAULTS.replay), type(DEFAULTS.topics))
 
 
 class QueueResource(dg.ConfigurableResource):
     """The queue's shape and policies. Unset values fall back to QueueSettings (and its CVQ_* variables)."""
 
-    partitions: int = _field(_T, "partitions", _DEFAULTS.topics.partitions)
-    replication_factor: int = _field(_T, "replication_factor", _DEFAULTS.topics.replication_factor)
-    partitions_per_worker: int = _field(_T, "partitions_per_worker", _DEFAULTS.topics.partitions_per_worker)
-    max_in_flight: int = _field(_W, "max_in_flight", _DEFAULTS.worker.max_in_flight)
-    commit_interval_ms: int = _field(_W, "commit_interval_ms", _DEFAULTS.worker.commit_interval_ms)
-    handler: str = _field(_W, "handler", _DEFAULTS.worker.handler)
-    handler_options_json: str = Field(json.dumps(_DEFAULTS.worker.handler_options),
+    partitions: int = _field(_T, "partitions", DEFAULTS.topics.partitions)
+    replication_factor: int = _field(_T, "replication_factor", DEFAULTS.topics.replication_factor)
+    partitions_per_worker: int = _field(_T, "partitions_per_worker", DEFAULTS.topics.partitions_per_worker)
+    max_in_flight: int = _field(_W, "max_in_flight", DEFAULTS.worker.max_in_flight)
+    commit_interval_ms: int = _field(_W, "commit_interval_ms", DEFAULTS.worker.commit_interval_ms)
+    handler: str = _field(_W, "handler", DEFAULTS.worker.handler)
+    handler_options_json: str = Field(json.dumps(DEFAULTS.worker.handler_options),
                                       description="JSON object of handler keyword arguments.")
-    inprocess_tries: int = _field(_R, "inprocess_tries", _DEFAULTS.retry.inprocess_tries)
-    retry_base_delay_ms: int = _field(_R, "base_delay_ms", _DEFAULTS.retry.base_delay_ms)
-    retry_multiplier: float = _field(_R, "multiplier", _DEFAULTS.retry.multiplier)
-    retry_max_delay_ms: int = _field(_R, "max_delay_ms", _DEFAULTS.retry.max_delay_ms)
-    retry_max_attempts: int = _field(_R, "max_attempts", _DEFAULTS.retry.max_attempts)
+    inprocess_tries: int = _field(_R, "inprocess_tries", DEFAULTS.retry.inprocess_tries)
+    retry_base_delay_ms: int = _field(_R, "base_delay_ms", DEFAULTS.retry.base_delay_ms)
+    retry_multiplier: float = _field(_R, "multiplier", DEFAULTS.retry.multiplier)
+    retry_max_delay_ms: int = _field(_R, "max_delay_ms", DEFAULTS.retry.max_delay_ms)
+    retry_max_attempts: int = _field(_R, "max_attempts", DEFAULTS.retry.max_attempts)
     replay_auto_categories: list[str] = _field(_P, "auto_categories",
-                                               [c.value for c in _DEFAULTS.replay.auto_categories])
-    replay_cooldown_s: float = _field(_P, "cooldown_s", _DEFAULTS.replay.cooldown_s)
-    replay_max_replays: int = _field(_P, "max_replays", _DEFAULTS.replay.max_replays)
-    replay_batch_size: int = _field(_P, "batch_size", _DEFAULTS.replay.batch_size)
+                                               [c.value for c in DEFAULTS.replay.auto_categories])
+    replay_cooldown_s: float = _field(_P, "cooldown_s", DEFAULTS.replay.cooldown_s)
+    replay_max_replays: int = _field(_P, "max_replays", DEFAULTS.replay.max_replays)
+    replay_batch_size: int = _field(_P, "batch_size", DEFAULTS.replay.batch_size)
 
     def settings(self, kafka: KafkaResource) -> QueueSettings:
         """The broker layer's settings: environment defaults overlaid with this resource's values, validated."""

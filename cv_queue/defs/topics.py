@@ -5,6 +5,7 @@ its spec; a sensor records queue depth per partition and DLQ depth as observatio
 """
 
 import dagster as dg
+from confluent_kafka.admin import AdminClient
 
 from cv_queue.defs.resources import KafkaResource, QueueResource
 from cv_queue.kafka.lag import group_lag
@@ -28,9 +29,9 @@ DESCRIPTIONS = {
 }
 
 
-def unprovisioned(kafka: KafkaResource, settings: QueueSettings) -> list[str]:
+def unprovisioned(admin: AdminClient, settings: QueueSettings) -> list[str]:
     """Queue topics missing on the broker: sensors skip, saying so, rather than erroring before provisioning."""
-    present = kafka.admin().list_topics(timeout=5).topics
+    present = admin.list_topics(timeout=5).topics
     return [name for name in settings.topic_names.all() if name not in present]
 
 
@@ -110,9 +111,9 @@ topic_checks = [check for _, check in _BUILT]
 def queue_depth_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource,
                        queue: QueueResource) -> dg.SensorResult:
     settings = queue.settings(kafka)
-    if missing := unprovisioned(kafka, settings):
-        return skip_until_provisioned(missing)
     admin = kafka.admin()
+    if missing := unprovisioned(admin, settings):
+        return skip_until_provisioned(missing)
     names = settings.topic_names
     events = []
     for role, topic, group in ((TopicRole.MAIN, names.main, settings.group_id),

@@ -18,13 +18,13 @@ from pydantic import Field
 
 from cv_queue.defs import tags
 from cv_queue.defs.fleet_state import fleet_stopped, set_fleet_stopped
-from cv_queue.defs.resources import KafkaResource, QueueResource
+from cv_queue.defs.resources import DEFAULTS, KafkaResource, QueueResource
 from cv_queue.defs.topics import skip_until_provisioned, unprovisioned
 from cv_queue.kafka.worker import PartitionWorker, WorkerStartError, WorkerStats
-from cv_queue.settings import QueueSettings, Slot
+from cv_queue.settings import Slot
 
 WORKER_JOB = "partition_worker"
-SLOTS = [slot.name for slot in QueueSettings().slots()]  # 0-1, 2-3, 4-5, 6-7 by default
+SLOTS = [slot.name for slot in DEFAULTS.slots()]  # 0-1, 2-3, 4-5, 6-7 by default
 ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
           dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 FLEET_CHECK_S = 3.0
@@ -138,7 +138,7 @@ def _recently_failed(instance: dg.DagsterInstance, slot: str, backoff_s: float) 
     return ended is not None and datetime.fromtimestamp(ended, UTC) > datetime.now(UTC) - timedelta(seconds=backoff_s)
 
 
-FLEET = QueueSettings().fleet  # read at definition load, like the sensor's interval must be
+FLEET = DEFAULTS.fleet  # read at definition load, like the sensor's interval must be
 
 
 @dg.sensor(job=partition_worker, minimum_interval_seconds=FLEET.sensor_interval_s,
@@ -151,7 +151,7 @@ def worker_fleet_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResourc
         return dg.SensorResult(skip_reason=dg.SkipReason(
             f"the fleet was stopped by run {stopped['by_run']} at {stopped['at']}; launch start_worker_fleet "
             "to resume"))
-    if missing := unprovisioned(kafka, queue.settings(kafka)):
+    if missing := unprovisioned(kafka.admin(), queue.settings(kafka)):
         return skip_until_provisioned(missing)
     covered = {run.tags.get(tags.WORKER_SLOT) for run in active_worker_runs(context.instance)}
     missing = [slot for slot in SLOTS if slot not in covered]
