@@ -60,6 +60,13 @@ class PermanentJobError(JobError):
     category = ErrorCategory.PERMANENT
 
 
+class MalformedOutputError(JobError):
+    """The handler's own output is unusable (a malformed or out-of-range LLM answer): worth a repair call or two,
+    then permanent. Raised by handlers; pydantic ValidationError and JSONDecodeError from a handler count the same."""
+
+    category = ErrorCategory.PERMANENT
+
+
 class InvalidPayloadError(JobError):
     """The record is not a valid job: undecodable, wrong shape, unknown schema, bad headers."""
 

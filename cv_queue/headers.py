@@ -32,6 +32,12 @@ REPLAYS = "cvq.replays"
 RETRY_DUE_AT = "cvq.retry.due.at"
 PARKED_AT = "cvq.parked.at"
 PARKED_REASON = "cvq.parked.reason"
+# a rate limiter's Retry-After over the retry policy's cap: the letter says what was asked for (seconds)
+RETRY_AFTER_REQUESTED = "cvq.retry.after.requested.s"
+# a dead letter shrunk to fit its topic: the original size of what was cut
+VALUE_TRUNCATED = "cvq.value.truncated"
+KEY_TRUNCATED = "cvq.key.truncated"
+HEADERS_DROPPED = "cvq.headers.dropped"
 
 MAX_MESSAGE_CHARS = 2_000
 MAX_STACKTRACE_CHARS = 8_000  # Spring's lesson: whole stack traces on every hop overflow max.message.bytes

@@ -104,6 +104,11 @@ class FetchSettings(BaseModel):
     fetch_min_bytes: int = Field(1, description="fetch.min.bytes: 1.")
     max_partition_fetch_bytes: int = Field(1_048_576, description="max.partition.fetch.bytes: 1 MB.")
     max_records_per_poll: int = Field(1000, ge=1, description="Records per consume() call.")
+    queued_max_messages_kbytes: int = Field(
+        16_384, ge=1,
+        description="queued.max.messages.kbytes: librdkafka's prefetch queue per worker (16 MiB). Its 64 MiB default "
+        "would be most of a worker's memory.",
+    )
     poll_timeout_ms: int = Field(
         500, ge=1, le=1000, description="Longest idle poll; ≤ 1 s so a termination signal is seen quickly."
     )
@@ -123,7 +128,29 @@ class WorkerSettings(BaseModel):
         "partition (the seed's one-job-at-a-time-per-partition design).",
     )
     max_buffered: int = Field(
-        2000, ge=1, description="Records polled but not yet started; above this the worker pauses fetching."
+        2000, ge=1,
+        description="Records polled but not yet started (retries not yet due are counted apart); at this many the "
+        "worker pauses fetching until half are started.",
+    )
+    max_partition_bytes: int = Field(
+        16 * 1024 * 1024, ge=1_048_576,
+        description="Bytes one source partition may hold in the worker: records not yet settled plus outputs "
+        "waiting for the watermark. At the cap that partition alone is paused (e.g. behind a hung job) until half "
+        "is released.",
+    )
+    max_partition_records: int = Field(
+        5000, ge=1, description="Records one source partition may hold in the worker; paused at the cap, like bytes."
+    )
+    job_timeout_s: float = Field(
+        180.0, gt=0,
+        description="Longest one delivery of a job may run (all in-process tries). A slow LLM call takes up to ~60 s, "
+        "so 180 s leaves room for retries. Past it the job fails as transient (cv_queue.JobTimeout), its late "
+        "answer is dropped and its handler slot is refilled.",
+    )
+    max_abandoned_handlers: int = Field(
+        32, ge=1,
+        description="Handler threads still stuck in jobs that timed out. Past this many the worker commits what is "
+        "complete and exits with code 5, so the restarted process frees them.",
     )
     commit_interval_ms: int = Field(
         50, ge=1, description="Commit a transaction at least this often (bounds the latency a commit adds)."
@@ -156,13 +183,24 @@ class RetrySettings(BaseModel):
     inprocess_max_total_ms: int = Field(2000, ge=0, description="In-process retrying gives up after this.")
     base_delay_ms: int = Field(1000, ge=0, description="Retry-topic delay after the first failed delivery.")
     multiplier: float = Field(2.0, ge=1.0, description="Each further delivery waits this much longer.")
-    max_delay_ms: int = Field(60_000, ge=0, description="Cap on one retry-topic delay.")
+    max_delay_ms: int = Field(
+        60_000, ge=0,
+        description="Cap on one retry-topic delay. A rate limiter asking for longer (Retry-After) gets its job "
+        "dead-lettered as rate_limited at once, with the asked-for delay in cvq.retry.after.requested.s, instead of "
+        "holding the record in memory.",
+    )
     jitter: float = Field(0.2, ge=0.0, le=1.0, description="Delays vary uniformly by ± this fraction.")
     max_attempts: int = Field(
         5, ge=1, description="Deliveries before a retryable job is dead-lettered (1 = no retry topic)."
     )
     max_waiting_per_partition: int = Field(
-        500, ge=1, description="Not-yet-due retry records held per partition before it is paused."
+        500, ge=1, description="Not-yet-due retry records held per retry partition before it is paused."
+    )
+    output_repairs: int = Field(
+        2, ge=0,
+        description="Extra handler calls, in the same delivery, when the handler's output fails validation "
+        "(pydantic ValidationError, JSONDecodeError, MalformedOutputError: a malformed LLM answer). After them the "
+        "job is dead-lettered as permanent; it is never invalid_payload, which is for undecodable input only.",
     )
     rules: dict[str, ErrorCategory] = Field(
         default_factory=dict,

@@ -80,7 +80,9 @@ def inprocess_retrying(settings: RetrySettings, classifier: ErrorClassifier) -> 
     """
 
     def is_blip(exc: BaseException) -> bool:
-        return not isinstance(exc, RateLimitedError) and classifier.classify(exc) == ErrorCategory.TRANSIENT
+        # A BaseException (CancelledError, SystemExit, KeyboardInterrupt) is not a blip: it ends the delivery.
+        return (isinstance(exc, Exception) and not isinstance(exc, RateLimitedError)
+                and classifier.classify(exc) == ErrorCategory.TRANSIENT)
 
     return Retrying(
         stop=stop_after_attempt(settings.inprocess_tries) | stop_after_delay(settings.inprocess_max_total_ms / 1000),

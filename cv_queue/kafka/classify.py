@@ -11,14 +11,15 @@ from collections.abc import Mapping
 
 import pydantic
 
-from cv_queue.errors import ErrorCategory, JobError
+from cv_queue.errors import ErrorCategory, JobError, MalformedOutputError
 
-# Exceptions for which a retry cannot help, after Spring Kafka's fatal list: decoding failures are
-# invalid payloads, programming errors are permanent.
+# Exceptions for which a plain retry cannot help, after Spring Kafka's fatal list. A handler that fails to parse or
+# validate something (most often an LLM's answer) is permanent after its repair calls (see MALFORMED_OUTPUT); only
+# the worker's decoding of the *input* record is invalid_payload, and that raises InvalidPayloadError itself.
 DEFAULT_RULES: dict[type[BaseException], ErrorCategory] = {
-    pydantic.ValidationError: ErrorCategory.INVALID_PAYLOAD,
-    json.JSONDecodeError: ErrorCategory.INVALID_PAYLOAD,
-    UnicodeDecodeError: ErrorCategory.INVALID_PAYLOAD,
+    pydantic.ValidationError: ErrorCategory.PERMANENT,
+    json.JSONDecodeError: ErrorCategory.PERMANENT,
+    UnicodeDecodeError: ErrorCategory.PERMANENT,
     TypeError: ErrorCategory.PERMANENT,
     AttributeError: ErrorCategory.PERMANENT,
     KeyError: ErrorCategory.PERMANENT,
@@ -28,6 +29,13 @@ DEFAULT_RULES: dict[type[BaseException], ErrorCategory] = {
     TimeoutError: ErrorCategory.TRANSIENT,
     ConnectionError: ErrorCategory.TRANSIENT,
 }
+
+
+#: Handler failures that mean "the output was malformed": the same delivery calls the handler again, up to
+#: `retry.output_repairs` times, before the job is dead-lettered as permanent.
+MALFORMED_OUTPUT: tuple[type[BaseException], ...] = (
+    pydantic.ValidationError, json.JSONDecodeError, UnicodeDecodeError, MalformedOutputError,
+)
 
 
 def import_exception(path: str) -> type[BaseException]:
@@ -48,6 +56,10 @@ class ErrorClassifier:
         self._rules: dict[type[BaseException], ErrorCategory] = dict(DEFAULT_RULES)
         for path, category in (rules or {}).items():
             self._rules[import_exception(path)] = ErrorCategory(category)
+
+    @staticmethod
+    def is_malformed_output(exc: BaseException) -> bool:
+        return isinstance(exc, MALFORMED_OUTPUT)
 
     def classify(self, exc: BaseException) -> ErrorCategory:
         seen: set[int] = set()

@@ -1,15 +1,16 @@
 """librdkafka configurations for each client role, spelled out property by property.
 
-Every client gets an error callback that logs: librdkafka reports broker trouble through it, and a
-queue that swallows those reports is one nobody can debug.
+Every client reports errors and log lines through CLIENT_LOG: librdkafka reports broker trouble through them, and
+a queue that swallows those reports is one nobody can debug, while one that prints each failed reconnect buries it.
 """
 
 import logging
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, Message, Producer
 from confluent_kafka.admin import AdminClient
 
+from cv_queue.kafka.client_log import CLIENT_LOG
 from cv_queue.settings import KafkaConnection, QueueSettings
 
 log = logging.getLogger("cv_queue.kafka")
@@ -19,16 +20,11 @@ log = logging.getLogger("cv_queue.kafka")
 PARTITIONER = "murmur2_random"
 
 
-def _error_cb(err: KafkaError) -> None:
-    level = logging.ERROR if err.fatal() else logging.WARNING
-    log.log(level, "kafka client error: %s", err)
-
-
 def _base(conn: KafkaConnection, role: str) -> dict[str, Any]:
     conf = conn.client_config()
     conf["client.id"] = f"{conn.client_id}-{role}"
-    conf["error_cb"] = _error_cb
-    conf["logger"] = log
+    conf["error_cb"] = CLIENT_LOG.error_cb
+    conf["logger"] = CLIENT_LOG
     return conf
 
 
@@ -52,11 +48,17 @@ def job_producer(conn: KafkaConnection) -> Producer:
     return Producer(conf)
 
 
-def transactional_producer(conn: KafkaConnection, transactional_id: str, timeout_ms: int = 60_000) -> Producer:
-    """A producer whose writes and consumed offsets commit atomically; a newer one with the same id fences it."""
+def transactional_producer(conn: KafkaConnection, transactional_id: str, timeout_ms: int = 60_000,
+                           max_message_bytes: int = 1_000_000) -> Producer:
+    """A producer whose writes and consumed offsets commit atomically; a newer one with the same id fences it.
+
+    `max_message_bytes` must cover the largest record any output topic accepts (librdkafka refuses bigger ones
+    locally, before the broker sees them).
+    """
     conf = _base(conn, "txn")
     conf.update(
         {
+            "message.max.bytes": max_message_bytes,
             "transactional.id": transactional_id,
             "transaction.timeout.ms": timeout_ms,
             "enable.idempotence": True,
@@ -88,6 +90,7 @@ def assigned_consumer(conn: KafkaConnection, settings: QueueSettings, group_id: 
             "fetch.wait.max.ms": fetch.fetch_wait_max_ms,
             "fetch.min.bytes": fetch.fetch_min_bytes,
             "max.partition.fetch.bytes": fetch.max_partition_fetch_bytes,
+            "queued.max.messages.kbytes": fetch.queued_max_messages_kbytes,
             "enable.partition.eof": False,
         }
     )

@@ -18,26 +18,40 @@ K = Hashable
 
 
 class PartitionTracker(Generic[T]):
-    """Offsets of one source partition between "polled" and "committed", with their held-back outputs."""
+    """Offsets of one source partition between "polled" and "committed", with their held-back outputs.
+
+    It also counts the bytes it stands for (records not yet settled, then their outputs until released), which is
+    what the worker's per-partition memory cap reads.
+    """
 
     def __init__(self, committed: int) -> None:
         self.committed = committed  # the next offset to consume after a restart
+        self.open_bytes = 0
         self._order: deque[int] = deque()
         self._outputs: dict[int, T | None] = {}
+        self._sizes: dict[int, int] = {}
         self._settled: set[int] = set()
 
-    def track(self, offset: int) -> None:
+    def track(self, offset: int, size: int = 0) -> None:
         if self._order and offset <= self._order[-1]:
             raise ValueError(f"offset {offset} tracked out of order (last {self._order[-1]})")
         self._order.append(offset)
         self._outputs[offset] = None
+        self._sizes[offset] = size
+        self.open_bytes += size
 
-    def settle(self, offset: int, output: T | None) -> None:
-        """Record that an offset is finished; its output waits until the watermark passes it."""
-        if offset not in self._outputs:
+    def settle(self, offset: int, output: T | None, size: int = 0) -> None:
+        """Record that an offset is finished; its output (of `size` bytes) waits until the watermark passes it."""
+        if offset not in self._outputs or offset in self._settled:
             raise KeyError(f"offset {offset} is not in flight")
         self._outputs[offset] = output
         self._settled.add(offset)
+        self.open_bytes += size - self._sizes[offset]
+        self._sizes[offset] = size
+
+    def is_open(self, offset: int) -> bool:
+        """Tracked and not yet settled."""
+        return offset in self._outputs and offset not in self._settled
 
     def release(self) -> tuple[int, list[T]]:
         """Pop the settled prefix: the new committable offset and the outputs it carries, in order."""
@@ -45,6 +59,7 @@ class PartitionTracker(Generic[T]):
         while self._order and self._order[0] in self._settled:
             offset = self._order.popleft()
             self._settled.discard(offset)
+            self.open_bytes -= self._sizes.pop(offset)
             out = self._outputs.pop(offset)
             if out is not None:
                 outputs.append(out)

@@ -1,60 +1,64 @@
 """The partition-pair worker: one slot's partitions, processed concurrently, committed exactly once.
 
-How one worker runs:
-- It *assigns* its slot's partitions of the main and retry topics (no group rebalancing) and starts from
-  the committed offsets of the worker group. Its transactional id is derived from the slot, so starting
-  a second worker for the slot fences the first.
-- The poll loop never runs a handler. It decodes records, hands them to a KeyedScheduler (bounded
-  concurrency, one job per key at a time) and a pool of handler threads, and collects completions.
-- Every output (result, retry record, dead letter) is held until its source offset is under the
-  contiguous completed watermark, then produced in the same transaction that commits that watermark.
-  A crash at any point therefore either commits an output together with its offset, or neither.
-- Retry-topic records wait in memory until due; a retry partition with too many waiting is paused.
+How one worker runs (each step lives in its own module):
+- Start-up: it *assigns* its slot's partitions of the main and retry topics (no group rebalancing), fences every
+  worker that could be reading them (its own slot's id, and overlapping slots of other layouts: layout.py), reads
+  each output topic's size limit (fit.py) and starts from the committed offsets of the worker group.
+- Intake: each record's `cvq.` headers are parsed once into a Delivery (delivery.py) and its value into a job;
+  anything undecodable is dead-lettered at once as invalid_payload.
+- Execution: a HandlerPool (pool.py) runs jobs on handler threads, one per key at a time, each within
+  `job_timeout_s`; JobRunner (execution.py) turns whatever the handler does into exactly one Completion.
+- Routing: the Router (routing.py) makes each completion one output: result, retry record or dead letter.
+- Commit: every output is held until its source offset is under the contiguous completed watermark (inflight.py),
+  then produced in the same transaction that commits that watermark (transaction.py). A crash at any point
+  therefore commits an output together with its offset, or neither.
+- Flow control (flow.py): a partition holding too many bytes or records, or too many waiting retries, is paused
+  on its own; all are paused when the handlers fall behind.
 """
 
 import contextlib
 import logging
 import os
-import queue
-import random
 import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from cv_queue import headers as h
 from cv_queue.errors import ErrorCategory, InvalidPayloadError
-from cv_queue.evaluation.handler import JobContext, JobHandler, load_handler
-from cv_queue.kafka.backoff import InProcessRetry, retry_delay_ms
+from cv_queue.evaluation.handler import JobHandler, load_handler
 from cv_queue.kafka.classify import ErrorClassifier
-from cv_queue.kafka.clients import assigned_consumer, poll_batch, transactional_producer
-from cv_queue.kafka.envelope import (
-    Failure,
-    OutputRecord,
-    SourceRecord,
-    dead_letter_record,
-    now_ms,
-    retry_record,
-)
-from cv_queue.kafka.inflight import DueQueue, KeyedScheduler, PartitionTracker
+from cv_queue.kafka.client_log import CLIENT_LOG
+from cv_queue.kafka.clients import admin_client, assigned_consumer, poll_batch, transactional_producer
+from cv_queue.kafka.delivery import parse_delivery
+from cv_queue.kafka.envelope import now_ms
+from cv_queue.kafka.execution import Completion, JobRunner, Task
+from cv_queue.kafka.fit import OutputLimits, read_output_limits
+from cv_queue.kafka.flow import FlowControl
+from cv_queue.kafka.inflight import DueQueue, PartitionTracker
+from cv_queue.kafka.layout import fence_overlapping_slots
+from cv_queue.kafka.pool import HandlerPool
+from cv_queue.kafka.records import Failure, OutputRecord, SourceRecord
+from cv_queue.kafka.routing import Router
+from cv_queue.kafka.stats import WorkerStats
 from cv_queue.kafka.transaction import (
     TransactionAbandonedError,
     TransactionFatalError,
     TransactionFencedError,
     commit_atomically,
 )
-from cv_queue.messages import EvaluationJob, EvaluationResult, decode_job
+from cv_queue.messages import decode_job
 from cv_queue.settings import KafkaConnection, QueueSettings, Slot
+
+__all__ = ["PartitionWorker", "WorkerStartError", "WorkerStats"]
 
 log = logging.getLogger("cv_queue.worker")
 
 START_TIMEOUT_S = 60.0
 BUSY_POLL_S = 0.005  # poll timeout while jobs run, so completions are settled within ~5 ms
 OFFER_CHUNK = 8  # decoded jobs handed to the handler threads at a time
+EXPIRY_CHECK_S = 0.25  # how often running jobs are checked against job_timeout_s
 IDLE_REPORT_EVERY = 6  # an idle worker reports every 6th progress interval instead of every one
 
 
@@ -62,59 +66,21 @@ class WorkerStartError(RuntimeError):
     """The worker cannot start: topics missing, partitions absent, broker unreachable."""
 
 
-@dataclass
-class WorkerStats:
-    """Counters a worker reports as progress and returns when it stops."""
-
-    slot: str
-    worker: str
-    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    consumed: int = 0
-    succeeded: int = 0
-    retried: int = 0
-    dead_lettered: int = 0
-    invalid: int = 0
-    handler_calls: int = 0
-    commits: int = 0
-    in_flight: int = 0
-    buffered: int = 0
-    waiting_retries: int = 0
-    lag: int = 0
-    stop_reason: str = ""
-
-    def summary(self) -> str:
-        return (
-            f"slot {self.slot}: consumed {self.consumed}, succeeded {self.succeeded}, retried {self.retried}, "
-            f"dead-lettered {self.dead_lettered} (invalid {self.invalid}), in flight {self.in_flight}, "
-            f"buffered {self.buffered}, waiting retries {self.waiting_retries}, lag {self.lag}, "
-            f"commits {self.commits}"
-        )
+class HandlersExhaustedError(RuntimeError):
+    """The handler pool cannot serve (too many threads stuck in timed-out jobs, or a thread died)."""
 
 
-@dataclass(slots=True)
-class _Task:
-    """A decoded job on its way through the scheduler and a handler thread."""
-
-    source: SourceRecord
-    job: EvaluationJob
-    attempts_before: int
-    calls_before: int
-    replays: int
-    lane: bytes | tuple[str, int]  # what must not run concurrently: the key, or the partition
-
-
-@dataclass(slots=True)
-class _Completion:
-    task: _Task
-    calls: int
-    result: bytes | None
-    failure: Failure | None
-
-
-def _source(msg: Message) -> SourceRecord:
+def _source(msg: Message) -> tuple[SourceRecord, Exception | None]:
+    """The record, and the error if its headers could not be decoded (a non-UTF-8 header name, for instance:
+    the client cannot hand such headers over at all)."""
     _, ts = msg.timestamp()
+    header_error: Exception | None = None
+    try:
+        headers = msg.headers() or []
+    except Exception as exc:
+        headers, header_error = [], exc
     return SourceRecord(topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), timestamp_ms=ts,
-                        key=msg.key(), value=msg.value(), headers=msg.headers() or [])
+                        key=msg.key(), value=msg.value(), headers=headers), header_error
 
 
 class PartitionWorker:
@@ -130,8 +96,8 @@ class PartitionWorker:
         worker_id: str | None = None,
     ) -> None:
         if slot not in settings.slots():
-            # Workers assign partitions and are fenced only per slot: an overlapping slot ("1-2" next to
-            # "0-1") would process partition 1 twice under two transactional ids.
+            # Workers assign partitions; an overlapping slot of the *same* layout ("1-2" next to "0-1") is refused
+            # here, and one of another layout is fenced at start-up (layout.py).
             raise WorkerStartError(
                 f"slot {slot.name} is not one of this queue's slots {[s.name for s in settings.slots()]} "
                 f"({settings.topics.partitions} partitions, {settings.topics.partitions_per_worker} per worker)"
@@ -145,21 +111,19 @@ class PartitionWorker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{slot.name}"
         self.stats = WorkerStats(slot=slot.name, worker=self.worker_id)
         self._classifier = ErrorClassifier(settings.retry.rules)
-        self._rng = random.Random()
-        self._scheduler: KeyedScheduler[_Task] = KeyedScheduler(settings.worker.max_in_flight)
-        self._due: DueQueue[_Task] = DueQueue()
+        worker = settings.worker
+        self._pool = HandlerPool(
+            lambda: JobRunner(self.handler, settings.retry, self._classifier, self.worker_id),
+            size=worker.max_in_flight, job_timeout_s=worker.job_timeout_s,
+            max_abandoned=worker.max_abandoned_handlers, thread_prefix=f"cvq-handler-{slot.name}")
+        self._router = Router(settings, self.worker_id, OutputLimits(), self.stats)
+        self._flow = FlowControl(settings, self._source_partitions(), self.names.retry)
+        self._due: DueQueue[Task] = DueQueue()
         self._waiting_by_partition: dict[int, int] = {}
         self._trackers: dict[tuple[str, int], PartitionTracker[OutputRecord]] = {}
-        # Handler threads take their next job themselves under this condition, so a finished job's slot is
-        # refilled at once, not when the poll loop next comes round (and not after a commit it is blocked in).
-        self._cond = threading.Condition()
-        self._taking = True  # False once shutting down: running jobs finish, no new ones start
-        self._closing = False
-        self._ready: list[_Task] = []  # decoded this loop turn, handed to the scheduler in one batch
-        self._done: queue.SimpleQueue[_Completion] = queue.SimpleQueue()
+        self._ready: list[Task] = []  # decoded this loop turn, handed to the pool in chunks
         self._paused: set[tuple[str, int]] = set()
         self._settled_since_commit = 0
-        self._threads: list[threading.Thread] = []
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._in_transaction = False
@@ -202,14 +166,25 @@ class PartitionWorker:
                     raise WorkerStartError(f"could not read committed offsets: {exc}") from exc
                 time.sleep(0.5)
 
+    def _output_limits(self) -> OutputLimits:
+        topics = self.settings.topics
+        main_limit = int(topics.main_config.get("max.message.bytes", 1_048_588))
+        fallback = {self.names.results: main_limit, self.names.retry: main_limit,
+                    self.names.dlq: topics.max_message_bytes}
+        return read_output_limits(admin_client(self.conn), list(fallback), fallback)
+
     def _start(self) -> None:
         self._consumer = assigned_consumer(self.conn, self.settings, self.settings.group_id,
                                            role=f"worker-{self.slot.name}")
         self._check_topics(self._consumer)
+        limits = self._output_limits()
+        self._router = Router(self.settings, self.worker_id, limits, self.stats)
+        fence_overlapping_slots(self.conn, self.settings, self.slot, START_TIMEOUT_S)
         self._producer = transactional_producer(self.conn, self.settings.transactional_id(self.slot),
-                                                self.settings.worker.transaction_timeout_ms)
-        # init_transactions fences any older producer with this id and aborts its open transaction, so
-        # the committed offsets read next are final.
+                                                self.settings.worker.transaction_timeout_ms,
+                                                max_message_bytes=limits.producer_max_bytes)
+        # init_transactions fences any older producer with this id and aborts its open transaction, so the
+        # committed offsets read next are final.
         self._producer.init_transactions(START_TIMEOUT_S)
         assignment = []
         for tp in self._committed_offsets(self._consumer):
@@ -217,201 +192,110 @@ class PartitionWorker:
             self._trackers[(tp.topic, tp.partition)] = PartitionTracker(tp.offset if tp.offset >= 0 else -1)
             assignment.append(TopicPartition(tp.topic, tp.partition, start))
         self._consumer.assign(assignment)
-        for i in range(self.settings.worker.max_in_flight):
-            thread = threading.Thread(target=self._handler_loop, name=f"cvq-handler-{self.slot.name}-{i}",
-                                      daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._pool.start()
         log.info("worker %s started on %s partitions %s (group %s, transactional id %s)", self.worker_id,
                  self.names.main, list(self.slot.partitions), self.settings.group_id,
                  self.settings.transactional_id(self.slot))
 
-    # ------------------------------------------------------------------ handler threads
-
-    def _next_task(self) -> _Task | None:
-        with self._cond:
-            while not self._closing:
-                if self._taking and (taken := self._scheduler.take()) is not None:
-                    return taken[1]
-                self._cond.wait()
-        return None
-
-    def _offer(self, tasks: list[_Task]) -> None:
-        """Hand jobs to the scheduler and wake as many handler threads as there are new jobs."""
-        if not tasks:
-            return
-        with self._cond:
-            for task in tasks:
-                self._scheduler.offer(task.lane, task)
-            self._cond.notify(len(tasks))
-
-    def _failure(self, exc: BaseException) -> Failure:
-        try:
-            return Failure.from_exception(exc, self._classifier.classify(exc))
-        except Exception:
-            return Failure(ErrorCategory.TRANSIENT, type(exc).__qualname__, "unprintable exception", "")
-
-    def _handler_loop(self) -> None:
-        retrying = InProcessRetry(self.settings.retry, self._classifier)  # one per thread: not thread-safe
-        while (task := self._next_task()) is not None:
-            calls = 0
-            ctx_base = (task.attempts_before + 1, task.replays, self.worker_id, task.source.partition,
-                        task.source.offset)
-
-            def invoke(task: _Task = task, ctx_base: tuple = ctx_base) -> bytes:
-                nonlocal calls
-                calls += 1
-                attempt, replays, worker, partition, offset = ctx_base
-                ctx = JobContext(attempt=attempt, handler_call=task.calls_before + calls, replays=replays,
-                                 worker=worker, partition=partition, offset=offset)
-                scores = self.handler(task.job, ctx)
-                return EvaluationResult(
-                    job_id=task.job.job_id, request_id=task.job.request_id, scores=scores,
-                    evaluated_at=datetime.now(UTC), job_created_at=task.job.created_at, attempts=attempt,
-                    handler_calls=task.calls_before + calls, replays=replays, worker=worker,
-                ).to_bytes()
-
-            completion: _Completion | None = None
-            try:
-                result = retrying(invoke)
-                completion = _Completion(task, calls, result, None)
-            except Exception as exc:  # every handler failure is classified and routed
-                completion = _Completion(task, calls, None, self._failure(exc))
-            finally:
-                if completion is None:  # a BaseException escaped the handler: the job still needs an outcome
-                    completion = _Completion(task, calls, None, Failure(
-                        ErrorCategory.TRANSIENT, "BaseException", "handler thread interrupted", ""))
-                # The completion is queued before the slot is freed, so a shutdown that waits for
-                # in_flight == 0 always finds it.
-                self._done.put(completion)
-                with self._cond:
-                    self._scheduler.done(task.lane)  # frees the slot and promotes the key's next job
-                    self._cond.notify()
-
     # ------------------------------------------------------------------ intake
 
     def _intake(self, msg: Message) -> None:
-        source = _source(msg)
-        tracker = self._trackers[(source.topic, source.partition)]
-        tracker.track(source.offset)
+        source, header_error = _source(msg)
+        self._trackers[(source.topic, source.partition)].track(source.offset, source.size)
         self.stats.consumed += 1
         try:
+            if header_error is not None:
+                raise InvalidPayloadError("undecodable_headers", f"the record's headers cannot be read "
+                                          f"({header_error}); they are not kept in the dead letter")
             self._accept(source)
+        except InvalidPayloadError as exc:
+            # Never retried: the bytes will not get better. Settled at once with a dead letter.
+            self._dead_letter_now(source, Failure.from_exception(exc, ErrorCategory.INVALID_PAYLOAD))
         except Exception as exc:
-            # A bug of ours on one odd record must not stop the slot: dead-letter the record, whole, with
-            # the exception that tripped us, and go on.
+            # A bug of ours on one odd record must not stop the slot: dead-letter the record, whole, with the
+            # exception that tripped us, and go on.
             log.exception("unexpected error on %s[%d]@%d; dead-lettering it", source.topic, source.partition,
                           source.offset)
-            self.stats.invalid += 1
-            self._settle(source, self._dead_letter(
-                source, Failure.from_exception(exc, ErrorCategory.INVALID_PAYLOAD), attempts=0, calls=0))
+            self._dead_letter_now(source, Failure.from_exception(exc, ErrorCategory.INVALID_PAYLOAD))
 
     def _accept(self, source: SourceRecord) -> None:
         from_retry = source.topic == self.names.retry
-        try:
-            h.validate_own(source.headers)
-            job = decode_job(source.value, source.key, self.settings.worker.max_job_bytes)
-            attempts = h.read_int(source.headers, h.ATTEMPTS, 0) if from_retry else 0
-            calls = h.read_int(source.headers, h.HANDLER_CALLS, 0) if from_retry else 0
-            replays = h.read_int(source.headers, h.REPLAYS, 0)
-            due = h.read_int(source.headers, h.RETRY_DUE_AT, 0) if from_retry else 0
-        except InvalidPayloadError as exc:
-            # Never retried: the bytes will not get better. Settled at once with a dead letter.
-            self.stats.invalid += 1
-            failure = Failure.from_exception(exc, ErrorCategory.INVALID_PAYLOAD)
-            self._settle(source, self._dead_letter(source, failure, attempts=0, calls=0))
-            return
-        task = _Task(source=source, job=job, attempts_before=attempts, calls_before=calls, replays=replays,
-                     lane=self._lane(source, job))
-        if due and due > now_ms():
+        delivery = parse_delivery(source, from_retry)
+        job = decode_job(source.value, source.key, self.settings.worker.max_job_bytes)
+        lane = (source.topic, source.partition) if self.settings.worker.ordering == "partition" else job.key
+        task = Task(delivery=delivery, job=job, lane=lane)
+        due = delivery.due_at_ms
+        if due:
+            # A due time further out than the policy allows (a hand-made or foreign record) would hold the record,
+            # and its partition's watermark, for that long: clamp it to the longest delay the policy could give.
+            retry = self.settings.retry
+            due = min(due, source.timestamp_ms + int(retry.max_delay_ms * (1 + retry.jitter)) + 1000)
+        if due > now_ms():
             self._due.push(due, task)
             self._waiting_by_partition[source.partition] = self._waiting_by_partition.get(source.partition, 0) + 1
         else:
             self._ready.append(task)
 
-    def _lane(self, source: SourceRecord, job: EvaluationJob) -> bytes | tuple[str, int]:
-        if self.settings.worker.ordering == "partition":
-            return (source.topic, source.partition)
-        return job.key
+    def _dead_letter_now(self, source: SourceRecord, failure: Failure) -> None:
+        delivery = parse_delivery(source, source.topic == self.names.retry, strict=False)
+        self._settle(source, self._router.dead_letter(delivery, failure, attempts=0, calls=0))
 
     def _release_due(self) -> None:
         if not len(self._due):
             return
         for task in self._due.pop_due(now_ms()):
-            self._waiting_by_partition[task.source.partition] -= 1
+            self._waiting_by_partition[task.delivery.source.partition] -= 1
             self._ready.append(task)
 
-    # ------------------------------------------------------------------ completion and routing
+    def _offer_ready(self) -> None:
+        self._pool.offer(self._ready)
+        self._ready = []
 
-    def _dead_letter(self, source: SourceRecord, failure: Failure, attempts: int, calls: int) -> OutputRecord:
-        self.stats.dead_lettered += 1
-        return dead_letter_record(source, failure, attempts, calls, self.worker_id, self.names.dlq,
-                                  self.settings.dlq_partition(failure.category, source.key), now_ms())
-
-    def _route(self, completion: _Completion) -> OutputRecord:
-        task = completion.task
-        self.stats.handler_calls += completion.calls
-        if completion.result is not None and len(completion.result) <= self.settings.worker.max_result_bytes:
-            self.stats.succeeded += 1
-            return OutputRecord(topic=self.names.results, key=task.source.key, value=completion.result, headers=[])
-        failure = completion.failure
-        if failure is None:  # a result too large to produce would block every later commit of the slot
-            failure = Failure(ErrorCategory.PERMANENT, "cv_queue.ResultTooLarge",
-                              f"the handler's result is {len(completion.result or b'')} bytes, over "
-                              f"max_result_bytes {self.settings.worker.max_result_bytes}", "")
-        if failure.category == ErrorCategory.INVALID_PAYLOAD:
-            self.stats.invalid += 1
-        attempts = task.attempts_before + 1
-        calls = task.calls_before + completion.calls
-        retry = self.settings.retry
-        if failure.category.retryable and attempts < retry.max_attempts:
-            self.stats.retried += 1
-            failed_at = now_ms()
-            due = failed_at + retry_delay_ms(attempts, retry, self._rng, failure.retry_after_s)
-            return retry_record(task.source, failure, attempts, calls, self.worker_id, self.names.retry, due,
-                                failed_at)
-        return self._dead_letter(task.source, failure, attempts, calls)
+    # ------------------------------------------------------------------ completion
 
     def _settle(self, source: SourceRecord, output: OutputRecord) -> None:
-        self._trackers[(source.topic, source.partition)].settle(source.offset, output)
+        self._trackers[(source.topic, source.partition)].settle(source.offset, output, output.size)
         self._settled_since_commit += 1
 
-    def _complete(self, completion: _Completion) -> None:
-        source = completion.task.source
+    def _complete(self, completion: Completion) -> None:
+        delivery = completion.task.delivery
+        self.stats.handler_calls += completion.calls
         try:
-            output = self._route(completion)
+            if completion.result is not None:
+                output = self._router.success(delivery, completion.result, completion.calls)
+            else:
+                assert completion.failure is not None
+                output = self._router.failure(delivery, completion.failure, completion.calls)
         except Exception as exc:  # same safety net as intake: never lose the record, never stop the slot
+            source = delivery.source
             log.exception("unexpected error routing %s[%d]@%d; dead-lettering it", source.topic, source.partition,
                           source.offset)
-            output = self._dead_letter(source, Failure.from_exception(exc, ErrorCategory.PERMANENT),
-                                       attempts=completion.task.attempts_before + 1,
-                                       calls=completion.task.calls_before + completion.calls)
-        self._settle(source, output)
+            output = self._router.dead_letter(delivery, Failure.from_exception(exc, ErrorCategory.PERMANENT),
+                                              attempts=delivery.attempts + 1,
+                                              calls=delivery.handler_calls + completion.calls)
+        self._settle(delivery.source, output)
 
     def _drain_completions(self) -> None:
-        while True:
-            try:
-                completion = self._done.get_nowait()
-            except queue.Empty:
-                return
+        for completion in self._pool.completed():
             self._complete(completion)
+
+    def _expire(self) -> None:
+        expired = self._pool.expire()
+        for completion in expired:
+            source = completion.task.delivery.source
+            log.warning("job %s (%s[%d]@%d) exceeded job_timeout_s=%gs: failed as transient, its handler thread "
+                        "abandoned and replaced", completion.task.job.job_id, source.topic, source.partition,
+                        source.offset, self.settings.worker.job_timeout_s)
+            self._complete(completion)
+        self.stats.timed_out = self._pool.timed_out
+        if self._pool.broken is not None:
+            raise HandlersExhaustedError(self._pool.broken)
 
     # ------------------------------------------------------------------ flow control
 
-    # The poll loop reads the scheduler's counters without taking _cond: they are plain ints under the GIL,
-    # and a stale value only shifts a pause, a gauge or a poll timeout by one loop turn.
     def _update_pauses(self) -> None:
         assert self._consumer is not None
-        buffered = self._scheduler.buffered + len(self._due)
-        limit = self.settings.worker.max_buffered
-        if buffered >= limit:
-            wanted = set(self._source_partitions())
-        elif buffered <= limit // 2 or not self._paused:
-            wanted = set()
-        else:
-            wanted = set(self._paused)  # between the marks: keep the current state (hysteresis)
-        cap = self.settings.retry.max_waiting_per_partition
-        wanted |= {(self.names.retry, p) for p, n in self._waiting_by_partition.items() if n >= cap}
+        wanted = self._flow.wanted(self._pool.buffered, self._trackers, self._waiting_by_partition)
         if wanted != self._paused:
             to_pause = wanted - self._paused
             to_resume = self._paused - wanted
@@ -459,9 +343,12 @@ class PartitionWorker:
 
     def _refresh_gauges(self) -> None:
         assert self._consumer is not None
-        self.stats.in_flight = self._scheduler.in_flight
-        self.stats.buffered = self._scheduler.buffered
+        self.stats.in_flight = self._pool.in_flight
+        self.stats.buffered = self._pool.buffered
         self.stats.waiting_retries = len(self._due)
+        self.stats.held_bytes = sum(t.open_bytes for t in self._trackers.values())
+        self.stats.paused = len(self._paused)
+        self.stats.abandoned_handlers = self._pool.abandoned
         lag = 0
         for (topic, partition), tracker in self._trackers.items():
             try:
@@ -473,7 +360,7 @@ class PartitionWorker:
         self.stats.lag = lag
 
     def _poll_timeout(self) -> float:
-        if self._scheduler.in_flight or self._scheduler.buffered:
+        if self._pool.in_flight or self._pool.buffered:
             return BUSY_POLL_S
         timeout = self.settings.fetch.poll_timeout_ms / 1000
         next_due = self._due.next_due_ms()
@@ -487,7 +374,9 @@ class PartitionWorker:
         """Process until `stop` is set; then drain, commit what is complete and close.
 
         Returns the final stats; `stats.stop_reason` is "stopped", "fenced" (a newer worker owns the slot;
-        this one commits nothing more) or "fatal" (the producer cannot go on; a restart recovers).
+        this one commits nothing more), "fatal" (the producer or consumer cannot go on; a restart recovers) or
+        "handlers_exhausted" (handler threads stuck in timed-out jobs; completed work was committed, and a
+        restart frees them).
         """
         self._stopping = stop
         try:
@@ -499,19 +388,24 @@ class PartitionWorker:
             self._close()
             raise
         try:
-            self._loop(stop)
+            try:
+                self._loop(stop)
+                self.stats.stop_reason = "stopped"
+            except HandlersExhaustedError as exc:
+                log.error("worker %s cannot serve any more: %s. Committing what is complete and exiting.",
+                          self.worker_id, exc)
+                self.stats.stop_reason = "handlers_exhausted"
             self._shutdown()
-            self.stats.stop_reason = "stopped"
         except TransactionFencedError as exc:
-            log.error("worker %s was fenced: another worker now owns slot %s (transactional id %s). Exiting "
-                      "without committing; the newer worker resumes from the last committed offsets. (%s)",
-                      self.worker_id, self.slot.name, self.settings.transactional_id(self.slot), exc)
+            log.error("worker %s was fenced: another worker now owns slot %s or an overlapping slot (transactional "
+                      "id %s). Exiting without committing; the newer worker resumes from the last committed offsets. "
+                      "(%s)", self.worker_id, self.slot.name, self.settings.transactional_id(self.slot), exc)
             self.stats.stop_reason = "fenced"
         except TransactionAbandonedError:
             log.warning("worker %s stopped during a failing transaction; its records will be consumed again",
                         self.worker_id)
             self.stats.stop_reason = "stopped"
-        except TransactionFatalError as exc:
+        except (TransactionFatalError, KafkaException) as exc:
             log.error("worker %s cannot continue: %s", self.worker_id, exc)
             self.stats.stop_reason = "fatal"
         finally:
@@ -525,8 +419,7 @@ class PartitionWorker:
         consumer = self._consumer
         fetch = self.settings.fetch
         worker = self.settings.worker
-        last_commit = time.monotonic()
-        last_progress = time.monotonic()
+        last_commit = last_progress = next_expiry = time.monotonic()
         while not stop.is_set():
             messages = poll_batch(consumer, fetch.max_records_per_poll, self._poll_timeout())
             for msg in messages:
@@ -534,18 +427,19 @@ class PartitionWorker:
                 if err is None:
                     self._intake(msg)
                     if len(self._ready) >= OFFER_CHUNK:  # keep handlers busy while the rest is decoded
-                        self._offer(self._ready)
-                        self._ready = []
+                        self._offer_ready()
                 elif err.fatal():
                     raise KafkaException(err)
                 elif err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consume error on %s[%s]: %s", msg.topic(), msg.partition(), err.str())
+            now = time.monotonic()
+            if now >= next_expiry:
+                next_expiry = now + EXPIRY_CHECK_S
+                self._expire()
             self._drain_completions()
             self._release_due()
-            self._offer(self._ready)
-            self._ready = []
+            self._offer_ready()
             self._update_pauses()
-            now = time.monotonic()
             if self._settled_since_commit and (
                 self._settled_since_commit >= worker.commit_max_records
                 or (now - last_commit) * 1000 >= worker.commit_interval_ms
@@ -556,6 +450,7 @@ class PartitionWorker:
                 last_progress = now
                 self._commit()  # offsets-only when idle: moves committed offsets past transaction markers
                 self._report()
+                CLIENT_LOG.tick()
 
     def _report(self) -> None:
         """Report progress when something changed, and otherwise every IDLE_REPORT_EVERY intervals."""
@@ -579,25 +474,21 @@ class PartitionWorker:
         """Stop taking work, let running jobs finish within the grace period, commit what completed."""
         assert self._consumer is not None
         self._consumer.pause([TopicPartition(t, p) for t, p in self._source_partitions()])
-        with self._cond:
-            self._taking = False  # jobs buffered behind running ones are not started: redelivered later
+        self._pool.stop_taking()  # jobs buffered behind running ones are not started: redelivered later
         deadline = time.monotonic() + self.settings.worker.shutdown_grace_ms / 1000
-        while self._scheduler.in_flight and time.monotonic() < deadline:
-            try:
-                self._complete(self._done.get(timeout=0.05))
-            except queue.Empty:
-                continue
+        while self._pool.in_flight and time.monotonic() < deadline:
+            completion = self._pool.wait_completed(0.05)
+            if completion is not None:
+                self._complete(completion)
         self._drain_completions()
-        abandoned = self._scheduler.in_flight
+        abandoned = self._pool.in_flight
         self._commit()
         if abandoned:
             log.warning("slot %s: %d job(s) still running after the grace period; left uncommitted for "
                         "redelivery", self.slot.name, abandoned)
 
     def _close(self) -> None:
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
+        self._pool.close()
         if self._producer is not None and self._in_transaction:
             try:
                 self._producer.abort_transaction(10)

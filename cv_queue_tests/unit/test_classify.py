@@ -31,7 +31,7 @@ def test_builtin_types():
     assert classify(ConnectionResetError()) == ErrorCategory.TRANSIENT  # via ConnectionError in the MRO
     assert classify(KeyError("x")) == ErrorCategory.PERMANENT
     assert classify(FileNotFoundError()) == ErrorCategory.PERMANENT
-    assert classify(json.JSONDecodeError("bad", "", 0)) == ErrorCategory.INVALID_PAYLOAD
+    assert classify(json.JSONDecodeError("bad", "", 0)) == ErrorCategory.PERMANENT  # repaired first, never invalid
 
 
 def test_unknown_exceptions_are_transient():

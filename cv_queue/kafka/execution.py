@@ -1,0 +1,101 @@
+"""Running one delivery of a job: the handler call, in-process retries and output repairs, never an escape.
+
+`JobRunner.__call__` turns a Task into a Completion whatever the handler does: returns, raises an Exception, or
+raises a BaseException (asyncio.CancelledError, SystemExit or KeyboardInterrupt from inside a library). A
+handler thread therefore never dies with its job, and every job gets exactly one outcome.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cv_queue.errors import ErrorCategory
+from cv_queue.evaluation.handler import JobContext, JobHandler
+from cv_queue.kafka.backoff import InProcessRetry
+from cv_queue.kafka.classify import ErrorClassifier
+from cv_queue.kafka.delivery import Delivery
+from cv_queue.kafka.records import Failure
+from cv_queue.messages import EvaluationJob, EvaluationResult
+from cv_queue.settings import RetrySettings
+
+log = logging.getLogger("cv_queue.worker")
+
+JOB_TIMEOUT_CLASS = "cv_queue.JobTimeout"
+
+
+@dataclass(slots=True)
+class Task:
+    """A decoded job on its way through the scheduler and a handler."""
+
+    delivery: Delivery
+    job: EvaluationJob
+    lane: bytes | tuple[str, int]  # what must not run concurrently: the key, or the partition
+    calls: int = 0  # handler calls made in this delivery so far (read when the job times out)
+
+
+@dataclass(slots=True)
+class Completion:
+    task: Task
+    calls: int
+    result: bytes | None
+    failure: Failure | None
+
+
+def timeout_completion(task: Task, timeout_s: float) -> Completion:
+    failure = Failure(ErrorCategory.TRANSIENT, JOB_TIMEOUT_CLASS,
+                      f"the handler did not return within job_timeout_s={timeout_s:g}s; its late answer is dropped", "")
+    return Completion(task, max(task.calls, 1), None, failure)
+
+
+def failure_of(exc: BaseException, classifier: ErrorClassifier) -> Failure:
+    """The Failure for an exception, even one whose classification or formatting itself fails."""
+    try:
+        return Failure.from_exception(exc, classifier.classify(exc))
+    except Exception:
+        return Failure(ErrorCategory.TRANSIENT, type(exc).__qualname__, "unprintable exception", "")
+
+
+class JobRunner:
+    """Calls the handler for one delivery: tenacity for blips, repair calls for malformed output.
+
+    One per handler thread: tenacity's Retrying object is not thread-safe.
+    """
+
+    def __init__(self, handler: JobHandler, retry: RetrySettings, classifier: ErrorClassifier, worker: str) -> None:
+        self.handler = handler
+        self.repairs = retry.output_repairs
+        self.classifier = classifier
+        self.worker = worker
+        self._retrying = InProcessRetry(retry, classifier)
+
+    def __call__(self, task: Task) -> Completion:
+        repairs_left = self.repairs
+        while True:
+            try:
+                return Completion(task, task.calls, self._retrying(lambda: self._invoke(task)), None)
+            except BaseException as exc:  # every handler failure, BaseExceptions included, is the job's
+                if self.classifier.is_malformed_output(exc) and repairs_left > 0:
+                    repairs_left -= 1
+                    continue
+                failure = failure_of(exc, self.classifier)
+                if self.classifier.is_malformed_output(exc):
+                    failure = Failure(
+                        ErrorCategory.PERMANENT, failure.error_class,
+                        f"handler output still malformed after {self.repairs} repair call(s): {failure.message}",
+                        failure.stacktrace)
+                return Completion(task, task.calls, None, failure)
+
+    def _invoke(self, task: Task) -> bytes:
+        task.calls += 1
+        delivery = task.delivery
+        attempt = delivery.attempts + 1
+        handler_calls = delivery.handler_calls + task.calls
+        ctx = JobContext(attempt=attempt, handler_call=handler_calls, replays=delivery.replays, worker=self.worker,
+                         partition=delivery.source.partition, offset=delivery.source.offset)
+        scores = self.handler(task.job, ctx)
+        job = task.job
+        return EvaluationResult(
+            job_id=job.job_id, request_id=job.request_id, scores=scores, evaluated_at=datetime.now(UTC),
+            job_created_at=job.created_at, attempts=attempt, handler_calls=handler_calls, replays=delivery.replays,
+            worker=self.worker,
+        ).to_bytes()

@@ -1,0 +1,90 @@
+"""Where a finished delivery goes: its result, a retry record, or a dead letter; always exactly one output.
+
+- success: the result, unless it is too large for the results topic (then a permanent dead letter);
+- retryable failure with attempts left: a retry record due after the backoff, with a rate limiter's Retry-After as
+  the floor. A Retry-After beyond the policy's max delay is not held in memory for its whole length: the job is
+  dead-lettered as rate_limited with the asked-for delay in a header;
+- everything else: a dead letter, in the DLQ partition of its category.
+Every output is sized against its topic (see fit.py) before it is handed to a transaction.
+"""
+
+import math
+import random
+
+from cv_queue import headers as h
+from cv_queue.errors import ErrorCategory
+from cv_queue.kafka.backoff import retry_delay_ms
+from cv_queue.kafka.delivery import Delivery
+from cv_queue.kafka.envelope import dead_letter_record, now_ms, retry_record
+from cv_queue.kafka.fit import OutputLimits, shrink_dead_letter, trim_error_detail
+from cv_queue.kafka.records import Failure, OutputRecord
+from cv_queue.kafka.stats import WorkerStats
+from cv_queue.settings import QueueSettings
+
+RESULT_TOO_LARGE_CLASS = "cv_queue.ResultTooLarge"
+
+
+class Router:
+    def __init__(self, settings: QueueSettings, worker_id: str, limits: OutputLimits, stats: WorkerStats) -> None:
+        self.settings = settings
+        self.names = settings.topic_names
+        self.worker_id = worker_id
+        self.limits = limits
+        self.stats = stats
+        self._rng = random.Random()
+        self._max_result = min(settings.worker.max_result_bytes, self.limits.limit(self.names.results))
+
+    def success(self, delivery: Delivery, result: bytes, calls: int) -> OutputRecord:
+        out = OutputRecord(topic=self.names.results, key=delivery.source.key, value=result, headers=[])
+        if out.size <= self._max_result:
+            self.stats.succeeded += 1
+            return out
+        # A result too large to produce would fail every transaction that carries it.
+        failure = Failure(ErrorCategory.PERMANENT, RESULT_TOO_LARGE_CLASS,
+                          f"the handler's result is {len(result)} bytes, over the {self._max_result}-byte limit "
+                          "(max_result_bytes, or the results topic's max.message.bytes)", "")
+        return self.failure(delivery, failure, calls)
+
+    def failure(self, delivery: Delivery, failure: Failure, calls: int) -> OutputRecord:
+        """The output of a delivery whose handler failed after `calls` calls in this delivery."""
+        attempts = delivery.attempts + 1
+        total_calls = delivery.handler_calls + calls
+        retry = self.settings.retry
+        if not (failure.category.retryable and attempts < retry.max_attempts):
+            return self.dead_letter(delivery, failure, attempts, total_calls)
+        asked_s = failure.retry_after_s
+        if asked_s is not None and (math.isinf(asked_s) or asked_s * 1000 > retry.max_delay_ms):
+            return self._over_retry_after_cap(delivery, failure, attempts, total_calls, asked_s)
+        failed_at = now_ms()
+        due = failed_at + retry_delay_ms(attempts, retry, self._rng, asked_s)
+        out = retry_record(delivery, failure, attempts, total_calls, self.worker_id, self.names.retry, due, failed_at)
+        limit = self.limits.limit(self.names.retry)
+        if out.size > limit:
+            out = trim_error_detail(out)
+        if out.size > limit:
+            # The job itself (with its own headers) is too large for the retry topic: only the DLQ has room.
+            oversize = Failure(failure.category, failure.error_class,
+                               f"{failure.message} [not retried: {out.size} bytes do not fit the retry topic]",
+                               failure.stacktrace)
+            return self.dead_letter(delivery, oversize, attempts, total_calls)
+        self.stats.retried += 1
+        return out
+
+    def _over_retry_after_cap(self, delivery: Delivery, failure: Failure, attempts: int, calls: int,
+                              asked_s: float) -> OutputRecord:
+        capped = Failure(
+            ErrorCategory.RATE_LIMITED, failure.error_class,
+            f"{failure.message} [Retry-After {asked_s:g}s exceeds the retry policy's max_delay_ms="
+            f"{self.settings.retry.max_delay_ms}; dead-lettered instead of waiting]",
+            failure.stacktrace)
+        out = self.dead_letter(delivery, capped, attempts, calls)
+        out.headers.append((h.RETRY_AFTER_REQUESTED, h.str_value(f"{asked_s:g}")))
+        return out
+
+    def dead_letter(self, delivery: Delivery, failure: Failure, attempts: int, calls: int) -> OutputRecord:
+        self.stats.dead_lettered += 1
+        if failure.category == ErrorCategory.INVALID_PAYLOAD:
+            self.stats.invalid += 1
+        out = dead_letter_record(delivery, failure, attempts, calls, self.worker_id, self.names.dlq,
+                                 self.settings.dlq_partition(failure.category, delivery.source.key), now_ms())
+        return shrink_dead_letter(out, self.limits.limit(self.names.dlq))
