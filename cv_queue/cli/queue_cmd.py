@@ -153,6 +153,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"worker for slot {slot.name} stopped on a fatal producer error (see above); restart it",
               file=sys.stderr)
         return 4
+    if stats.stop_reason == "handlers_exhausted":
+        print(f"worker for slot {slot.name}: too many handler threads stuck in timed-out jobs; completed work "
+              "was committed, restart the worker to free them", file=sys.stderr)
+        return 5
     return 0
 
 

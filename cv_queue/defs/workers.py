@@ -106,6 +106,9 @@ def run_partition_worker(context: dg.OpExecutionContext, config: WorkerRunConfig
     stats: WorkerStats = outcome["stats"]
     if stats.stop_reason == "fenced":
         raise dg.Failure(description=f"slot {slot.name}: fenced by another worker for the same slot")
+    if stats.stop_reason == "handlers_exhausted":
+        raise dg.Failure(description=f"slot {slot.name}: too many handler threads stuck in timed-out jobs "
+                                     "(completed work was committed); the fleet sensor starts a fresh process")
     if stats.stop_reason == "fatal":
         raise dg.Failure(description=f"slot {slot.name}: the worker's producer hit a fatal error (see the logs); "
                                      "the fleet sensor starts a replacement")

@@ -8,9 +8,15 @@ Latency is fixed or lognormal (given its mean and p99). Failures come two ways:
     rate_limited:N[:S]     first N calls are rate limited, with retry-after S seconds
     permanent              every call fails permanently
     transient-until-replay fails transiently until the job has been replayed from the DLQ once
-    sleep:MS               this job takes MS milliseconds
+    sleep:MS               this job takes MS milliseconds (a hung handler: sleep:3600000)
+    base_exception:NAME[:N] first N calls (default 1) raise the BaseException NAME: KeyboardInterrupt,
+                           SystemExit or CancelledError, as a library might from inside a handler
+    malformed:N            first N calls fail to parse their "LLM answer" (json.JSONDecodeError)
+    invalid_output:N       first N calls return output that fails validation (pydantic ValidationError)
 """
 
+import asyncio
+import json
 import math
 import random
 import time
@@ -96,6 +102,21 @@ class SimulatedLLM:
             raise PermanentJobError("simulated permanent failure")
         if kind == "transient-until-replay" and ctx.replays == 0:
             raise TransientJobError("simulated outage that outlasts the retry topic")
+        if kind == "base_exception":
+            name, _, count = arg.partition(":")
+            if ctx.handler_call <= int(count or 1):
+                raise _BASE_EXCEPTIONS[name](f"simulated {name} from inside the handler")
+        if kind == "malformed" and ctx.handler_call <= int(arg or 1):
+            json.loads('{"cv_match_rate": 0.5, "project_score": ')  # raises JSONDecodeError, as a cut-off answer does
+        if kind == "invalid_output" and ctx.handler_call <= int(arg or 1):
+            EvaluationScores.model_validate({"cv_match_rate": 7, "project_score": -1})  # raises ValidationError
+
+
+_BASE_EXCEPTIONS: dict[str, type[BaseException]] = {
+    "KeyboardInterrupt": KeyboardInterrupt,
+    "SystemExit": SystemExit,
+    "CancelledError": asyncio.CancelledError,
+}
 
 
 class NoopHandler:
