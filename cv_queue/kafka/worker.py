@@ -3,14 +3,14 @@
 How one worker runs (each step lives in its own module):
 - Start-up: it *assigns* its slot's partitions of the main and retry topics (no group rebalancing), fences every
   worker that could be reading them (its own slot's id, and overlapping slots of other layouts: layout.py), reads
-  each output topic's size limit (fit.py) and starts from the committed offsets of the worker group.
-- Intake: each record's `cvq.` headers are parsed once into a Delivery (delivery.py) and its value into a job;
-  anything undecodable is dead-lettered at once as invalid_payload.
+  each output topic's size limit and starts from the committed offsets of the worker group (startup.py).
+- Intake (intake.py): each record's `cvq.` headers are parsed once into a Delivery (delivery.py) and its value
+  into a job; anything undecodable is dead-lettered at once as invalid_payload.
 - Execution: a HandlerPool (pool.py) runs jobs on handler threads, one per key at a time, each within
   `job_timeout_s`; JobRunner (execution.py) turns whatever the handler does into exactly one Completion.
 - Routing: the Router (routing.py) makes each completion one output: result, retry record or dead letter.
-- Commit: every output is held until its source offset is under the contiguous completed watermark (inflight.py),
-  then produced in the same transaction that commits that watermark (transaction.py). A crash at any point
+- Commit (commit.py): every output is held until its source offset is under the contiguous completed watermark
+  (inflight.py), then produced in the same transaction that commits that watermark (transaction.py). A crash at any point
   therefore commits an output together with its offset, or neither.
 - Flow control (flow.py): a partition holding too many bytes or records, or too many waiting retries, is paused
   on its own; all are paused when the handlers fall behind.
@@ -24,63 +24,41 @@ import threading
 import time
 from collections.abc import Callable
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from cv_queue.errors import ErrorCategory, InvalidPayloadError
+from cv_queue.errors import ErrorCategory
 from cv_queue.evaluation.handler import JobHandler, load_handler
 from cv_queue.kafka.classify import ErrorClassifier
 from cv_queue.kafka.client_log import CLIENT_LOG
-from cv_queue.kafka.clients import admin_client, assigned_consumer, poll_batch, transactional_producer
-from cv_queue.kafka.delivery import parse_delivery
+from cv_queue.kafka.clients import assigned_consumer, poll_batch, transactional_producer
+from cv_queue.kafka.commit import WatermarkCommitter
 from cv_queue.kafka.envelope import now_ms
-from cv_queue.kafka.execution import Completion, JobRunner, Task
-from cv_queue.kafka.fit import OutputLimits, read_output_limits
+from cv_queue.kafka.execution import Completion, JobRunner
+from cv_queue.kafka.fit import OutputLimits
 from cv_queue.kafka.flow import FlowControl
-from cv_queue.kafka.inflight import DueQueue, PartitionTracker
+from cv_queue.kafka.inflight import PartitionTracker
+from cv_queue.kafka.intake import Intake
 from cv_queue.kafka.layout import fence_overlapping_slots
 from cv_queue.kafka.pool import HandlerPool
 from cv_queue.kafka.records import Failure, OutputRecord, SourceRecord
 from cv_queue.kafka.routing import Router
+from cv_queue.kafka.startup import START_TIMEOUT_S, WorkerStartError, check_topics, committed_offsets, output_limits
 from cv_queue.kafka.stats import WorkerStats
-from cv_queue.kafka.transaction import (
-    TransactionAbandonedError,
-    TransactionFatalError,
-    TransactionFencedError,
-    commit_atomically,
-)
-from cv_queue.messages import decode_job
+from cv_queue.kafka.transaction import TransactionAbandonedError, TransactionFatalError, TransactionFencedError
 from cv_queue.settings import KafkaConnection, QueueSettings, Slot
 
 __all__ = ["PartitionWorker", "WorkerStartError", "WorkerStats"]
 
 log = logging.getLogger("cv_queue.worker")
 
-START_TIMEOUT_S = 60.0
 BUSY_POLL_S = 0.005  # poll timeout while jobs run, so completions are settled within ~5 ms
 OFFER_CHUNK = 8  # decoded jobs handed to the handler threads at a time
 EXPIRY_CHECK_S = 0.25  # how often running jobs are checked against job_timeout_s
 IDLE_REPORT_EVERY = 6  # an idle worker reports every 6th progress interval instead of every one
 
 
-class WorkerStartError(RuntimeError):
-    """The worker cannot start: topics missing, partitions absent, broker unreachable."""
-
-
 class HandlersExhaustedError(RuntimeError):
     """The handler pool cannot serve (too many threads stuck in timed-out jobs, or a thread died)."""
-
-
-def _source(msg: Message) -> tuple[SourceRecord, Exception | None]:
-    """The record, and the error if its headers could not be decoded (a non-UTF-8 header name, for instance:
-    the client cannot hand such headers over at all)."""
-    _, ts = msg.timestamp()
-    header_error: Exception | None = None
-    try:
-        headers = msg.headers() or []
-    except Exception as exc:
-        headers, header_error = [], exc
-    return SourceRecord(topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), timestamp_ms=ts,
-                        key=msg.key(), value=msg.value(), headers=headers), header_error
 
 
 class PartitionWorker:
@@ -118,15 +96,13 @@ class PartitionWorker:
             max_abandoned=worker.max_abandoned_handlers, thread_prefix=f"cvq-handler-{slot.name}")
         self._router = Router(settings, self.worker_id, OutputLimits(), self.stats)
         self._flow = FlowControl(settings, self._source_partitions(), self.names.retry)
-        self._due: DueQueue[Task] = DueQueue()
-        self._waiting_by_partition: dict[int, int] = {}
         self._trackers: dict[tuple[str, int], PartitionTracker[OutputRecord]] = {}
-        self._ready: list[Task] = []  # decoded this loop turn, handed to the pool in chunks
+        self._intake = Intake(settings, self._router, self._track, self._settle)
         self._paused: set[tuple[str, int]] = set()
         self._settled_since_commit = 0
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
-        self._in_transaction = False
+        self._committer: WatermarkCommitter | None = None
         self._stopping = threading.Event()
         self._last_summary = ""
         self._quiet_reports = 0
@@ -136,49 +112,12 @@ class PartitionWorker:
     def _source_partitions(self) -> list[tuple[str, int]]:
         return [(t, p) for t in (self.names.main, self.names.retry) for p in self.slot.partitions]
 
-    def _check_topics(self, consumer: Consumer) -> None:
-        metadata = consumer.list_topics(timeout=START_TIMEOUT_S)
-        for topic in (self.names.main, self.names.retry, self.names.dlq, self.names.results):
-            meta = metadata.topics.get(topic)
-            if meta is None or meta.error is not None:
-                raise WorkerStartError(
-                    f"topic {topic!r} does not exist on {self.conn.bootstrap_servers}; "
-                    "run `cv-queue topics provision` (or materialize the kafka_topics assets) first"
-                )
-        for topic in (self.names.main, self.names.retry):
-            have = set(metadata.topics[topic].partitions)
-            missing = [p for p in self.slot.partitions if p not in have]
-            if missing:
-                raise WorkerStartError(
-                    f"slot {self.slot.name} needs partitions {missing} of {topic!r}, which has {len(have)}"
-                )
-
-    def _committed_offsets(self, consumer: Consumer) -> list[TopicPartition]:
-        """Fetch committed offsets explicitly (not through a pending assignment, which can stall on a
-        brand-new cluster) and retry until the coordinator answers."""
-        wanted = [TopicPartition(t, p) for t, p in self._source_partitions()]
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                return consumer.committed(wanted, timeout=10)
-            except KafkaException as exc:
-                if time.monotonic() > deadline:
-                    raise WorkerStartError(f"could not read committed offsets: {exc}") from exc
-                time.sleep(0.5)
-
-    def _output_limits(self) -> OutputLimits:
-        topics = self.settings.topics
-        main_limit = int(topics.main_config.get("max.message.bytes", 1_048_588))
-        fallback = {self.names.results: main_limit, self.names.retry: main_limit,
-                    self.names.dlq: topics.max_message_bytes}
-        return read_output_limits(admin_client(self.conn), list(fallback), fallback)
-
     def _start(self) -> None:
         self._consumer = assigned_consumer(self.conn, self.settings, self.settings.group_id,
                                            role=f"worker-{self.slot.name}")
-        self._check_topics(self._consumer)
-        limits = self._output_limits()
-        self._router = Router(self.settings, self.worker_id, limits, self.stats)
+        check_topics(self._consumer, self.conn, self.settings, self.slot)
+        limits = output_limits(self.conn, self.settings)
+        self._router = self._intake.router = Router(self.settings, self.worker_id, limits, self.stats)
         fence_overlapping_slots(self.conn, self.settings, self.slot, START_TIMEOUT_S)
         self._producer = transactional_producer(self.conn, self.settings.transactional_id(self.slot),
                                                 self.settings.worker.transaction_timeout_ms,
@@ -187,11 +126,12 @@ class PartitionWorker:
         # committed offsets read next are final.
         self._producer.init_transactions(START_TIMEOUT_S)
         assignment = []
-        for tp in self._committed_offsets(self._consumer):
+        for tp in committed_offsets(self._consumer, self._source_partitions()):
             start = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             self._trackers[(tp.topic, tp.partition)] = PartitionTracker(tp.offset if tp.offset >= 0 else -1)
             assignment.append(TopicPartition(tp.topic, tp.partition, start))
         self._consumer.assign(assignment)
+        self._committer = WatermarkCommitter(self._consumer, self._producer, self._trackers, self._stopping.is_set)
         self._pool.start()
         log.info("worker %s started on %s partitions %s (group %s, transactional id %s)", self.worker_id,
                  self.names.main, list(self.slot.partitions), self.settings.group_id,
@@ -199,57 +139,12 @@ class PartitionWorker:
 
     # ------------------------------------------------------------------ intake
 
-    def _intake(self, msg: Message) -> None:
-        source, header_error = _source(msg)
+    def _track(self, source: SourceRecord) -> None:
         self._trackers[(source.topic, source.partition)].track(source.offset, source.size)
         self.stats.consumed += 1
-        try:
-            if header_error is not None:
-                raise InvalidPayloadError("undecodable_headers", f"the record's headers cannot be read "
-                                          f"({header_error}); they are not kept in the dead letter")
-            self._accept(source)
-        except InvalidPayloadError as exc:
-            # Never retried: the bytes will not get better. Settled at once with a dead letter.
-            self._dead_letter_now(source, Failure.from_exception(exc, ErrorCategory.INVALID_PAYLOAD))
-        except Exception as exc:
-            # A bug of ours on one odd record must not stop the slot: dead-letter the record, whole, with the
-            # exception that tripped us, and go on.
-            log.exception("unexpected error on %s[%d]@%d; dead-lettering it", source.topic, source.partition,
-                          source.offset)
-            self._dead_letter_now(source, Failure.from_exception(exc, ErrorCategory.INVALID_PAYLOAD))
-
-    def _accept(self, source: SourceRecord) -> None:
-        from_retry = source.topic == self.names.retry
-        delivery = parse_delivery(source, from_retry)
-        job = decode_job(source.value, source.key, self.settings.worker.max_job_bytes)
-        lane = (source.topic, source.partition) if self.settings.worker.ordering == "partition" else job.key
-        task = Task(delivery=delivery, job=job, lane=lane)
-        due = delivery.due_at_ms
-        if due:
-            # A due time further out than the policy allows (a hand-made or foreign record) would hold the record,
-            # and its partition's watermark, for that long: clamp it to the longest delay the policy could give.
-            retry = self.settings.retry
-            due = min(due, source.timestamp_ms + int(retry.max_delay_ms * (1 + retry.jitter)) + 1000)
-        if due > now_ms():
-            self._due.push(due, task)
-            self._waiting_by_partition[source.partition] = self._waiting_by_partition.get(source.partition, 0) + 1
-        else:
-            self._ready.append(task)
-
-    def _dead_letter_now(self, source: SourceRecord, failure: Failure) -> None:
-        delivery = parse_delivery(source, source.topic == self.names.retry, strict=False)
-        self._settle(source, self._router.dead_letter(delivery, failure, attempts=0, calls=0))
-
-    def _release_due(self) -> None:
-        if not len(self._due):
-            return
-        for task in self._due.pop_due(now_ms()):
-            self._waiting_by_partition[task.delivery.source.partition] -= 1
-            self._ready.append(task)
 
     def _offer_ready(self) -> None:
-        self._pool.offer(self._ready)
-        self._ready = []
+        self._pool.offer(self._intake.take_ready())
 
     # ------------------------------------------------------------------ completion
 
@@ -295,7 +190,7 @@ class PartitionWorker:
 
     def _update_pauses(self) -> None:
         assert self._consumer is not None
-        wanted = self._flow.wanted(self._pool.buffered, self._trackers, self._waiting_by_partition)
+        wanted = self._flow.wanted(self._pool.buffered, self._trackers, self._intake.waiting_by_partition)
         if wanted != self._paused:
             to_pause = wanted - self._paused
             to_resume = self._paused - wanted
@@ -309,35 +204,10 @@ class PartitionWorker:
 
     def _commit(self) -> None:
         """Produce the released outputs and commit the watermark offsets in one transaction."""
-        assert self._consumer is not None
-        outputs: list[OutputRecord] = []
-        offsets: list[TopicPartition] = []
-        positions = {(tp.topic, tp.partition): tp.offset for tp in self._consumer.position(
-            [TopicPartition(t, p) for t, p in self._trackers])}
-        for (topic, partition), tracker in self._trackers.items():
-            before = tracker.committed
-            committed, released = tracker.release()
-            outputs.extend(released)
-            if tracker.open_count == 0 and positions[(topic, partition)] > committed:
-                # Nothing open: commit the fetch position, which lies past transaction markers, so an
-                # idle worker shows zero lag instead of one phantom record per transaction.
-                committed = tracker.committed = positions[(topic, partition)]
-            if committed != before:
-                offsets.append(TopicPartition(topic, partition, committed))
+        assert self._committer is not None
         self._settled_since_commit = 0
-        if not offsets:
-            return
-        self._transact(outputs, offsets)
-        self.stats.commits += 1
-
-    def _transact(self, outputs: list[OutputRecord], offsets: list[TopicPartition]) -> None:
-        assert self._producer is not None and self._consumer is not None
-        self._in_transaction = True
-        try:
-            commit_atomically(self._producer, outputs, offsets, self._consumer.consumer_group_metadata(),
-                              stopping=self._stopping.is_set)
-        finally:
-            self._in_transaction = False
+        self._committer.commit()
+        self.stats.commits = self._committer.commits
 
     # ------------------------------------------------------------------ the loop
 
@@ -345,7 +215,7 @@ class PartitionWorker:
         assert self._consumer is not None
         self.stats.in_flight = self._pool.in_flight
         self.stats.buffered = self._pool.buffered
-        self.stats.waiting_retries = len(self._due)
+        self.stats.waiting_retries = len(self._intake.due)
         self.stats.held_bytes = sum(t.open_bytes for t in self._trackers.values())
         self.stats.paused = len(self._paused)
         self.stats.abandoned_handlers = self._pool.abandoned
@@ -363,7 +233,7 @@ class PartitionWorker:
         if self._pool.in_flight or self._pool.buffered:
             return BUSY_POLL_S
         timeout = self.settings.fetch.poll_timeout_ms / 1000
-        next_due = self._due.next_due_ms()
+        next_due = self._intake.due.next_due_ms()
         if next_due is not None:
             timeout = min(timeout, max(0.0, (next_due - now_ms()) / 1000))
         if self._settled_since_commit:
@@ -425,8 +295,8 @@ class PartitionWorker:
             for msg in messages:
                 err = msg.error()
                 if err is None:
-                    self._intake(msg)
-                    if len(self._ready) >= OFFER_CHUNK:  # keep handlers busy while the rest is decoded
+                    self._intake.take(msg)
+                    if len(self._intake.ready) >= OFFER_CHUNK:  # keep handlers busy while the rest is decoded
                         self._offer_ready()
                 elif err.fatal():
                     raise KafkaException(err)
@@ -437,7 +307,7 @@ class PartitionWorker:
                 next_expiry = now + EXPIRY_CHECK_S
                 self._expire()
             self._drain_completions()
-            self._release_due()
+            self._intake.release_due()
             self._offer_ready()
             self._update_pauses()
             if self._settled_since_commit and (
@@ -489,12 +359,8 @@ class PartitionWorker:
 
     def _close(self) -> None:
         self._pool.close()
-        if self._producer is not None and self._in_transaction:
-            try:
-                self._producer.abort_transaction(10)
-            except KafkaException as exc:
-                log.warning("abort on close failed: %s", exc)
-            self._in_transaction = False
+        if self._committer is not None and (error := self._committer.abort_if_open()) is not None:
+            log.warning("abort on close failed: %s", error)
         self._refresh_gauges_safe()
         if self._consumer is not None:
             with contextlib.suppress(RuntimeError):

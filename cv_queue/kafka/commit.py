@@ -1,0 +1,61 @@
+"""The commit step: released outputs and the watermark offsets they settle, produced and committed as one unit."""
+
+from collections.abc import Callable
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+from cv_queue.kafka.inflight import PartitionTracker
+from cv_queue.kafka.records import OutputRecord
+from cv_queue.kafka.transaction import commit_atomically
+
+Trackers = dict[tuple[str, int], PartitionTracker[OutputRecord]]
+
+
+class WatermarkCommitter:
+    """Pops each partition's settled prefix and commits it, with its outputs, in one Kafka transaction."""
+
+    def __init__(self, consumer: Consumer, producer: Producer, trackers: Trackers,
+                 stopping: Callable[[], bool]) -> None:
+        self.consumer = consumer
+        self.producer = producer
+        self.trackers = trackers
+        self.stopping = stopping
+        self.in_transaction = False
+        self.commits = 0
+
+    def commit(self) -> None:
+        outputs: list[OutputRecord] = []
+        offsets: list[TopicPartition] = []
+        positions = {(tp.topic, tp.partition): tp.offset for tp in self.consumer.position(
+            [TopicPartition(t, p) for t, p in self.trackers])}
+        for (topic, partition), tracker in self.trackers.items():
+            before = tracker.committed
+            committed, released = tracker.release()
+            outputs.extend(released)
+            if tracker.open_count == 0 and positions[(topic, partition)] > committed:
+                # Nothing open: commit the fetch position, which lies past transaction markers, so an idle worker
+                # shows zero lag instead of one phantom record per transaction.
+                committed = tracker.committed = positions[(topic, partition)]
+            if committed != before:
+                offsets.append(TopicPartition(topic, partition, committed))
+        if not offsets:
+            return
+        self.in_transaction = True
+        try:
+            commit_atomically(self.producer, outputs, offsets, self.consumer.consumer_group_metadata(),
+                              stopping=self.stopping)
+        finally:
+            self.in_transaction = False
+        self.commits += 1
+
+    def abort_if_open(self, timeout_s: float = 10) -> str | None:
+        """On close: abort a transaction a failure left open, so it does not hold the output partitions' last stable
+        offset until transaction.timeout.ms. Returns the error if the abort failed."""
+        if not self.in_transaction:
+            return None
+        self.in_transaction = False
+        try:
+            self.producer.abort_transaction(timeout_s)
+        except KafkaException as exc:
+            return str(exc)
+        return None

@@ -1,0 +1,99 @@
+"""Records in, tasks out: each consumed record is decoded once, and every one ends up either a task or settled.
+
+- A record whose headers, bookkeeping or value cannot be decoded is settled at once with an invalid_payload dead
+  letter: the bytes will not get better, so it is never retried.
+- A retry-topic record that is not yet due waits in memory (counted per retry partition, apart from main-topic
+  work, for flow control); its due time is clamped to the longest delay the retry policy could have given, so a
+  hand-made or foreign record cannot hold its partition for longer.
+- Anything else becomes a Task, ready for the handler pool.
+"""
+
+import logging
+from collections.abc import Callable
+
+from confluent_kafka import Message
+
+from cv_queue.errors import ErrorCategory, InvalidPayloadError
+from cv_queue.kafka.delivery import parse_delivery
+from cv_queue.kafka.envelope import now_ms
+from cv_queue.kafka.execution import Task
+from cv_queue.kafka.inflight import DueQueue
+from cv_queue.kafka.records import Failure, OutputRecord, SourceRecord
+from cv_queue.kafka.routing import Router
+from cv_queue.messages import decode_job
+from cv_queue.settings import QueueSettings
+
+log = logging.getLogger("cv_queue.worker")
+
+
+def source_record(msg: Message) -> tuple[SourceRecord, Exception | None]:
+    """The record, and the error if its headers could not be decoded (a non-UTF-8 header name, for instance: the
+    client cannot hand such headers over at all, so they are lost to us)."""
+    _, ts = msg.timestamp()
+    header_error: Exception | None = None
+    try:
+        headers = msg.headers() or []
+    except Exception as exc:
+        headers, header_error = [], exc
+    return SourceRecord(topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), timestamp_ms=ts,
+                        key=msg.key(), value=msg.value(), headers=headers), header_error
+
+
+class Intake:
+    def __init__(self, settings: QueueSettings, router: Router,
+                 track: Callable[[SourceRecord], None], settle: Callable[[SourceRecord, OutputRecord], None]) -> None:
+        self.settings = settings
+        self.retry_topic = settings.topic_names.retry
+        self.router = router
+        self._track = track
+        self._settle = settle
+        retry = settings.retry
+        self._max_wait_ms = int(retry.max_delay_ms * (1 + retry.jitter)) + 1000
+        self.ready: list[Task] = []
+        self.due: DueQueue[Task] = DueQueue()
+        self.waiting_by_partition: dict[int, int] = {}
+
+    def take(self, msg: Message) -> None:
+        source, header_error = source_record(msg)
+        self._track(source)
+        try:
+            if header_error is not None:
+                raise InvalidPayloadError("undecodable_headers", f"the record's headers cannot be read "
+                                          f"({header_error}); they are not kept in the dead letter")
+            self._accept(source)
+        except InvalidPayloadError as exc:
+            self._dead_letter_now(source, Failure.from_exception(exc, ErrorCategory.INVALID_PAYLOAD))
+        except Exception as exc:
+            # A bug of ours on one odd record must not stop the slot: dead-letter the record, whole, with the
+            # exception that tripped us, and go on.
+            log.exception("unexpected error on %s[%d]@%d; dead-lettering it", source.topic, source.partition,
+                          source.offset)
+            self._dead_letter_now(source, Failure.from_exception(exc, ErrorCategory.INVALID_PAYLOAD))
+
+    def _accept(self, source: SourceRecord) -> None:
+        delivery = parse_delivery(source, source.topic == self.retry_topic)
+        job = decode_job(source.value, source.key, self.settings.worker.max_job_bytes)
+        lane = (source.topic, source.partition) if self.settings.worker.ordering == "partition" else job.key
+        task = Task(delivery=delivery, job=job, lane=lane)
+        due = min(delivery.due_at_ms, source.timestamp_ms + self._max_wait_ms) if delivery.due_at_ms else 0
+        if due > now_ms():
+            self.due.push(due, task)
+            self.waiting_by_partition[source.partition] = self.waiting_by_partition.get(source.partition, 0) + 1
+        else:
+            self.ready.append(task)
+
+    def _dead_letter_now(self, source: SourceRecord, failure: Failure) -> None:
+        delivery = parse_delivery(source, source.topic == self.retry_topic, strict=False)
+        self._settle(source, self.router.dead_letter(delivery, failure, attempts=0, calls=0))
+
+    def release_due(self) -> None:
+        """Move retry records whose time has come to the ready list."""
+        if not len(self.due):
+            return
+        for task in self.due.pop_due(now_ms()):
+            self.waiting_by_partition[task.delivery.source.partition] -= 1
+            self.ready.append(task)
+
+    def take_ready(self) -> list[Task]:
+        ready, self.ready = self.ready, []
+        return ready

@@ -1,0 +1,55 @@
+"""What a worker checks and reads before it consumes: its topics, their size limits, its committed offsets."""
+
+import time
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from cv_queue.kafka.clients import admin_client
+from cv_queue.kafka.fit import KAFKA_DEFAULT_MAX_MESSAGE_BYTES, OutputLimits, read_output_limits
+from cv_queue.settings import KafkaConnection, QueueSettings, Slot
+
+START_TIMEOUT_S = 60.0
+
+
+class WorkerStartError(RuntimeError):
+    """The worker cannot start: topics missing, partitions absent, broker unreachable."""
+
+
+def check_topics(consumer: Consumer, conn: KafkaConnection, settings: QueueSettings, slot: Slot) -> None:
+    names = settings.topic_names
+    metadata = consumer.list_topics(timeout=START_TIMEOUT_S)
+    for topic in (names.main, names.retry, names.dlq, names.results):
+        meta = metadata.topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise WorkerStartError(
+                f"topic {topic!r} does not exist on {conn.bootstrap_servers}; "
+                "run `cv-queue topics provision` (or materialize the kafka_topics assets) first"
+            )
+    for topic in (names.main, names.retry):
+        have = set(metadata.topics[topic].partitions)
+        missing = [p for p in slot.partitions if p not in have]
+        if missing:
+            raise WorkerStartError(f"slot {slot.name} needs partitions {missing} of {topic!r}, which has {len(have)}")
+
+
+def committed_offsets(consumer: Consumer, partitions: list[tuple[str, int]]) -> list[TopicPartition]:
+    """Fetch committed offsets explicitly (not through a pending assignment, which can stall on a brand-new
+    cluster) and retry until the coordinator answers."""
+    wanted = [TopicPartition(t, p) for t, p in partitions]
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            return consumer.committed(wanted, timeout=10)
+        except KafkaException as exc:
+            if time.monotonic() > deadline:
+                raise WorkerStartError(f"could not read committed offsets: {exc}") from exc
+            time.sleep(0.5)
+
+
+def output_limits(conn: KafkaConnection, settings: QueueSettings) -> OutputLimits:
+    """max.message.bytes of the topics a worker writes, from the broker (the settings where it won't say)."""
+    names = settings.topic_names
+    topics = settings.topics
+    main_limit = int(topics.main_config.get("max.message.bytes", KAFKA_DEFAULT_MAX_MESSAGE_BYTES))
+    fallback = {names.results: main_limit, names.retry: main_limit, names.dlq: topics.max_message_bytes}
+    return read_output_limits(admin_client(conn), list(fallback), fallback)
