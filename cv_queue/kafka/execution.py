@@ -72,7 +72,8 @@ class JobRunner:
         repairs_left = self.repairs
         while True:
             try:
-                return Completion(task, task.calls, self._retrying(lambda: self._invoke(task)), None)
+                result = self._retrying(lambda: self._invoke(task))
+                return Completion(task, task.calls, result, None)
             except BaseException as exc:  # every handler failure, BaseExceptions included, is the job's
                 if self.classifier.is_malformed_output(exc) and repairs_left > 0:
                     repairs_left -= 1

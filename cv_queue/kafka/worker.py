@@ -319,8 +319,24 @@ class PartitionWorker:
             if now - last_progress >= worker.progress_interval_s:
                 last_progress = now
                 self._commit()  # offsets-only when idle: moves committed offsets past transaction markers
+                self._check_still_owner()
                 self._report()
                 CLIENT_LOG.tick()
+
+    def _check_still_owner(self) -> None:
+        """An idle worker never touches its producer, so it would not learn that a worker of another layout fenced
+        it; the group's committed offsets tell: if one of our partitions was committed past our own watermark,
+        someone else owns it now."""
+        assert self._consumer is not None
+        try:
+            remote = self._consumer.committed([TopicPartition(t, p) for t, p in self._trackers], timeout=5)
+        except KafkaException:
+            return  # the broker is away: the next transaction will tell
+        for tp in remote:
+            if tp.offset > self._trackers[(tp.topic, tp.partition)].committed >= 0 or (
+                    tp.offset >= 0 and self._trackers[(tp.topic, tp.partition)].committed < 0):
+                raise TransactionFencedError(f"{tp.topic}[{tp.partition}] was committed to {tp.offset} by another "
+                                             "worker")
 
     def _report(self) -> None:
         """Report progress when something changed, and otherwise every IDLE_REPORT_EVERY intervals."""
