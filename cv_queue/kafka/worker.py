@@ -10,8 +10,8 @@ How one worker runs (each step lives in its own module):
   `job_timeout_s`; JobRunner (execution.py) turns whatever the handler does into exactly one Completion.
 - Routing: the Router (routing.py) makes each completion one output: result, retry record or dead letter.
 - Commit (commit.py): every output is held until its source offset is under the contiguous completed watermark
-  (inflight.py), then produced in the same transaction that commits that watermark (transaction.py). A crash at any point
-  therefore commits an output together with its offset, or neither.
+  (inflight.py), then produced in the same transaction that commits that watermark (transaction.py). A crash at
+  any point therefore commits an output together with its offset, or neither.
 - Flow control (flow.py): a partition holding too many bytes or records, or too many waiting retries, is paused
   on its own; all are paused when the handlers fall behind.
 """
