@@ -10,9 +10,9 @@ Points on the commit path (see transaction.commit_atomically), each passed once 
 - `after_send_offsets`: offsets sent to the transaction, commit not yet called;
 - `after_commit`: commit_transaction returned.
 
-A random SIGKILL samples these points by luck; naming them lets a test prove each one. Before a kill the
-producer's queued records are flushed, so the crash leaves them on the broker inside the open
-transaction (the case a restart must clean up) rather than dying unsent in local memory.
+A random SIGKILL samples these points by luck; naming them lets a test prove each one. Before either
+action the producer's queued records are flushed, so the fault leaves them on the broker inside the open
+transaction (the case a restart or an abort must clean up) rather than unsent in local memory.
 """
 
 import logging
@@ -25,7 +25,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 ENV_VAR = "CVQ_FAULT"
 POINTS = frozenset({"after_produce", "after_send_offsets", "after_commit"})
 ACTIONS = frozenset({"kill", "fatal"})
-FLUSH_BEFORE_KILL_S = 10.0
+FLUSH_BEFORE_FAULT_S = 10.0
 
 log = logging.getLogger("cv_queue.faults")
 
@@ -75,8 +75,8 @@ def fault_point(name: str, producer: Producer | None = None) -> None:
     if plan.passed != plan.at:
         return
     log.warning("%s=%s@%d:%s: injecting it now", ENV_VAR, plan.point, plan.at, plan.action)
+    if producer is not None:
+        producer.flush(FLUSH_BEFORE_FAULT_S)
     if plan.action == "kill":
-        if producer is not None:
-            producer.flush(FLUSH_BEFORE_KILL_S)
         os.kill(os.getpid(), signal.SIGKILL)
     raise KafkaException(KafkaError(KafkaError._FATAL, f"injected fatal error at {name}", fatal=True))
