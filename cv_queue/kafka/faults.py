@@ -5,23 +5,29 @@ Off unless the environment variable CVQ_FAULT is set, which only the test suite 
 - `kill` (default): SIGKILL itself, as a crash or an OOM kill would;
 - `fatal`: raise a fatal KafkaException there, as librdkafka does for a producer that cannot go on.
 
-Points on the commit path (see transaction.commit_atomically):
+Points on the commit path (see transaction.commit_atomically), each passed once per transaction:
 - `after_produce`: every output of the batch produced, the offsets not yet sent;
 - `after_send_offsets`: offsets sent to the transaction, commit not yet called;
 - `after_commit`: commit_transaction returned.
 
-A random SIGKILL samples these points by luck; naming them lets a test prove each one.
+A random SIGKILL samples these points by luck; naming them lets a test prove each one. Before either
+action the producer's queued records are flushed, so the fault leaves them on the broker inside the open
+transaction (the case a restart or an abort must clean up) rather than unsent in local memory.
 """
 
+import logging
 import os
 import signal
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 ENV_VAR = "CVQ_FAULT"
 POINTS = frozenset({"after_produce", "after_send_offsets", "after_commit"})
 ACTIONS = frozenset({"kill", "fatal"})
+FLUSH_BEFORE_FAULT_S = 10.0
+
+log = logging.getLogger("cv_queue.faults")
 
 
 @dataclass(slots=True)
@@ -49,17 +55,28 @@ def _plan_from_env() -> FaultPlan | None:
     return FaultPlan.parse(text) if text else None
 
 
-_plan = _plan_from_env()
+# One mutable slot instead of a rebound global: install() swaps the plan for in-process tests.
+_active: list[FaultPlan | None] = [_plan_from_env()]
 
 
-def fault_point(name: str) -> None:
+def install(plan: FaultPlan | None) -> FaultPlan | None:
+    """Replace the process's fault plan (None: no faults); returns the previous one. For unit tests."""
+    previous = _active[0]
+    _active[0] = plan
+    return previous
+
+
+def fault_point(name: str, producer: Producer | None = None) -> None:
     """Mark a point on the commit path; does nothing unless CVQ_FAULT names it."""
-    plan = _plan
+    plan = _active[0]
     if plan is None or plan.point != name:
         return
     plan.passed += 1
     if plan.passed != plan.at:
         return
+    log.warning("%s=%s@%d:%s: injecting it now", ENV_VAR, plan.point, plan.at, plan.action)
+    if producer is not None:
+        producer.flush(FLUSH_BEFORE_FAULT_S)
     if plan.action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     raise KafkaException(KafkaError(KafkaError._FATAL, f"injected fatal error at {name}", fatal=True))

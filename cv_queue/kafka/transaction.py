@@ -4,6 +4,14 @@ librdkafka's rules, followed exactly: an error that is *retriable* means "call t
 that *requires abort* means "abort, then redo the whole transaction"; a *fatal* one (above all, being
 fenced by a newer producer with the same transactional id) ends this producer. Anything else is
 treated as fatal rather than looped on, and a caller that is stopping gives up instead of retrying.
+
+Giving up never leaves a transaction open when it can be helped: an open transaction holds the last
+stable offset of every partition it wrote to, so read_committed consumers of those partitions stall
+until transaction.timeout.ms. Before raising TransactionFatalError the transaction is aborted (best
+effort: librdkafka refuses to abort in a truly fatal state, and then the broker's timeout or the next
+producer's init_transactions() ends it). A fenced producer cannot abort and does not try.
+
+The commit path passes three fault points (see faults.py), which do nothing unless a test sets CVQ_FAULT.
 """
 
 import logging
@@ -14,6 +22,7 @@ from typing import TypeVar
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from cv_queue.kafka.envelope import OutputRecord
+from cv_queue.kafka.faults import fault_point
 
 log = logging.getLogger("cv_queue.transaction")
 T = TypeVar("T")
@@ -22,6 +31,13 @@ FENCING_CODES = frozenset({
     KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
 })
 STEP_ATTEMPTS = 5
+SEND_OFFSETS_TIMEOUT_S = 30
+COMMIT_TIMEOUT_S = 60
+ABORT_TIMEOUT_S = 30
+# Aborting on the way out is a courtesy to read_committed readers, not a condition for exiting: bounded
+# to a few seconds so a worker that lost its broker still exits promptly (and is restarted).
+GIVE_UP_ABORT_TIMEOUT_S = 10
+GIVE_UP_ABORT_ATTEMPTS = 2
 
 
 class TransactionFencedError(RuntimeError):
@@ -47,21 +63,18 @@ def produce(producer: Producer, out: OutputRecord) -> None:
             producer.poll(0.05)
 
 
-def _raise_if_fatal(err: KafkaError, exc: BaseException) -> None:
-    if err.code() in FENCING_CODES:
-        raise TransactionFencedError(err.str()) from exc
-    if err.fatal():
-        raise TransactionFatalError(err.str()) from exc
+def _is_fenced(err: KafkaError) -> bool:
+    return err.code() in FENCING_CODES
 
 
-def _step(call: Callable[[], T]) -> T:
+def _step(call: Callable[[], T], attempts: int = STEP_ATTEMPTS) -> T:
     """Run one transaction step, repeating it while librdkafka says the same call may be retried."""
-    for attempt in range(1, STEP_ATTEMPTS + 1):
+    for attempt in range(1, attempts + 1):
         try:
             return call()
         except KafkaException as exc:
             err = exc.args[0]
-            if not err.retriable() or err.txn_requires_abort() or err.fatal() or attempt == STEP_ATTEMPTS:
+            if not err.retriable() or err.txn_requires_abort() or err.fatal() or attempt == attempts:
                 raise
             time.sleep(0.1 * attempt)
     raise AssertionError("unreachable")
@@ -83,14 +96,21 @@ def commit_atomically(
             in_transaction = True
             for out in outputs:
                 produce(producer, out)
-            _step(lambda: producer.send_offsets_to_transaction(offsets, group_metadata, 30))
-            _step(lambda: producer.commit_transaction(60))
+            fault_point("after_produce", producer)
+            _step(lambda: producer.send_offsets_to_transaction(offsets, group_metadata, SEND_OFFSETS_TIMEOUT_S))
+            fault_point("after_send_offsets", producer)
+            _step(lambda: producer.commit_transaction(COMMIT_TIMEOUT_S))
+            in_transaction = False
+            fault_point("after_commit", producer)
             return
         except KafkaException as exc:
             err = exc.args[0]
-            _raise_if_fatal(err, exc)
+            if _is_fenced(err):
+                raise TransactionFencedError(err.str()) from exc
+            if err.fatal():
+                raise _give_up(producer, in_transaction, f"fatal producer error: {err.str()}") from exc
             if not (err.txn_requires_abort() or err.retriable()):
-                raise TransactionFatalError(f"unexpected transaction error: {err.str()}") from exc
+                raise _give_up(producer, in_transaction, f"unexpected transaction error: {err.str()}") from exc
             if in_transaction:
                 _abort(producer)
             if stopping():
@@ -98,14 +118,37 @@ def commit_atomically(
             log.warning("transaction failed (%s); retrying in %.1fs", err.str(), backoff)
             time.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
+        except Exception as exc:
+            # Not a Kafka error (a bug, a bad record): still close the transaction before it propagates.
+            if in_transaction:
+                _give_up(producer, in_transaction, f"{type(exc).__name__}: {exc}")
+            raise
 
 
 def _abort(producer: Producer) -> None:
+    """Abort so the whole transaction can be redone; an abort that fails ends the producer."""
     try:
-        _step(lambda: producer.abort_transaction(30))
+        _step(lambda: producer.abort_transaction(ABORT_TIMEOUT_S))
     except KafkaException as exc:
         err = exc.args[0]
-        _raise_if_fatal(err, exc)
+        if _is_fenced(err):
+            raise TransactionFencedError(err.str()) from exc
         # An abort that cannot complete leaves the producer in an unknown state: stop here, and let a
         # restart's init_transactions() clean up, rather than begin a new transaction on top of it.
         raise TransactionFatalError(f"could not abort a failed transaction: {err.str()}") from exc
+
+
+def _give_up(producer: Producer, in_transaction: bool, reason: str) -> TransactionFatalError:
+    """Abort the open transaction, if any, on the way out; returns the error for the caller to raise."""
+    if not in_transaction:
+        return TransactionFatalError(reason)
+    try:
+        _step(lambda: producer.abort_transaction(GIVE_UP_ABORT_TIMEOUT_S), attempts=GIVE_UP_ABORT_ATTEMPTS)
+    except KafkaException as exc:
+        err = exc.args[0]
+        # Expected when the producer itself is in a fatal state: librdkafka refuses every call but close.
+        log.error("giving up on a transaction (%s); the abort failed too (%s): it stays open until the next "
+                  "producer with this transactional id starts or transaction.timeout.ms passes", reason, err.str())
+        return TransactionFatalError(f"{reason} (the open transaction could not be aborted: {err.str()})")
+    log.error("giving up on a transaction (%s); it was aborted", reason)
+    return TransactionFatalError(f"{reason} (the transaction was aborted)")
