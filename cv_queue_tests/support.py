@@ -83,24 +83,54 @@ def read_topic(conn: KafkaConnection, topic: str, *, expect: int | None = None, 
         consumer.close()
 
 
+HANDLER_THREAD_PREFIX = "cvq-handler-"
+THREAD_EXIT_S = 10.0  # a stopped worker's handler threads wake, see it is closing and return within this
+
+
+def _is_handler_thread_of(thread: threading.Thread, slot: Slot) -> bool:
+    """A handler thread of `slot`'s worker, by name (`cvq-handler-<slot>...`), not of slot "0-10" for "0-1"."""
+    prefix = f"{HANDLER_THREAD_PREFIX}{slot.name}"
+    return thread.name.startswith(prefix) and not thread.name[len(prefix):len(prefix) + 1].isdigit()
+
+
+def live_handler_threads(slot: Slot, ignore: frozenset[threading.Thread] = frozenset()) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.is_alive() and t not in ignore and _is_handler_thread_of(t, slot)]
+
+
 @dataclass
 class RunningWorker:
+    """A PartitionWorker running on a thread of the test process. `join` is the only way to end it: it
+    stops the worker and fails unless the worker ended, raised nothing, stopped for the expected reason
+    and left no handler thread behind."""
+
     worker: PartitionWorker
     thread: threading.Thread
     stop: threading.Event
     result: list[WorkerStats]
     errors: list[BaseException]
+    # Handler threads of this slot alive before this worker started: an earlier worker's leak is that
+    # worker's failure, reported by its own join, not this one's.
+    earlier_threads: frozenset[threading.Thread] = frozenset()
 
-    def join(self, timeout_s: float = 60.0) -> WorkerStats:
+    def join(self, timeout_s: float = 60.0, stop_reason: str = "stopped") -> WorkerStats:
         self.stop.set()
         self.thread.join(timeout_s)
-        assert not self.thread.is_alive(), "worker did not stop"
+        assert not self.thread.is_alive(), f"worker {self.worker.slot.name} did not stop within {timeout_s:.0f}s"
         if self.errors:
             raise self.errors[0]
-        return self.result[0]
+        assert self.result, f"worker {self.worker.slot.name} ended without returning its stats"
+        stats = self.result[0]
+        assert stats.stop_reason == stop_reason, f"worker {stats.slot} stopped {stats.stop_reason!r}"
+        deadline = time.monotonic() + THREAD_EXIT_S
+        while (left := live_handler_threads(self.worker.slot, self.earlier_threads)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not left, f"handler threads still alive {THREAD_EXIT_S:.0f}s after the worker stopped: " \
+                         f"{sorted(t.name for t in left)}"
+        return stats
 
 
 def start_worker(conn: KafkaConnection, settings: QueueSettings, slot: Slot, **kwargs: object) -> RunningWorker:
+    earlier = frozenset(live_handler_threads(slot))
     worker = PartitionWorker(conn, settings, slot, **kwargs)  # type: ignore[arg-type]
     stop = threading.Event()
     result: list[WorkerStats] = []
@@ -114,19 +144,33 @@ def start_worker(conn: KafkaConnection, settings: QueueSettings, slot: Slot, **k
 
     thread = threading.Thread(target=target, daemon=True, name=f"test-worker-{slot.name}")
     thread.start()
-    return RunningWorker(worker, thread, stop, result, errors)
+    return RunningWorker(worker, thread, stop, result, errors, earlier)
 
 
 @contextlib.contextmanager
 def running_workers(conn: KafkaConnection, settings: QueueSettings, **kwargs: object) -> Iterator[list[RunningWorker]]:
-    workers = [start_worker(conn, settings, slot, **kwargs) for slot in settings.slots()]
+    """One worker per slot; on leaving, every one is stopped and joined (see RunningWorker.join).
+
+    If the body failed, its error is what the test reports, with any worker failure added as a note.
+    """
+    workers: list[RunningWorker] = []
     try:
+        for slot in settings.slots():
+            workers.append(start_worker(conn, settings, slot, **kwargs))
         yield workers
-    finally:
+    except BaseException as body_error:
         for w in workers:
             w.stop.set()
         for w in workers:
-            w.thread.join(60)
+            try:
+                w.join()
+            except BaseException as exc:  # reported alongside the body's own failure
+                body_error.add_note(f"worker {w.worker.slot.name} also failed: {exc!r}")
+        raise
+    for w in workers:
+        w.stop.set()  # all at once: each then drains in parallel
+    for w in workers:
+        w.join()
 
 
 def tuned(settings: QueueSettings, **sections: dict) -> QueueSettings:

@@ -27,40 +27,75 @@ from cv_queue.broker.cluster import start_cluster, stop_cluster
 from cv_queue.defs.resources import KafkaResource, QueueResource
 from cv_queue.defs.topics import topic_assets
 from cv_queue.defs.workers import active_worker_runs
+from cv_queue.errors import ErrorCategory
 from cv_queue.evaluation.samples import sample_jobs
 from cv_queue.messages import EvaluationJob
 from cv_queue.settings import KafkaConnection, QueueSettings
 from cv_queue_tests.daemon import running_daemon
-from cv_queue_tests.e2e.outcomes import OutcomeWatcher
+from cv_queue_tests.e2e.outcomes import Outcome, OutcomeWatcher
 from cv_queue_tests.support import free_port_block, unique
 
-# The failure mix, and where each kind of job must end.
+# The failure mix: kind, share of the jobs, simulate directive.
 MIX = [
-    ("ok", 0.70, None, "result"),
-    ("transient-blip", 0.10, "transient:3", "result"),  # outlasts the in-process tries: one retry-topic hop
-    ("rate-limited", 0.05, "rate_limited:1:0.2", "result"),
-    ("until-replay", 0.05, "transient-until-replay", "result-after-replay"),
-    ("permanent", 0.04, "permanent", "dlq"),
-    ("always-failing", 0.02, "transient:100000", "parked"),
-    ("invalid", 0.04, None, "dlq-invalid"),
+    ("ok", 0.70, None),
+    ("transient-blip", 0.10, "transient:3"),  # outlasts the in-process tries: one retry-topic hop
+    ("rate-limited", 0.05, "rate_limited:1:0.2"),
+    ("until-replay", 0.05, "transient-until-replay"),
+    ("permanent", 0.04, "permanent"),
+    ("always-failing", 0.02, "transient:100000"),
+    ("invalid", 0.04, None),
 ]
+RUN_LAUNCH_S = 15.0  # a run the DLQ sensor or the fleet sensor asks for starts within this (2 shared cores)
 
 
-def _plan(count: int, seed: int) -> list[tuple[str, EvaluationJob | bytes, str]]:
+def expected_fate(kind: str, key: bytes, settings: QueueSettings) -> dict[str, list[Outcome]]:
+    """Every record each kind of job must leave, in order, under the knobs of _env: 2 handler calls per
+    delivery (in-process tries), 2 deliveries (max attempts), auto-replay of transient letters, 1 replay
+    at most (max replays)."""
+    tries, deliveries = settings.retry.inprocess_tries, settings.retry.max_attempts
+    cap = settings.replay.max_replays
+    assert (tries, deliveries, cap) == (2, 2, 1), "the fates below are worked out for these knobs"
+
+    def letter(category: ErrorCategory, attempts: int, calls: int, replays: int) -> Outcome:
+        return Outcome("dlq", attempts, calls, replays, category.value, settings.dlq_partition(category, key))
+
+    exhausted = {"attempts": deliveries, "calls": deliveries * tries}  # a transient job that never succeeds
+    transient = ErrorCategory.TRANSIENT
+    fates: dict[str, dict[str, list[Outcome]]] = {
+        "ok": {"result": [Outcome("result", 1, 1, 0)]},
+        # calls 1-2 fail on the first delivery, call 3 fails and call 4 succeeds on the second
+        "transient-blip": {"result": [Outcome("result", 2, 4, 0)]},
+        # a rate limit skips the in-process tries: straight to the retry topic, then one call succeeds
+        "rate-limited": {"result": [Outcome("result", 2, 2, 0)]},
+        # dead-lettered after both deliveries, replayed by the DLQ sensor, then it succeeds at once
+        "until-replay": {"dlq": [letter(transient, exhausted["attempts"], exhausted["calls"], 0)],
+                         "result": [Outcome("result", 1, 1, 1)]},
+        "permanent": {"dlq": [letter(ErrorCategory.PERMANENT, 1, 1, 0)]},
+        # dead-lettered, replayed once, dead-lettered again, then parked: it reached the replay cap
+        "always-failing": {
+            "dlq": [letter(transient, exhausted["attempts"], exhausted["calls"], 0),
+                    letter(transient, exhausted["attempts"], exhausted["calls"], cap)],
+            "parked": [Outcome("parked", exhausted["attempts"], exhausted["calls"], cap, transient.value,
+                               reason=f"replayed {cap} times (cap {cap})")]},
+        "invalid": {"dlq": [letter(ErrorCategory.INVALID_PAYLOAD, 0, 0, 0)]},
+    }
+    return {k: fates[kind].get(k, []) for k in ("result", "dlq", "parked")}
+
+
+def _plan(count: int, seed: int) -> list[tuple[str, EvaluationJob | bytes]]:
     rng = random.Random(seed)
-    kinds = [kind for kind, share, _, _ in MIX for _ in range(round(share * count))]
+    kinds = [kind for kind, share, _ in MIX for _ in range(round(share * count))]
     kinds = (kinds + ["ok"] * count)[:count]
     rng.shuffle(kinds)
-    directives = {kind: directive for kind, _, directive, _ in MIX}
-    expected = {kind: fate for kind, _, _, fate in MIX}
+    directives = {kind: directive for kind, _, directive in MIX}
     labels = {i: {"simulate": directives[k]} for i, k in enumerate(kinds) if directives[k]}
     jobs = list(sample_jobs(count, seed=seed, prefix="e2e", labels_for=labels))
     plan = []
     for i, (kind, job) in enumerate(zip(kinds, jobs, strict=True)):
         if kind == "invalid":
-            plan.append((kind, f"e2e-invalid-{i}".encode(), expected[kind]))
+            plan.append((kind, f"e2e-invalid-{i}".encode()))
         else:
-            plan.append((kind, job, expected[kind]))
+            plan.append((kind, job))
     return plan
 
 
@@ -85,27 +120,20 @@ def _env(namespace: str, replicas: int, handler_ms: float) -> dict[str, str]:
     }
 
 
-def _check(plan: list, outcomes: dict[bytes, list[tuple[str, dict]]]) -> tuple[Counter, list[str]]:
-    """Compare where every job ended with where its kind must end."""
+def _check(plan: list, outcomes: dict[bytes, list[Outcome]], settings: QueueSettings) -> tuple[Counter, list[str]]:
+    """Compare every record each job left with every record its kind must leave: a missing, extra
+    (duplicate) or different result, dead letter or parked letter is a problem."""
     tally: Counter = Counter()
     problems = []
-    for kind, item, fate in plan:
+    for kind, item in plan:
         key = item.key if isinstance(item, EvaluationJob) else item
         got = outcomes.get(key, [])
-        results = [d for k, d in got if k == "result"]
-        letters = [d for k, d in got if k == "dlq"]
-        parked = [d for k, d in got if k == "parked"]
-        ok = {
-            "result": len(results) == 1 and not letters and not parked,
-            "result-after-replay": len(results) == 1 and results[0]["replays"] == 1 and len(letters) == 1
-            and not parked,
-            "dlq": len(letters) == 1 and letters[0]["category"] == "permanent" and not results and not parked,
-            "dlq-invalid": len(letters) == 1 and letters[0]["category"] == "invalid_payload" and not results,
-            "parked": len(parked) == 1 and not results,
-        }[fate]
+        observed = {k: [o for o in got if o.kind == k] for k in ("result", "dlq", "parked")}
+        expected = expected_fate(kind, key, settings)
+        ok = observed == expected
         tally[(kind, "ok" if ok else "WRONG")] += 1
         if not ok:
-            problems.append(f"{key.decode()} ({kind}, expected {fate}): {got}")
+            problems.append(f"{key.decode()} ({kind}): expected {expected}, got {observed}")
     return tally, problems
 
 
@@ -160,26 +188,51 @@ def _run(tmp_path: Path, env: dict, namespace: str, jobs: int, parallel: int, re
               f"{parallel} client(s)", flush=True)
         watcher = OutcomeWatcher(conn, settings)
         watcher.start()
-        started = time.monotonic()
-        settle_ms = _submit(conn, settings, plan, parallel, watcher)
-        submitted_s = time.monotonic() - started
-        print(f"[e2e] every job settled once after {submitted_s:.1f}s; waiting for replays and parking", flush=True)
-        expected_final = len(plan)
-        while True:
-            tally, problems = _check(plan, watcher.snapshot())
-            done = sum(n for (_, verdict), n in tally.items() if verdict == "ok")
-            if done == expected_final or time.monotonic() - started > timeout_s:
-                break
-            time.sleep(0.5)
-        wall_s = time.monotonic() - started
-        time.sleep(1.0)  # a duplicate would arrive right behind: look once more before judging
-        tally, problems = _check(plan, watcher.snapshot())
-        watcher.stop()
+        try:
+            started = time.monotonic()
+            settle_ms = _submit(conn, settings, plan, parallel, watcher)
+            submitted_s = time.monotonic() - started
+            print(f"[e2e] every job settled once after {submitted_s:.1f}s; waiting for replays and parking",
+                  flush=True)
+            while True:
+                tally, problems = _check(plan, watcher.snapshot(), settings)
+                if not problems or time.monotonic() - started > timeout_s:
+                    break
+                time.sleep(0.5)
+            wall_s = time.monotonic() - started
+            watch_s = _watch_for_duplicates(plan, watcher, settings) if not problems else 0.0
+            caught_up = watcher.catch_up(60)  # judge only once everything written by now has been read
+            tally, problems = _check(plan, watcher.snapshot(), settings)
+            if not caught_up:
+                problems.append("the outcome watcher did not read the topics to their end within 60s")
+        finally:
+            watcher.stop()
     report = {"jobs": jobs, "parallel": parallel, "worker_replicas": replicas, "handler_ms": handler_ms,
-              "setup_s": round(setup_s, 1), "wall_s": round(wall_s, 1),
+              "setup_s": round(setup_s, 1), "wall_s": round(wall_s, 1), "duplicate_watch_s": round(watch_s, 1),
+              "duplicate_window_s": duplicate_window_s(settings),
               "all_jobs_settled_once_s": round(submitted_s, 1), "p50_settle_ms_by_kind": settle_ms,
               "tally": {f"{k}:{v}": n for (k, v), n in sorted(tally.items())}, "problems": problems[:20]}
     return report
+
+
+def duplicate_window_s(settings: QueueSettings) -> float:
+    return settings.replay.sensor_interval_s + settings.fleet.sensor_interval_s + RUN_LAUNCH_S
+
+
+def _watch_for_duplicates(plan: list, watcher: OutcomeWatcher, settings: QueueSettings) -> float:
+    """Every job is in its final place: keep reading for longer than a late duplicate could take to appear.
+
+    A second replay of a letter waits for a DLQ sensor tick, a second worker run for a slot for a fleet
+    sensor tick, and either then needs its run launched; stop early only if something already went wrong.
+    """
+    watch_s = duplicate_window_s(settings)
+    print(f"[e2e] every job in its final place; watching {watch_s:.0f}s more for duplicates", flush=True)
+    started = time.monotonic()
+    while time.monotonic() - started < watch_s:
+        time.sleep(0.5)
+        if _check(plan, watcher.snapshot(), settings)[1]:
+            break
+    return time.monotonic() - started
 
 
 def _submit(conn: KafkaConnection, settings: QueueSettings, plan: list, parallel: int,
@@ -193,7 +246,7 @@ def _submit(conn: KafkaConnection, settings: QueueSettings, plan: list, parallel
 
     def client(items: list) -> None:
         try:
-            for kind, item, _ in items:
+            for kind, item in items:
                 sent = time.monotonic()
                 if isinstance(item, EvaluationJob):
                     key, value = item.key, item.to_bytes()

@@ -13,4 +13,6 @@ def test_end_to_end_thousand_jobs(bootstrap):
     tally = report["tally"]
     assert sum(tally.values()) == 1000
     assert all(key.endswith(":ok") for key in tally)
+    # Every fate held for longer than a late duplicate (a second replay or worker run) would take to show.
+    assert report["duplicate_watch_s"] >= report["duplicate_window_s"]
     print(f"e2e wall time {report['wall_s']}s (all jobs settled once after {report['all_jobs_settled_once_s']}s)")
