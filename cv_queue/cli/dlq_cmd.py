@@ -27,8 +27,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     rep = dsub.add_parser("replay", help="republish dead letters to the main topic, exactly once")
     rep.add_argument("--category", action="append", choices=_CATEGORIES,
                      help="repeatable (default: transient and rate_limited)")
-    rep.add_argument("--error-class", action="append", default=[], help="only this error class (repeatable)")
-    rep.add_argument("--min-age", type=float, default=0.0, help="seconds since failure (default 0)")
+    rep.add_argument("--error-class", action="append", default=[],
+                     help="only letters of this error class, full dotted or bare name (repeatable). A partition's "
+                          "replay stops at its first letter of another class: that letter and all after it stay "
+                          "for a later replay (never skipped)")
+    rep.add_argument("--min-age", type=float, default=0.0,
+                     help="seconds since failure (default 0). A partition's replay stops at its first younger "
+                          "letter: that letter and all after it stay for a later replay")
     rep.add_argument("--max-messages", type=int, default=10_000)
     rep.add_argument("--max-replays", type=int, default=None, help="park letters replayed this often")
     rep.add_argument("--target", default=None, help="topic to replay into (default: the main topic)")
@@ -95,6 +100,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     rows = [[cat, outcome, n] for cat, outcomes in report.by_category.items() for outcome, n in outcomes.items()]
     print(render(["category", "outcome", "letters"], rows))
     print(f"{'DRY RUN: ' if report.dry_run else ''}scanned {report.scanned}, replayed {report.replayed}, "
-          f"parked {report.parked}, skipped {report.skipped} in {report.seconds:.2f}s"
-          + (f"; left young letters from offsets {report.left_too_young}" if report.left_too_young else ""))
+          f"parked {report.parked} in {report.seconds:.2f}s"
+          + (f"; left young letters from offsets {report.left_too_young}" if report.left_too_young else "")
+          + (f"; left letters of other error classes from offsets {report.left_unmatched}"
+             if report.left_unmatched else ""))
     return 0

@@ -4,12 +4,18 @@ The DLQ is read from the committed offsets of the replay group (`cv-queue-dlq-re
 batch of republished jobs commits together with the DLQ offsets it consumed, in one transaction: a
 replay that crashes half-way resumes where it committed and never republishes a letter twice.
 
-Filters:
+Replay never commits past a letter it did not handle (replay it, or park it). Committing past a letter
+would hide it from every later replay and from the DLQ depth figures, so the filters that leave a
+letter alone stop the scan of its partition there instead:
 - categories select DLQ partitions (the DLQ is partitioned by category), so letters of other
   categories are not even read and stay for a later replay;
-- error classes: letters of other classes are skipped (read and committed past, and reported);
-- min age: a partition's scan stops at the first letter younger than that, leaving it for later;
+- min age: a partition's scan stops at the first letter younger than that (`left_too_young`);
+- error classes: a partition's scan stops at the first letter of another class (`left_unmatched`).
+  A filtered replay therefore handles the matching letters at the head of each partition only; the
+  first other letter and everything after it wait for a replay whose filter takes them;
 - max messages caps the letters handled in one run.
+A letter that does not decode as a dead letter is parked whatever the filters say: it has no class
+or age to filter on, and left in place it would stop every filtered replay of its partition.
 """
 
 import time
@@ -31,10 +37,10 @@ IDLE_END_S = 2.0  # no records for this long at a partition's end: it is done (a
 
 
 class ReplayOutcome(StrEnum):
+    """What happened to a letter replay handled. There is no "skipped": a letter left alone stops its partition."""
+
     REPLAYED = "replayed"
     PARKED = "parked"
-    SKIPPED = "skipped"  # error class filtered out: the replay group commits past it (the record stays in the
-    # topic until retention, reachable by reading the DLQ from an earlier offset, but no later replay sees it)
 
 
 class ReplayRequest(BaseModel):
@@ -61,8 +67,9 @@ class ReplayReport(BaseModel):
     scanned: int = 0
     replayed: int = 0
     parked: int = 0
-    skipped: int = 0
     left_too_young: dict[int, int] = Field(default_factory=dict, description="Partition -> first young offset.")
+    left_unmatched: dict[int, int] = Field(
+        default_factory=dict, description="Partition -> offset of the first letter of an error class not asked for.")
     by_category: dict[str, dict[str, int]] = Field(default_factory=dict)
     committed_offsets: dict[int, int] = Field(default_factory=dict)
     seconds: float = 0.0
@@ -70,6 +77,11 @@ class ReplayReport(BaseModel):
     @property
     def rate_per_s(self) -> float:
         return self.scanned / self.seconds if self.seconds else 0.0
+
+    @property
+    def skipped(self) -> int:
+        """Always 0: replay no longer skips letters (see `left_unmatched`). Kept for existing readers."""
+        return 0
 
 
 def _class_matches(error_class: str, wanted: list[str]) -> bool:
@@ -93,8 +105,11 @@ class _Replayer:
         self.consumer = assigned_consumer(conn, settings, settings.replay_group_id, role="dlq-replay")
         self.producer = None if request.dry_run else transactional_producer(conn, settings.replay_transactional_id)
         self.pending: list[OutputRecord] = []
-        self.next_offsets: dict[int, int] = {}
-        self.done: set[int] = set()
+        self.next_offsets: dict[int, int] = {}  # partition -> just past the last letter handled
+        # Partitions read to their end offset with every letter handled: only these may commit past the
+        # last letter, up to the end offset (over the final transaction marker). A partition a filter
+        # stopped is never in here; its letters from the stop on are in report.left_*.
+        self.finished: set[int] = set()
         self.cutoff = datetime.now(UTC) - timedelta(seconds=request.min_age_s)
         self.ends: dict[int, int] = {}  # end offsets when the run started: the run never reads past them
 
@@ -123,7 +138,7 @@ class _Replayer:
             low, high = self.consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=15)
             ends[tp.partition] = high
             if max(tp.offset, low) >= high:  # nothing beyond the committed offset (or an empty partition)
-                self.done.add(tp.partition)
+                self.finished.add(tp.partition)
         self.consumer.assign([TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
                               for tp in committed])
         return ends
@@ -132,7 +147,7 @@ class _Replayer:
         tps = [TopicPartition(self.names.dlq, p) for p in self.partitions]
         ends = self._assign(tps)
         last_record = time.monotonic()
-        while len(self.done) < len(self.partitions) and self._handled < self.request.max_messages:
+        while len(self._done) < len(self.partitions) and self._handled < self.request.max_messages:
             messages = poll_batch(self.consumer, 1000, 0.2)
             if messages:
                 last_record = time.monotonic()
@@ -141,8 +156,10 @@ class _Replayer:
                     self._flush()
                 continue
             for tp in self.consumer.position(tps):
-                if tp.offset >= ends[tp.partition]:  # past the last record and its transaction marker
-                    self.done.add(tp.partition)
+                # Past the last record and its transaction marker. A stopped partition's position may
+                # be past letters it fetched but left (they came in one batch): it does not finish.
+                if tp.offset >= ends[tp.partition] and tp.partition not in self._stopped:
+                    self.finished.add(tp.partition)
             if time.monotonic() - last_record > IDLE_END_S:
                 break  # what is left is invisible (an open transaction) or not there
 
@@ -153,19 +170,28 @@ class _Replayer:
                 if err.fatal():
                     raise KafkaException(err)
                 continue
-            if msg.partition() in self.done or self._handled >= self.request.max_messages:
+            if msg.partition() in self._done or self._handled >= self.request.max_messages:
                 continue
-            self._handle(msg)
-            if msg.offset() + 1 >= ends[msg.partition()]:
-                self.done.add(msg.partition())
-            if msg.partition() in self.done:
+            if self._handle(msg) and msg.offset() + 1 >= ends[msg.partition()]:
+                self.finished.add(msg.partition())
+            if msg.partition() in self._done:
                 self.consumer.pause([TopicPartition(msg.topic(), msg.partition())])
 
     @property
     def _handled(self) -> int:
-        return self.report.replayed + self.report.parked + self.report.skipped
+        return self.report.replayed + self.report.parked
 
-    def _handle(self, msg: Message) -> None:
+    @property
+    def _stopped(self) -> set[int]:
+        """Partitions whose scan a filter stopped at a letter it left in place."""
+        return self.report.left_too_young.keys() | self.report.left_unmatched.keys()
+
+    @property
+    def _done(self) -> set[int]:
+        return self.finished | self._stopped
+
+    def _handle(self, msg: Message) -> bool:
+        """Replay or park one letter, or stop its partition there; False when the letter was left in place."""
         partition, offset = msg.partition(), msg.offset()
         self.report.scanned += 1
         try:
@@ -173,22 +199,21 @@ class _Replayer:
         except InvalidPayloadError as exc:
             # Not ours to interpret: keep it, whole, where a human will look.
             self._park(msg, f"undecodable dead letter: {exc}", self.settings.dlq_category(partition))
-            return
+            return True
         if letter.failed_at > self.cutoff:
             self.report.left_too_young[partition] = offset
-            self.done.add(partition)
-            return
+            return False
         if not _class_matches(letter.error_class, self.request.error_classes):
-            self._count(letter.category, ReplayOutcome.SKIPPED)
-            self.next_offsets[partition] = offset + 1
-            return
+            self.report.left_unmatched[partition] = offset
+            return False
         if letter.replays >= self.request.max_replays:
             self._park(msg, f"replayed {letter.replays} times (cap {self.request.max_replays})", letter.category)
-            return
+            return True
         self.pending.append(OutputRecord(topic=self.target, key=letter.key, value=letter.value,
                                          headers=replayed_headers(letter)))
         self._count(letter.category, ReplayOutcome.REPLAYED)
         self.next_offsets[partition] = offset + 1
+        return True
 
     def _park(self, msg: Message, reason: str, category: ErrorCategory) -> None:
         self.pending.append(OutputRecord(topic=self.names.parked, key=msg.key(), value=msg.value(),
@@ -205,11 +230,13 @@ class _Replayer:
             return
         # A finished partition commits up to the end offset seen at the start, which lies past the final
         # transaction marker (so an emptied DLQ partition shows a depth of 0, not 1), but never past a
-        # letter that arrived during the run and was not handled.
+        # letter that arrived during the run and was not handled. A stopped partition commits exactly
+        # past its last handled letter, which is below the letter it stopped at.
         positions = {tp.partition: tp.offset for tp in self.consumer.position(
             [TopicPartition(self.names.dlq, p) for p in self.next_offsets])}
+        stopped = self._stopped
         for partition, offset in self.next_offsets.items():
-            if partition in self.done and partition not in self.report.left_too_young:
+            if partition in self.finished and partition not in stopped:
                 self.next_offsets[partition] = max(offset, min(positions[partition], self.ends[partition]))
         offsets = [TopicPartition(self.names.dlq, p, o) for p, o in sorted(self.next_offsets.items())]
         if self.producer is not None:

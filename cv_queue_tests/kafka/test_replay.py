@@ -1,4 +1,5 @@
-"""DLQ replay: exactly once, idempotent, capped into the parking lot, filterable, and a dry run commits nothing."""
+"""DLQ replay: exactly once, idempotent, capped into the parking lot, filterable without ever committing past a
+letter it left, and a dry run commits nothing."""
 
 from collections import Counter
 
@@ -8,13 +9,14 @@ from cv_queue import headers as h
 from cv_queue.errors import ErrorCategory, PermanentJobError
 from cv_queue.evaluation.samples import sample_jobs
 from cv_queue.evaluation.simulated import SimulatedLLM
-from cv_queue.kafka.clients import admin_client
+from cv_queue.kafka.clients import admin_client, transactional_producer
 from cv_queue.kafka.envelope import Failure, SourceRecord, dead_letter_record, now_ms
-from cv_queue.kafka.lag import committed_offsets
+from cv_queue.kafka.lag import committed_offsets, group_lag
 from cv_queue.kafka.producer import JobProducer
 from cv_queue.kafka.replay import ReplayRequest, replay_dead_letters
 from cv_queue.messages import EvaluationResult
-from cv_queue_tests.support import read_topic, running_workers, tuned
+from cv_queue_tests.cli.test_cli import cli
+from cv_queue_tests.support import read_topic, running_workers, tuned, unique, wait_for
 
 STRAIGHT_TO_DLQ = {"inprocess_tries": 1, "max_attempts": 1}
 
@@ -93,12 +95,19 @@ def test_letters_over_the_replay_cap_and_undecodable_ones_are_parked(conn, provi
     assert len(main) == 2  # the original and the one replay; parking republished nothing
 
 
-def _plant_letter(raw: Producer, settings, key: bytes, exc: Exception, category: ErrorCategory, failed_at_ms: int):
+def _plant_letter(producer: Producer, settings, key: bytes, exc: Exception, category: ErrorCategory,
+                  failed_at_ms: int) -> None:
     source = SourceRecord(topic=settings.topic_names.main, partition=0, offset=1, timestamp_ms=failed_at_ms,
                           key=key, value=b"{}", headers=[])
     out = dead_letter_record(source, Failure.from_exception(exc, category), 1, 1, "planted", settings.topic_names.dlq,
                              settings.dlq_partition(category, key), failed_at_ms)
-    raw.produce(out.topic, key=out.key, value=out.value, headers=out.headers, partition=out.partition)
+    producer.produce(out.topic, key=out.key, value=out.value, headers=out.headers, partition=out.partition)
+
+
+def _committed_and_depth(conn, settings, partition: int) -> tuple[int | None, int]:
+    """The replay group's committed offset on a DLQ partition, and its depth (end offset - committed)."""
+    (lag,) = group_lag(admin_client(conn), settings.replay_group_id, settings.topic_names.dlq, [partition])
+    return lag.committed, lag.lag
 
 
 class QuotaError(Exception):
@@ -109,9 +118,9 @@ def test_filters_by_category_error_class_and_age(conn, provisioned):
     settings = provisioned
     raw = Producer(conn.client_config())
     old = now_ms() - 3_600_000
-    _plant_letter(raw, settings, b"p1", PermanentJobError("no"), ErrorCategory.PERMANENT, old)
-    _plant_letter(raw, settings, b"p2", QuotaError("quota"), ErrorCategory.PERMANENT, old)
-    _plant_letter(raw, settings, b"p3", QuotaError("quota"), ErrorCategory.PERMANENT, now_ms())
+    _plant_letter(raw, settings, b"p1", QuotaError("quota"), ErrorCategory.PERMANENT, old)
+    _plant_letter(raw, settings, b"p2", QuotaError("quota"), ErrorCategory.PERMANENT, now_ms())
+    _plant_letter(raw, settings, b"p3", PermanentJobError("no"), ErrorCategory.PERMANENT, old)
     _plant_letter(raw, settings, b"i1", ValueError("bad"), ErrorCategory.INVALID_PAYLOAD, old)
     raw.flush(10)
 
@@ -120,13 +129,78 @@ def test_filters_by_category_error_class_and_age(conn, provisioned):
 
     young = replay_dead_letters(conn, settings, ReplayRequest(categories=[ErrorCategory.PERMANENT],
                                                               error_classes=["QuotaError"], min_age_s=600))
-    assert (young.replayed, young.skipped) == (1, 1)  # p2 replayed, p1 skipped (other class)
     permanent_partition = settings.dlq_partition(ErrorCategory.PERMANENT, None)
-    assert young.left_too_young == {permanent_partition: 2}  # p3 stays for later
-    assert young.by_category == {"permanent": {"replayed": 1, "skipped": 1}}
+    assert young.replayed == 1  # p1
+    assert young.left_too_young == {permanent_partition: 1}  # p2 stops the scan: p2 and p3 stay for later
+    assert young.left_unmatched == {}  # p3 (another class) was never reached
+    assert young.by_category == {"permanent": {"replayed": 1}}
+    assert _committed_and_depth(conn, settings, permanent_partition) == (1, 2)
 
     later = replay_dead_letters(conn, settings, ReplayRequest(categories=[ErrorCategory.PERMANENT]))
-    assert later.replayed == 1  # p3, now that no age limit holds it back
-    replayed_keys = sorted(m.key() for m in read_topic(conn, settings.topic_names.main, expect=2))
-    assert replayed_keys == [b"p2", b"p3"]
+    assert later.replayed == 2  # p2 and p3, now that no filter holds them back
+    assert _committed_and_depth(conn, settings, permanent_partition) == (3, 0)
+    replayed_keys = sorted(m.key() for m in read_topic(conn, settings.topic_names.main, expect=3))
+    assert replayed_keys == [b"p1", b"p2", b"p3"]
     assert _dlq_offsets(conn, settings)[settings.dlq_partition(ErrorCategory.INVALID_PAYLOAD, None)] is None
+
+
+def test_error_class_filter_stops_at_the_first_other_class_and_commits_only_past_what_it_replayed(conn, provisioned):
+    settings = provisioned
+    partition = settings.dlq_partition(ErrorCategory.PERMANENT, None)
+    raw = Producer(conn.client_config())  # not transactional: offsets 0, 1, 2 and no markers
+    old = now_ms() - 3_600_000
+    _plant_letter(raw, settings, b"a1", QuotaError("quota"), ErrorCategory.PERMANENT, old)
+    _plant_letter(raw, settings, b"b", PermanentJobError("no"), ErrorCategory.PERMANENT, old)
+    _plant_letter(raw, settings, b"a2", QuotaError("quota"), ErrorCategory.PERMANENT, old)
+    raw.flush(10)
+    wait_for(lambda: _committed_and_depth(conn, settings, partition) == (None, 3), 30, "the planted letters")
+
+    filtered = cli("--namespace", settings.namespace, "dlq", "replay", "--category", "permanent",
+                   "--error-class", "QuotaError")
+    assert filtered.returncode == 0, filtered.stderr
+    assert "replayed 1," in filtered.stdout
+    assert f"left letters of other error classes from offsets {{{partition}: 1}}" in filtered.stdout
+    assert _committed_and_depth(conn, settings, partition) == (1, 2)  # exactly past a1; b and a2 still count
+    assert [m.key() for m in read_topic(conn, settings.topic_names.main, idle_s=1.0)] == [b"a1"]
+
+    again = replay_dead_letters(conn, settings, ReplayRequest(categories=[ErrorCategory.PERMANENT],
+                                                              error_classes=["QuotaError"]))
+    assert (again.scanned, again.replayed, again.left_unmatched) == (1, 0, {partition: 1})  # b stops it at once
+    assert _committed_and_depth(conn, settings, partition) == (1, 2)
+
+    unfiltered = replay_dead_letters(conn, settings, ReplayRequest(categories=[ErrorCategory.PERMANENT]))
+    assert (unfiltered.replayed, unfiltered.left_unmatched) == (2, {})
+    assert _committed_and_depth(conn, settings, partition) == (3, 0)
+    main = read_topic(conn, settings.topic_names.main, expect=3)
+    assert Counter(m.key() for m in main) == Counter({b"a1": 1, b"b": 1, b"a2": 1})
+
+
+def test_a_filter_stop_at_the_last_letter_does_not_commit_to_the_end_offset(conn, provisioned):
+    """A stopped partition is not finished: the commit to the end offset (past the final transaction marker)
+    that a partition read to its end gets must not carry a stopped one past the letter it stopped at."""
+    settings = provisioned
+    permanent = settings.dlq_partition(ErrorCategory.PERMANENT, None)
+    transient = settings.dlq_partition(ErrorCategory.TRANSIENT, None)
+    txn = transactional_producer(conn, unique("planter-"))
+    txn.init_transactions(30)
+    txn.begin_transaction()
+    old = now_ms() - 3_600_000
+    _plant_letter(txn, settings, b"a", QuotaError("quota"), ErrorCategory.PERMANENT, old)
+    _plant_letter(txn, settings, b"b", PermanentJobError("no"), ErrorCategory.PERMANENT, old)
+    # A partition the run reads to its end, so the run waits at the ends and checks positions there.
+    _plant_letter(txn, settings, b"t", QuotaError("quota"), ErrorCategory.TRANSIENT, old)
+    txn.commit_transaction(30)  # permanent: a@0, b@1, marker@2 (end 3); transient: t@0, marker@1 (end 2)
+    # The commit returns before the markers are written: wait until the letters are visible.
+    wait_for(lambda: _committed_and_depth(conn, settings, permanent) == (None, 3), 30, "the planted letters")
+
+    filtered = replay_dead_letters(conn, settings, ReplayRequest(
+        categories=[ErrorCategory.PERMANENT, ErrorCategory.TRANSIENT], error_classes=["QuotaError"]))
+    assert (filtered.replayed, filtered.left_unmatched) == (2, {permanent: 1})
+    assert filtered.committed_offsets == {permanent: 1, transient: 2}
+    assert _committed_and_depth(conn, settings, permanent) == (1, 2)  # b and the marker still count
+    assert _committed_and_depth(conn, settings, transient) == (2, 0)  # finished: past its marker
+
+    rest = replay_dead_letters(conn, settings, ReplayRequest(categories=[ErrorCategory.PERMANENT]))
+    assert rest.replayed == 1
+    assert _committed_and_depth(conn, settings, permanent) == (3, 0)
+    assert sorted(m.key() for m in read_topic(conn, settings.topic_names.main, expect=3)) == [b"a", b"b", b"t"]
