@@ -9,7 +9,16 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cv_queue.errors import ErrorCategory, InvalidPayloadError
 
@@ -39,6 +48,16 @@ class EvaluationJob(BaseModel):
     request_id: Identifier
     created_at: AwareDatetime
     labels: dict[str, str] = Field(default_factory=dict, description="Free-form tags (tenant, priority, ...).")
+
+    @field_validator("created_at")
+    @classmethod
+    def _whole_minute_offset(cls, value: datetime) -> datetime:
+        # JSON datetimes carry their UTC offset in whole minutes: an offset with seconds (a historical local mean
+        # time) would not survive encoding, so such a time is kept in UTC instead.
+        offset = value.utcoffset()
+        if offset is not None and offset.total_seconds() % 60:
+            return value.astimezone(UTC)
+        return value
 
     @model_validator(mode="after")
     def _has_cv_and_weights(self) -> "EvaluationJob":

@@ -117,7 +117,7 @@ def parse_delivery(source: SourceRecord, from_retry: bool, *, strict: bool = Tru
         for name in _INT_HEADERS:
             _int(own, name, strict=True)
     provenance = _carried_provenance(own) or Provenance(
-        source.topic, source.partition, source.offset, source.timestamp_ms)
+        source.topic, source.partition, source.offset, max(source.timestamp_ms, 0))  # -1: the record has none
     return Delivery(
         source=source,
         attempts=_int(own, h.ATTEMPTS, strict) if from_retry else 0,

@@ -67,12 +67,15 @@ def dead_letter_record(record: SourceRecord | Delivery, failure: Failure, attemp
     return OutputRecord(topic=dlq_topic, key=source.key, value=source.value, headers=hdrs, partition=dlq_partition)
 
 
-def _ms_to_dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
 class InvalidDeadLetterError(InvalidPayloadError):
     """A DLQ record without the headers a dead letter must carry."""
+
+
+def _ms_to_dt(ms: int) -> datetime:
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC)
+    except (ValueError, OverflowError, OSError) as exc:  # past year 9999: anyone can write such a header
+        raise InvalidDeadLetterError("not_a_dead_letter", f"timestamp {ms} ms is out of range") from exc
 
 
 def read_dead_letter(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,

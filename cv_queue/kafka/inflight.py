@@ -35,6 +35,8 @@ class PartitionTracker(Generic[T]):
     def track(self, offset: int, size: int = 0) -> None:
         if self._order and offset <= self._order[-1]:
             raise ValueError(f"offset {offset} tracked out of order (last {self._order[-1]})")
+        if offset < self.committed:  # the watermark never moves backwards
+            raise ValueError(f"offset {offset} is below the committed offset {self.committed}")
         self._order.append(offset)
         self._outputs[offset] = None
         self._sizes[offset] = size
