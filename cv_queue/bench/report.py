@@ -45,7 +45,7 @@ def seed_table(rows: list[dict]) -> str:
 
 
 def other_table(rows: list[dict]) -> str:
-    others = [r for r in rows if r["scenario"] in ("bare-consumer", "dlq-replay") or
+    others = [r for r in rows if r["scenario"] in ("bare-consumer", "dlq-replay", "hung-job") or
               (r["scenario"] == "cv-queue" and not r["handler_ms"])]
     if not others:
         return ""

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 from confluent_kafka import Producer
 
-from cv_queue.bench.scenarios import BARE, REPLAY, Scenario, Workload
+from cv_queue.bench.scenarios import BARE, HUNG, REPLAY, SCENARIOS, Scenario, Workload
 from cv_queue.bench.watch import SettleWatcher
 from cv_queue.errors import ErrorCategory, TransientJobError
 from cv_queue.evaluation.samples import sample_jobs
@@ -162,11 +162,14 @@ def _latencies_ms(sent_at: dict[bytes, float], first_seen: dict[bytes, float]) -
 
 
 def run_worker_scenario(conn: KafkaConnection, scenario: Scenario, workload: Workload, jobs: int, log_dir: Path,
-                        progress: Progress, extra_env: dict[str, str] | None = None) -> dict:
+                        progress: Progress, extra_env: dict[str, str] | None = None,
+                        lead: list[tuple[bytes, bytes]] | None = None) -> dict:
+    """`lead`: records produced before the jobs (a hung job, say), counted among the jobs that must settle."""
     namespace = f"bench-{scenario.name}-{int(time.time() * 1000)}"
     settings = _settings(namespace, scenario.partitions, scenario.partitions_per_worker)
     provision(admin_client(conn), topic_specs(settings))
-    records = _records(jobs, workload.invalid, seed=len(scenario.name))
+    records = [*(lead or []), *_records(jobs, workload.invalid, seed=len(scenario.name))]
+    jobs = len(records)
     watcher = SettleWatcher(conn, [settings.topic_names.results, settings.topic_names.dlq])
     watcher.start()
     procs = _spawn_workers(scenario, settings, workload, log_dir, extra_env or {})
@@ -260,3 +263,20 @@ def run_replay(conn: KafkaConnection, letters: int, progress: Progress) -> dict:
             "in_flight": None, "partitions": 4, "workers": 1, "efficiency": None, "peak_worker_rss_mb": None,
             "lost": letters - report.replayed, "duplicated": watcher.duplicates, "handler_ms": 0}
 
+
+HUNG_JOB_TIMEOUT_S = 20
+
+
+def run_hung_job(conn: KafkaConnection, jobs: int, log_dir: Path, progress: Progress) -> dict:
+    """`jobs` jobs queued behind one handler call that never returns: the others flow, memory stays bounded.
+
+    One job sleeps for an hour; the job timeout (20 s here) fails it and a single attempt dead-letters it, so the
+    run ends. Until then its partition's later outputs are held below the watermark and that partition is paused at
+    its byte cap, while the other partitions go on. The figure of interest is the workers' peak RSS.
+    """
+    hung = next(iter(sample_jobs(1, seed=99, prefix="hung", labels_for={0: {"simulate": "sleep:3600000"}})))
+    env = {"CVQ_WORKER__JOB_TIMEOUT_S": str(HUNG_JOB_TIMEOUT_S), "CVQ_RETRY__MAX_ATTEMPTS": "1"}
+    row = run_worker_scenario(conn, SCENARIOS["cv-queue"], Workload(latency_ms=1.0), jobs, log_dir, progress, env,
+                              lead=[(hung.key, hung.to_bytes())])
+    row.update(scenario=HUNG, efficiency=None, job_timeout_s=HUNG_JOB_TIMEOUT_S)
+    return row

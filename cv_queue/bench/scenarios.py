@@ -36,7 +36,8 @@ SCENARIOS = {
 }
 BARE = "bare-consumer"
 REPLAY = "dlq-replay"
-ALL = [*SCENARIOS, BARE, REPLAY]
+HUNG = "hung-job"  # the cv-queue deployment with one job that never returns at the head of the queue
+ALL = [*SCENARIOS, BARE, REPLAY, HUNG]
 
 
 class Workload(BaseModel):

@@ -4,13 +4,16 @@ import argparse
 import os
 import sys
 import tempfile
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from cv_queue.bench.report import add_ratios, json_lines, other_table, seed_table
-from cv_queue.bench.runner import BenchError, run_bare_consumer, run_replay, run_worker_scenario
-from cv_queue.bench.scenarios import ALL, BARE, REPLAY, SCENARIOS, Workload
+from cv_queue.bench.runner import BenchError, run_bare_consumer, run_hung_job, run_replay, run_worker_scenario
+from cv_queue.bench.scenarios import ALL, BARE, HUNG, REPLAY, SCENARIOS, Workload
 from cv_queue.broker.cluster import start_cluster, stop_cluster
 from cv_queue.cli.context import connection
+from cv_queue.settings import KafkaConnection
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -60,6 +63,7 @@ STANDARD = [
     ("cv-queue", 60000, 0.0),
     ("bare-consumer", 60000, 0.0),
     (REPLAY, 20000, 0.0),
+    (HUNG, 20000, 1.0),
 ]
 
 
@@ -70,6 +74,22 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, int, Workload]]:
     workload = Workload(latency_ms=args.latency_ms, latency_p99_ms=args.latency_p99_ms, transient=args.transient,
                         permanent=args.permanent, invalid=args.invalid)
     return [(name, jobs[name], workload) for name in (args.scenario or ["seed-before", "seed-after", "cv-queue"])]
+
+
+def _run_one(args: argparse.Namespace, conn: KafkaConnection, name: str, count: int, workload: Workload,
+             tmp_path: Path, progress: Callable[[str], None]) -> dict:
+    if name == BARE:
+        return run_bare_consumer(conn, count, tmp_path, progress)
+    if name == REPLAY:
+        return run_replay(conn, count, progress)
+    if name == HUNG:
+        return run_hung_job(conn, count, tmp_path, progress)
+    scenario = SCENARIOS[name]
+    extra = {}
+    if args.max_in_flight and name == "cv-queue":
+        scenario = replace(scenario, max_in_flight=args.max_in_flight)
+        extra["CVQ_WORKER__MAX_IN_FLIGHT"] = str(args.max_in_flight)
+    return run_worker_scenario(conn, scenario, workload, count, tmp_path, progress, extra)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -91,19 +111,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             conn = connection(args)
             for name, count, workload in plan:
                 progress(f"{name}: {count} jobs, handler {workload.latency_ms} ms")
-                if name == BARE:
-                    rows.append(run_bare_consumer(conn, count, tmp_path, progress))
-                elif name == REPLAY:
-                    rows.append(run_replay(conn, count, progress))
-                else:
-                    scenario = SCENARIOS[name]
-                    extra = {}
-                    if args.max_in_flight and name == "cv-queue":
-                        from dataclasses import replace
-
-                        scenario = replace(scenario, max_in_flight=args.max_in_flight)
-                        extra["CVQ_WORKER__MAX_IN_FLIGHT"] = str(args.max_in_flight)
-                    rows.append(run_worker_scenario(conn, scenario, workload, count, tmp_path, progress, extra))
+                rows.append(_run_one(args, conn, name, count, workload, tmp_path, progress))
         except BenchError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

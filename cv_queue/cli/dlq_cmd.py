@@ -8,7 +8,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from cv_queue.cli.context import connection, settings
 from cv_queue.cli.tables import render
 from cv_queue.errors import CATEGORY_ORDER, DEFAULT_REPLAY_CATEGORIES, ErrorCategory, InvalidPayloadError
-from cv_queue.kafka.clients import admin_client, assigned_consumer, poll_batch
+from cv_queue.kafka.clients import admin_client, assigned_consumer, message_headers, poll_batch
 from cv_queue.kafka.envelope import read_dead_letter
 from cv_queue.kafka.lag import committed_offsets, end_offsets
 from cv_queue.kafka.replay import ReplayRequest, replay_dead_letters
@@ -66,7 +66,8 @@ def cmd_peek(args: argparse.Namespace) -> int:
                 if msg.offset() + 1 >= ends[msg.partition()]:
                     remaining.discard(msg.partition())
                 try:
-                    dl = read_dead_letter(topic, msg.partition(), msg.offset(), msg.key(), msg.value(), msg.headers())
+                    dl = read_dead_letter(topic, msg.partition(), msg.offset(), msg.key(), msg.value(),
+                                          message_headers(msg)[0])
                     rows.append([f"{dl.dlq_partition}/{dl.dlq_offset}", (dl.key or b"").decode(errors="replace")[:40],
                                  dl.category, dl.error_class.rsplit(".", 1)[-1], dl.error_message[:60], dl.attempts,
                                  dl.replays, f"{dl.original_topic}[{dl.original_partition}]@{dl.original_offset}",

@@ -110,3 +110,15 @@ def poll_batch(consumer: Consumer, max_records: int, timeout_s: float) -> list[M
     if max_records <= 1:
         return [first]
     return [first, *consumer.consume(max_records - 1, 0)]
+
+
+def message_headers(msg: Message) -> tuple[list[tuple[str, bytes | None]], Exception | None]:
+    """A message's headers, or none and the reason when the client cannot decode them.
+
+    confluent-kafka decodes header *names* as UTF-8 and raises (a SystemError wrapping UnicodeDecodeError) for any
+    other name a foreign producer wrote; every reader of our topics must survive such a record.
+    """
+    try:
+        return msg.headers() or [], None
+    except Exception as exc:
+        return [], exc

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from confluent_kafka import Message
 
 from cv_queue.errors import ErrorCategory, InvalidPayloadError
+from cv_queue.kafka.clients import message_headers
 from cv_queue.kafka.delivery import parse_delivery
 from cv_queue.kafka.envelope import now_ms
 from cv_queue.kafka.execution import Task
@@ -30,11 +31,7 @@ def source_record(msg: Message) -> tuple[SourceRecord, Exception | None]:
     """The record, and the error if its headers could not be decoded (a non-UTF-8 header name, for instance: the
     client cannot hand such headers over at all, so they are lost to us)."""
     _, ts = msg.timestamp()
-    header_error: Exception | None = None
-    try:
-        headers = msg.headers() or []
-    except Exception as exc:
-        headers, header_error = [], exc
+    headers, header_error = message_headers(msg)
     return SourceRecord(topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), timestamp_ms=ts,
                         key=msg.key(), value=msg.value(), headers=headers), header_error
 

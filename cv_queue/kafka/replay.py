@@ -27,8 +27,9 @@ from enum import StrEnum
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, Message, TopicPartition
 from pydantic import BaseModel, Field
 
+from cv_queue import headers as h
 from cv_queue.errors import DEFAULT_REPLAY_CATEGORIES, ErrorCategory, InvalidPayloadError
-from cv_queue.kafka.clients import assigned_consumer, poll_batch, transactional_producer
+from cv_queue.kafka.clients import assigned_consumer, message_headers, poll_batch, transactional_producer
 from cv_queue.kafka.envelope import OutputRecord, now_ms, parked_headers, read_dead_letter, replayed_headers
 from cv_queue.kafka.transaction import commit_atomically
 from cv_queue.settings import KafkaConnection, QueueSettings
@@ -82,6 +83,11 @@ class ReplayReport(BaseModel):
     def skipped(self) -> int:
         """Always 0: replay no longer skips letters (see `left_unmatched`). Kept for existing readers."""
         return 0
+
+
+def _headers(msg: Message) -> h.Headers:
+    # Undecodable headers read as none: the letter is then undecodable and parked, instead of crashing the replay.
+    return message_headers(msg)[0]
 
 
 def _class_matches(error_class: str, wanted: list[str]) -> bool:
@@ -195,10 +201,14 @@ class _Replayer:
         partition, offset = msg.partition(), msg.offset()
         self.report.scanned += 1
         try:
-            letter = read_dead_letter(msg.topic(), partition, offset, msg.key(), msg.value(), msg.headers())
+            letter = read_dead_letter(msg.topic(), partition, offset, msg.key(), msg.value(), _headers(msg))
         except InvalidPayloadError as exc:
             # Not ours to interpret: keep it, whole, where a human will look.
             self._park(msg, f"undecodable dead letter: {exc}", self.settings.dlq_category(partition))
+            return True
+        if h.last(_headers(msg), h.VALUE_TRUNCATED) is not None or h.last(_headers(msg), h.KEY_TRUNCATED) is not None:
+            # Shrunk to fit the DLQ: what is left is not the job any more, and replaying it would only fail again.
+            self._park(msg, "the letter was cut to fit max.message.bytes; the job cannot be replayed", letter.category)
             return True
         if letter.failed_at > self.cutoff:
             self.report.left_too_young[partition] = offset
@@ -217,7 +227,7 @@ class _Replayer:
 
     def _park(self, msg: Message, reason: str, category: ErrorCategory) -> None:
         self.pending.append(OutputRecord(topic=self.names.parked, key=msg.key(), value=msg.value(),
-                                         headers=parked_headers(msg.headers(), reason, now_ms())))
+                                         headers=parked_headers(_headers(msg), reason, now_ms())))
         self._count(category, ReplayOutcome.PARKED)
         self.next_offsets[msg.partition()] = msg.offset() + 1
 
