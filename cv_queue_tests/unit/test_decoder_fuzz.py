@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from cv_queue import headers as h
 from cv_queue.errors import ErrorCategory, InvalidPayloadError
 from cv_queue.evaluation.samples import sample_jobs
+from cv_queue.kafka.delivery import parse_delivery
 from cv_queue.kafka.envelope import Failure, SourceRecord, dead_letter_record, read_dead_letter
 from cv_queue.messages import DeadLetter, EvaluationJob, decode_job
 
@@ -269,3 +270,24 @@ def test_header_readers_raise_only_invalid_payload(headers: h.Headers | None, na
 def test_header_values_we_write_read_back(headers: h.Headers, name: str, number: int, text: str) -> None:
     assert h.read_int([*headers, (name, h.int_value(number))], name, -1) == number  # the newest value wins
     assert h.read_str([*headers, (name, h.str_value(text))], name) == text
+
+
+# --- a consumed record's bookkeeping, parsed once at intake ----------------------------------------------------
+
+
+@FUZZ
+@given(headers=HEADER_LISTS, from_retry=st.booleans(), timestamp=st.integers(min_value=-1, max_value=2**45))
+def test_delivery_parsing_raises_only_invalid_payload_and_lenient_parsing_never_raises(
+        headers: h.Headers, from_retry: bool, timestamp: int) -> None:
+    source = SourceRecord("evaluate-jobs", 1, 7, timestamp, b"k", b"v", headers)
+    strict = _assert_only_invalid_payload(parse_delivery, source, from_retry)
+    lenient = parse_delivery(source, from_retry, strict=False)
+    assert min(lenient.attempts, lenient.handler_calls, lenient.replays, lenient.due_at_ms) >= 0
+    assert lenient.provenance.timestamp_ms >= 0
+    assert all(not name.startswith(h.PREFIX) for name, _ in lenient.foreign_headers)
+    if strict is not None:
+        assert strict == lenient, "where strict parsing accepts a record, both views agree"
+    # A dead letter built from any record, however garbled its bookkeeping, decodes again.
+    letter = dead_letter_record(source, Failure(ErrorCategory.TRANSIENT, "x.Y", "m", ""), 1, 1, "w", "dlq", 0, 1000)
+    decoded = read_dead_letter("dlq", 0, 0, letter.key, letter.value, letter.headers)
+    assert (decoded.key, decoded.value) == (b"k", b"v")
