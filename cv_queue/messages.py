@@ -88,6 +88,28 @@ class EvaluationScores(BaseModel):
     overall_summary: str
 
 
+class ModelUsage(BaseModel):
+    """Which model answered, with which prompt, and what it cost in tokens (for results and metrics)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    prompt_version: str
+    prompt_tokens: int = Field(0, ge=0)
+    completion_tokens: int = Field(0, ge=0)
+    total_tokens: int = Field(0, ge=0)
+    calls: int = Field(1, ge=1, description="Chat-completion calls this answer took (repairs included).")
+
+
+class Evaluation(BaseModel):
+    """What a handler may return instead of bare scores: the scores and the model usage behind them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scores: EvaluationScores
+    usage: ModelUsage | None = None
+
+
 class EvaluationResult(BaseModel):
     """The outcome of one job, written to the results topic exactly once."""
 
@@ -103,9 +125,10 @@ class EvaluationResult(BaseModel):
     handler_calls: int = Field(ge=1, description="Handler invocations across deliveries and in-process retries.")
     replays: int = Field(0, ge=0, description="How often the job came back from the DLQ.")
     worker: str
+    usage: ModelUsage | None = Field(None, description="The model, prompt version and tokens, for LLM handlers.")
 
     def to_bytes(self) -> bytes:
-        return self.model_dump_json().encode("utf-8")
+        return self.model_dump_json(exclude_none=True).encode("utf-8")
 
 
 class DeadLetter(BaseModel):

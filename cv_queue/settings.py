@@ -237,6 +237,27 @@ class FleetSettings(BaseModel):
     )
 
 
+class LLMSettings(BaseModel):
+    """The OpenAI-compatible chat-completions endpoint the LLM evaluator calls (OpenAI, OpenRouter, vLLM, Ollama,
+    LiteLLM: anything that speaks /v1/chat/completions)."""
+
+    base_url: str = Field("https://api.openai.com/v1", description="The API's base URL, up to and including /v1.")
+    model: str = Field("gpt-4o-mini", description="Model name as the provider spells it.")
+    api_key: SecretStr | None = Field(
+        None, description="API key (secret: never logged; in Dagster an EnvVar). Unset: OPENAI_API_KEY is used.")
+    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature; 0 for repeatable scores.")
+    max_tokens: int = Field(1200, ge=1, description="Most tokens one answer may use.")
+    request_timeout_s: float = Field(60.0, gt=0, description="Timeout of one HTTP request to the provider.")
+    max_concurrent_requests: int = Field(
+        256, ge=1, description="Requests in flight at once per worker process (a provider's concurrency limit).")
+    max_repairs: int = Field(
+        2, ge=0, description="Follow-up calls asking the model to fix a malformed or out-of-range answer; after "
+        "them the job is permanent, with the raw answer (truncated) in the dead letter.")
+    structured_output: Literal["auto", "json_schema", "json_object", "none"] = Field(
+        "auto", description="How JSON is requested: JSON-schema structured output, JSON mode, or the prompt alone. "
+        "auto tries json_schema and falls back when the server refuses it.")
+
+
 class TopicNames(BaseModel):
     main: str
     retry: str
@@ -264,6 +285,7 @@ class QueueSettings(BaseSettings):
     retry: RetrySettings = Field(default_factory=RetrySettings)
     replay: ReplayPolicy = Field(default_factory=ReplayPolicy)
     fleet: FleetSettings = Field(default_factory=FleetSettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
 
     def _ns(self, name: str) -> str:
         return f"{self.namespace}.{name}" if self.namespace else name

@@ -4,7 +4,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cv_queue.messages import EvaluationJob, EvaluationScores
+from cv_queue.messages import Evaluation, EvaluationJob, EvaluationScores
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,9 +21,13 @@ class JobContext:
 
 class JobHandler(Protocol):
     """Evaluates one job. Raise a cv_queue.errors.JobError subclass to choose how a failure is routed;
-    any other exception is classified by type (see cv_queue.kafka.classify)."""
+    any other exception is classified by type (see cv_queue.kafka.classify).
 
-    def __call__(self, job: EvaluationJob, ctx: JobContext) -> EvaluationScores: ...
+    Returns the scores, or an Evaluation (scores plus the model usage behind them). A handler may also be
+    `async def` (or a class with an async `__call__`): the worker then runs it on an asyncio event loop.
+    """
+
+    def __call__(self, job: EvaluationJob, ctx: JobContext) -> EvaluationScores | Evaluation: ...
 
 
 class HandlerLoadError(ValueError):

@@ -15,7 +15,7 @@ from cv_queue.kafka.backoff import InProcessRetry
 from cv_queue.kafka.classify import ErrorClassifier
 from cv_queue.kafka.delivery import Delivery
 from cv_queue.kafka.records import Failure
-from cv_queue.messages import EvaluationJob, EvaluationResult
+from cv_queue.messages import Evaluation, EvaluationJob, EvaluationResult, EvaluationScores
 from cv_queue.settings import RetrySettings
 
 log = logging.getLogger("cv_queue.worker")
@@ -93,10 +93,15 @@ class JobRunner:
         handler_calls = delivery.handler_calls + task.calls
         ctx = JobContext(attempt=attempt, handler_call=handler_calls, replays=delivery.replays, worker=self.worker,
                          partition=delivery.source.partition, offset=delivery.source.offset)
-        scores = self.handler(task.job, ctx)
-        job = task.job
-        return EvaluationResult(
-            job_id=job.job_id, request_id=job.request_id, scores=scores, evaluated_at=datetime.now(UTC),
-            job_created_at=job.created_at, attempts=attempt, handler_calls=handler_calls, replays=delivery.replays,
-            worker=self.worker,
-        ).to_bytes()
+        return result_bytes(task, self.handler(task.job, ctx), ctx, self.worker)
+
+
+def result_bytes(task: Task, output: EvaluationScores | Evaluation, ctx: JobContext, worker: str) -> bytes:
+    """The encoded result of a handler's output (bare scores, or scores with their model usage)."""
+    evaluation = output if isinstance(output, Evaluation) else Evaluation(scores=output)
+    job = task.job
+    return EvaluationResult(
+        job_id=job.job_id, request_id=job.request_id, scores=evaluation.scores, evaluated_at=datetime.now(UTC),
+        job_created_at=job.created_at, attempts=ctx.attempt, handler_calls=ctx.handler_call,
+        replays=ctx.replays, worker=worker, usage=evaluation.usage,
+    ).to_bytes()
