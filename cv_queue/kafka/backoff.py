@@ -6,10 +6,17 @@ Retry-topic delay for delivery attempt n (n = 1 after the first failed delivery)
 """
 
 import random
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
 
 from cv_queue.errors import ErrorCategory, RateLimitedError
 from cv_queue.kafka.classify import ErrorClassifier
@@ -72,7 +79,7 @@ class InProcessRetry:
         return self._retrying(attempt)
 
 
-def inprocess_retrying(settings: RetrySettings, classifier: ErrorClassifier) -> Retrying:
+def _policy(settings: RetrySettings, classifier: ErrorClassifier) -> dict[str, Any]:
     """Tenacity policy for short blips: a few quick, jittered tries for transient errors only.
 
     Rate-limited errors skip it: a limiter that says "wait" is better served by the delayed retry
@@ -84,13 +91,39 @@ def inprocess_retrying(settings: RetrySettings, classifier: ErrorClassifier) -> 
         return (isinstance(exc, Exception) and not isinstance(exc, RateLimitedError)
                 and classifier.classify(exc) == ErrorCategory.TRANSIENT)
 
-    return Retrying(
-        stop=stop_after_attempt(settings.inprocess_tries) | stop_after_delay(settings.inprocess_max_total_ms / 1000),
-        wait=wait_exponential_jitter(
+    return {
+        "stop": stop_after_attempt(settings.inprocess_tries) | stop_after_delay(settings.inprocess_max_total_ms / 1000),
+        "wait": wait_exponential_jitter(
             multiplier=settings.inprocess_initial_ms / 1000,
             max=settings.inprocess_max_ms / 1000,
             jitter=settings.inprocess_initial_ms / 1000,
         ),
-        retry=retry_if_exception(is_blip),
-        reraise=True,
-    )
+        "retry": retry_if_exception(is_blip),
+        "reraise": True,
+    }
+
+
+def inprocess_retrying(settings: RetrySettings, classifier: ErrorClassifier) -> Retrying:
+    return Retrying(**_policy(settings, classifier))
+
+
+class AsyncInProcessRetry:
+    """InProcessRetry for coroutines: the same policy, waits on the event loop instead of sleeping a thread."""
+
+    def __init__(self, settings: RetrySettings, classifier: ErrorClassifier) -> None:
+        self._retrying = AsyncRetrying(**_policy(settings, classifier))
+
+    async def __call__(self, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await fn()
+        except Exception as exc:
+            first: BaseException | None = exc
+
+        async def attempt() -> T:
+            nonlocal first
+            if first is not None:
+                failed, first = first, None
+                raise failed
+            return await fn()
+
+        return await self._retrying(attempt)
