@@ -21,6 +21,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -132,6 +133,7 @@ def _start_new(nodes: int, port: int, data_dir: Path | None, state_file: Path, t
     libs = fetch_kafka(KAFKA_VERSION, quiet=not progress)
     data_root, ephemeral = _prepare_data_root(data_dir)
     layout = plan_nodes(nodes, port, data_root)
+    launched: list[psutil.Process] = []
     try:
         for node in layout:
             check_port_free(node.client_port)
@@ -146,26 +148,27 @@ def _start_new(nodes: int, port: int, data_dir: Path | None, state_file: Path, t
             bootstrap=",".join(n.bootstrap for n in layout), data_root=str(data_root), ephemeral=ephemeral,
             started_at=datetime.now(UTC), nodes=[launcher.node_state(n) for n in layout],
         )
-        _launch_nodes(launcher, state, state.nodes, state_file, progress)
+        _launch_nodes(launcher, state, state.nodes, state_file, progress, launched)
+        wait_ready(state, timeout_s, progress)
     except BaseException:
-        # Some nodes may already run (the state file names them): stop them before deleting their data.
+        # Stop what this call launched (by the processes themselves, not their command lines), then forget
+        # the state file and the ephemeral data.
+        _terminate(launched, 5)
         if read_state(state_file) is not None:
             stop_cluster(state_file, timeout_s=5, progress=False)
         elif ephemeral:
             shutil.rmtree(data_root, ignore_errors=True)
         raise
-    try:
-        wait_ready(state, timeout_s, progress)
-    except BaseException:
-        stop_cluster(state_file, timeout_s=5, progress=False)
-        raise
     return state
 
 
 def _launch_nodes(launcher: NodeLauncher, state: BrokerState, nodes: list[NodeState], state_file: Path,
-                  progress: bool) -> None:
+                  progress: bool, launched: list[psutil.Process]) -> None:
+    """Start `nodes`, appending each process to `launched` at once so a failure path can stop it."""
     for node in nodes:
         node.pid = launcher.launch(node)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            launched.append(psutil.Process(node.pid))
         # Written after every launch so a Ctrl-C half-way still leaves a state file `stop` can use.
         write_state(state_file, state)
     if progress:
@@ -202,14 +205,15 @@ def restart_dead_nodes(state_file: Path | None = None, timeout_s: float = START_
               f"(data {data_root})", file=sys.stderr)
     layout = [NodeLayout(n.node_id, n.client_port, n.controller_port, Path(n.data_dir)) for n in state.nodes]
     launcher = NodeLauncher(require_java(), fetch_kafka(KAFKA_VERSION, quiet=not progress), data_root, layout)
+    launched: list[psutil.Process] = []
     try:
         for node in layout:
             if node.node_id in {n.node_id for n in dead}:
                 launcher.format_if_new(node, state.cluster_id)
-        _launch_nodes(launcher, state, dead, state_file, progress)
+        _launch_nodes(launcher, state, dead, state_file, progress, launched)
         wait_ready(state, timeout_s, progress)
     except BaseException:
-        _terminate([p for n in dead if n.pid and (p := node_process(n)) is not None], 5)
+        _terminate(launched, 5)  # only what this call started; the nodes that ran before keep running
         raise
     return state
 
@@ -238,12 +242,32 @@ def kill_cluster(state_file: Path | None = None) -> ClusterState:
     return state
 
 
+def _exited(proc: psutil.Process) -> bool:
+    """Whether the process is gone. A zombie counts as gone: it holds no ports or files any more, and only its
+    parent can reap it (the JVM's parent is whoever called start_cluster, maybe not this process)."""
+    try:
+        if proc.status() != psutil.STATUS_ZOMBIE:
+            return not proc.is_running()
+        with contextlib.suppress(psutil.Error, ChildProcessError):
+            proc.wait(0)  # reaps it when it is our own child
+        return True
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _wait_exited(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Wait until every process has exited; returns those still running at the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while (alive := [p for p in procs if not _exited(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive
+
+
 def _sigkill(procs: list[psutil.Process]) -> None:
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-    _, alive = psutil.wait_procs(procs, timeout=10)
-    if alive:
+    if alive := _wait_exited(procs, 10):
         raise BrokerError(f"Kafka pid(s) {[p.pid for p in alive]} survived SIGKILL for 10s.", "check `ps`.")
 
 
@@ -252,11 +276,11 @@ def _terminate(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Pro
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    alive = _wait_exited(procs, timeout_s)
     for proc in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-    psutil.wait_procs(alive, timeout=10)
+    _wait_exited(alive, 10)
     return alive
 
 

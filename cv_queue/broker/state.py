@@ -1,6 +1,7 @@
 """The state file: what `broker start` launched (ports, data, pids), so later commands can find it."""
 
 import os
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -36,6 +37,8 @@ class BrokerState(BaseModel):
     nodes: list[NodeState]
 
 
+_EXEC_RETRIES = 20
+
 #: The name the lifecycle API (restart_dead_nodes, kill_node) is documented with.
 ClusterState = BrokerState
 
@@ -62,13 +65,20 @@ def write_state(state_file: Path, state: BrokerState) -> None:
 
 def node_process(node: NodeState) -> psutil.Process | None:
     """The live JVM of a node, or None. Checks the command line so a recycled pid is not mistaken for it."""
-    try:
-        proc = psutil.Process(node.pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
+    cmdline: list[str] = []
+    for _ in range(_EXEC_RETRIES):
+        try:
+            proc = psutil.Process(node.pid)
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            cmdline = proc.cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             return None
-        cmdline = proc.cmdline()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
+        if cmdline:
+            break
+        # A process still inside execve() (its launcher's Popen may already have returned) shows an empty
+        # command line for a moment; on a loaded machine that moment is long enough to be seen.
+        time.sleep(0.05)
     if "kafka.Kafka" in cmdline and node.properties_file in cmdline:
         return proc
     return None

@@ -13,7 +13,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from cv_queue.broker.cluster import kill_node, node_process, read_state
+from cv_queue.broker.cluster import kill_cluster, kill_node, node_process, read_state, start_cluster
 from cv_queue.broker.errors import BrokerError
 from cv_queue.broker.launch import check_port_free, existing_cluster_id
 from cv_queue.settings import KafkaConnection
@@ -125,6 +125,12 @@ def test_start_again_at_once_after_sigkill_keeps_the_data(tmp_path):
         assert node_process(after.nodes[0]) is not None
         # Not reformatted: the node still belongs to the cluster it was formatted for.
         assert existing_cluster_id(data_dir / "node-1") == before.cluster_id == after.cluster_id
+        _assert_serves(bootstrap, topic, 10)
+
+        # The Python API the chaos tests use: the whole cluster SIGKILLed, start_cluster again at once.
+        kill_cluster(state_file)
+        restarted = start_cluster(1, port, data_dir, state_file, progress=False)
+        assert restarted.nodes[0].pid != after.nodes[0].pid and restarted.cluster_id == before.cluster_id
         _assert_serves(bootstrap, topic, 10)
     finally:
         _broker("stop", "--state-file", str(state_file), timeout=120)
