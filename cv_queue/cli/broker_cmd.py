@@ -24,13 +24,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     fetch = bsub.add_parser("fetch", help=f"resolve Kafka {KAFKA_VERSION} jars into the cache (once)")
     fetch.set_defaults(func=cmd_fetch)
 
-    start = bsub.add_parser("start", help="format storage, start the node(s), print the bootstrap string")
-    start.add_argument("--nodes", type=int, choices=(1, 3), default=1, help="cluster size (default 1)")
-    start.add_argument("--port", type=int, default=DEFAULT_PORT,
+    start = bsub.add_parser(
+        "start", help="format storage, start the node(s), print the bootstrap string; after a crash, restart "
+        "the recorded node(s) that died on their ports and data")
+    start.add_argument("--nodes", type=int, choices=(1, 3), default=None,
+                       help="cluster size (default: the recorded cluster's, else 1)")
+    start.add_argument("--port", type=int, default=None,
                        help=f"first client port; node i listens on port+i, its controller on port+100+i "
-                       f"(default {DEFAULT_PORT})")
+                       f"(default: the recorded cluster's, else {DEFAULT_PORT})")
     start.add_argument("--data-dir", type=Path, default=None,
-                       help="keep data here across restarts (default: a temporary dir removed on stop)")
+                       help="keep data here across restarts (default: the recorded cluster's, else a temporary "
+                       "dir removed on stop)")
     start.add_argument("--timeout", type=float, default=START_TIMEOUT_S, help="seconds to wait for readiness")
     start.set_defaults(func=cmd_start)
 

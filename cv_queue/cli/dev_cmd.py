@@ -1,20 +1,39 @@
 """`cv-queue dev` (what `make run` runs): a local broker, the Dagster UI and daemon, topics, workers, jobs.
 
-Everything it starts it stops on Ctrl-C: `dagster dev` first (which terminates the worker runs), then the
-broker, if it started one. With KAFKA_BOOTSTRAP_SERVERS set it uses that broker and starts none.
+With KAFKA_BOOTSTRAP_SERVERS set it uses that broker and starts none. Ctrl-C, SIGTERM (a supervisor,
+`timeout`, `kill`), SIGHUP, or `dagster dev` dying all stop everything the same way, within a minute:
+
+1. The worker fleet is stopped the way `stop_worker_fleet` does it (the stop flag in the Dagster instance), so
+   worker runs commit and end SUCCESS. Whatever run is still active after a while is terminated (CANCELED).
+2. `dagster dev`'s process group gets SIGINT, as from a terminal's Ctrl-C, then SIGTERM.
+3. Every process seen under `dagster dev` that is still alive is SIGKILLed. The tree is collected while
+   everything runs, because run processes outlive their parents and need not stay in the group.
+4. The broker stops last.
+
+`dagster dev` runs in a session of its own so a terminal's Ctrl-C reaches only this process, which then
+orchestrates the stop; a dagster dev that got the Ctrl-C itself would interrupt the worker runs, and they
+would end FAILURE although they had committed their work cleanly.
 """
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psutil
 
 from cv_queue.broker.cluster import DEFAULT_PORT, start_cluster, stop_cluster
+
+if TYPE_CHECKING:
+    import dagster as dg
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Demo defaults, used only where the environment does not say otherwise: a simulated LLM that takes
@@ -26,6 +45,13 @@ DEMO_ENV = {
     "CVQ_REPLAY__COOLDOWN_S": "20",
     "CVQ_REPLAY__SENSOR_INTERVAL_S": "15",
 }
+STOPPED_BY = "cv-queue dev"
+# The stop's phases are bounded so that the whole stop, broker included, stays under a minute.
+FLEET_STOP_WAIT_S = 20.0  # worker runs check the flag every 3 s, then finish in-flight jobs and commit
+CANCEL_WAIT_S = 8.0
+DAGSTER_STOP_WAIT_S = 12.0
+TERM_WAIT_S = 3.0
+BROKER_STOP_TIMEOUT_S = 10.0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,8 +59,103 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     dev.add_argument("--port", type=int, default=3000, help="Dagster UI port (default 3000)")
     dev.add_argument("--broker-port", type=int, default=DEFAULT_PORT, help="local broker port (default 9092)")
     dev.add_argument("--sample-jobs", type=int, default=200, help="sample jobs to enqueue (0 = none)")
+    dev.add_argument("--state-dir", type=Path, default=PROJECT_ROOT / ".cvq",
+                     help="the local broker's data and state file (default .cvq/ in the project)")
     dev.add_argument("--fresh", action="store_true", help="wipe the local broker data and DAGSTER_HOME first")
     dev.set_defaults(func=cmd_dev)
+
+
+class ProcessTree:
+    """Every process seen below a root, remembered so that orphans (re-parented when their parent exits)
+    are still found and stopped."""
+
+    def __init__(self, root_pid: int) -> None:
+        self._seen: dict[tuple[int, float], psutil.Process] = {}
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(root_pid)
+            self._seen[(root.pid, root.create_time())] = root
+        self._watcher = threading.Thread(target=self._watch, name="cvq-dev-process-tree", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        while not self._closed.wait(1.0):
+            self.refresh()
+
+    def refresh(self) -> None:
+        with self._lock:
+            for proc in list(self._seen.values()):
+                with contextlib.suppress(psutil.Error):
+                    for child in proc.children(recursive=True):
+                        with contextlib.suppress(psutil.Error):
+                            self._seen.setdefault((child.pid, child.create_time()), child)
+
+    def alive(self) -> list[psutil.Process]:
+        self.refresh()
+        live = []
+        for proc in list(self._seen.values()):
+            with contextlib.suppress(psutil.Error):
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    live.append(proc)
+        return live
+
+    def signal_all(self, sig: int) -> None:
+        for proc in self.alive():
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(sig)
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _wait_all_gone(proc: subprocess.Popen, tree: ProcessTree, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        proc.poll()  # reaps our direct child, so it does not linger as a zombie
+        if not tree.alive():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+
+
+def _stop_group(proc: subprocess.Popen, tree: ProcessTree, interrupt_wait_s: float) -> None:
+    """SIGINT the process group (what a terminal's Ctrl-C does), then SIGTERM, then SIGKILL every process
+    of the tree still alive; bounded throughout, so a hung child cannot hang the stop."""
+    tree.refresh()
+    _signal_group(proc.pid, signal.SIGINT)  # start_new_session made its pid the group id
+    if not _wait_all_gone(proc, tree, interrupt_wait_s):
+        _signal_group(proc.pid, signal.SIGTERM)
+        tree.signal_all(signal.SIGTERM)  # also those that left the group
+        _wait_all_gone(proc, tree, TERM_WAIT_S)
+    left = tree.alive()
+    if left:
+        print(f"killing {len(left)} process(es) that outlived the stop: {[p.pid for p in left]}", file=sys.stderr)
+        tree.signal_all(signal.SIGKILL)
+        _signal_group(proc.pid, signal.SIGKILL)
+        _wait_all_gone(proc, tree, 5.0)
+    tree.close()
+
+
+def _run_step(cmd: list[str], env: dict[str, str]) -> None:
+    """A start-up command in a session of its own, whose whole tree is stopped if we are interrupted."""
+    print(f"$ {' '.join(cmd)}", file=sys.stderr)
+    proc = subprocess.Popen(cmd, env=env, cwd=PROJECT_ROOT, start_new_session=True)
+    tree = ProcessTree(proc.pid)
+    try:
+        returncode = proc.wait()
+    finally:
+        if proc.poll() is None:
+            _stop_group(proc, tree, interrupt_wait_s=10)
+        tree.close()
+    if returncode:
+        raise subprocess.CalledProcessError(returncode, cmd)
 
 
 def _dagster_home(fresh: bool) -> Path:
@@ -45,6 +166,78 @@ def _dagster_home(fresh: bool) -> Path:
     # The project's dagster.yaml is the local instance config; DAGSTER_HOME holds a copy of it.
     shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
     return home
+
+
+def _open_instance(home: Path) -> "dg.DagsterInstance":
+    import dagster as dg
+
+    os.environ["DAGSTER_HOME"] = str(home)  # dagster.yaml reads its SQLite base_dir from it
+    return dg.DagsterInstance.from_config(str(home))
+
+
+def _set_fleet_stopped(instance: "dg.DagsterInstance", stopped: bool) -> None:
+    from cv_queue.defs.fleet_state import set_fleet_stopped
+
+    set_fleet_stopped(instance, stopped, STOPPED_BY)
+
+
+def _active_runs(instance: "dg.DagsterInstance") -> list["dg.DagsterRun"]:
+    import dagster as dg
+
+    from cv_queue.defs.workers import ACTIVE
+
+    return list(instance.get_runs(filters=dg.RunsFilter(statuses=ACTIVE)))
+
+
+def _stop_runs(instance: "dg.DagsterInstance") -> None:
+    """Stop the fleet like stop_worker_fleet, then terminate any run still active (it ends CANCELED)."""
+    from cv_queue.defs.workers import active_worker_runs
+
+    _set_fleet_stopped(instance, True)
+    workers = active_worker_runs(instance)
+    print(f"stopping the worker fleet ({len(workers)} run(s)) ...", file=sys.stderr)
+    deadline = time.monotonic() + FLEET_STOP_WAIT_S
+    while active_worker_runs(instance) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    remaining = _active_runs(instance)
+    for run in remaining:
+        print(f"terminating run {run.run_id} ({run.job_name})", file=sys.stderr)
+        with contextlib.suppress(Exception):  # its code server may be gone already; step 3 then ends it
+            instance.run_coordinator.cancel_run(run.run_id)
+    deadline = time.monotonic() + CANCEL_WAIT_S
+    while remaining and time.monotonic() < deadline:
+        time.sleep(0.5)
+        remaining = _active_runs(instance)
+
+
+def _close_orphaned_runs(instance: "dg.DagsterInstance") -> None:
+    """Runs still active once their processes are gone would block their slot on the next start. We asked
+    them to terminate, so, like run monitoring after a cancel timeout, record them CANCELED."""
+    for run in _active_runs(instance):
+        print(f"run {run.run_id} ({run.job_name}) did not end in time; recording it canceled", file=sys.stderr)
+        instance.report_run_canceled(run, "cv-queue dev stopped, and the run's process had to be killed.")
+
+
+def _shutdown(dagster: subprocess.Popen | None, tree: ProcessTree | None, instance: "dg.DagsterInstance | None",
+              broker_state_file: Path | None) -> None:
+    started = time.monotonic()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop short; it is bounded
+    print("\nstopping cv-queue dev ...", file=sys.stderr)
+    try:
+        if dagster is not None:
+            tree = tree or ProcessTree(dagster.pid)  # interrupted right after the launch
+            if instance is not None:
+                _stop_runs(instance)
+            _stop_group(dagster, tree, DAGSTER_STOP_WAIT_S)
+            if instance is not None:
+                _close_orphaned_runs(instance)
+    finally:
+        if broker_state_file is not None:
+            stopped = stop_cluster(broker_state_file, timeout_s=BROKER_STOP_TIMEOUT_S)
+            if stopped is not None:
+                print(f"stopped the local broker at {stopped.bootstrap}", file=sys.stderr)
+        print(f"cv-queue dev stopped in {time.monotonic() - started:.1f}s", file=sys.stderr)
 
 
 def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen) -> None:
@@ -60,44 +253,48 @@ def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen) -> None:
     raise RuntimeError(f"the Dagster UI did not answer at {url} within {timeout_s:.0f}s")
 
 
-def _run(cmd: list[str], env: dict[str, str]) -> None:
-    print(f"$ {' '.join(cmd)}", file=sys.stderr)
-    subprocess.run(cmd, env=env, cwd=PROJECT_ROOT, check=True)
-
-
-def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+def _stop_as_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # `kill`, `timeout` and CI stop us like Ctrl-C does: everything is cleaned up
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop_as_interrupt)
     env = dict(os.environ)
     for key, value in DEMO_ENV.items():
         env.setdefault(key, value)
-    state_file = PROJECT_ROOT / ".cvq" / "broker-state.json"
-    started_broker = False
-    if not env.get("KAFKA_BOOTSTRAP_SERVERS"):
-        data_dir = PROJECT_ROOT / ".cvq" / "kafka-data"
-        if args.fresh:
-            stop_cluster(state_file, progress=False)
-            shutil.rmtree(data_dir, ignore_errors=True)
-        state = start_cluster(1, args.broker_port, data_dir=data_dir, state_file=state_file)
-        started_broker = True
-        env["KAFKA_BOOTSTRAP_SERVERS"] = state.bootstrap
-        print(f"local Kafka ready at {state.bootstrap}", file=sys.stderr)
-    env["DAGSTER_HOME"] = str(_dagster_home(args.fresh))
-    bin_dir = Path(sys.executable).parent
-    dagster = subprocess.Popen(
-        [str(bin_dir / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(args.port)],
-        env=env, cwd=PROJECT_ROOT,
-    )
+    state_dir = args.state_dir.expanduser().resolve()
+    broker_state_file: Path | None = None
+    dagster: subprocess.Popen | None = None
+    tree: ProcessTree | None = None
+    instance = None
+    interrupted = False
     try:
+        if not env.get("KAFKA_BOOTSTRAP_SERVERS"):
+            state_file, data_dir = state_dir / "broker-state.json", state_dir / "kafka-data"
+            if args.fresh:
+                stop_cluster(state_file, progress=False)
+                shutil.rmtree(data_dir, ignore_errors=True)
+            state = start_cluster(1, args.broker_port, data_dir=data_dir, state_file=state_file)
+            broker_state_file = state_file
+            env["KAFKA_BOOTSTRAP_SERVERS"] = state.bootstrap
+            print(f"local Kafka ready at {state.bootstrap}", file=sys.stderr)
+        home = _dagster_home(args.fresh)
+        env["DAGSTER_HOME"] = str(home)
+        instance = _open_instance(home)
+        _set_fleet_stopped(instance, False)  # the last stop stopped the fleet; this start resumes it
+        bin_dir = Path(sys.executable).parent
+        dagster = subprocess.Popen(
+            [str(bin_dir / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(args.port)],
+            env=env, cwd=PROJECT_ROOT, start_new_session=True,
+        )
+        tree = ProcessTree(dagster.pid)
         _wait_http(f"http://127.0.0.1:{args.port}/server_info", 180, dagster)
-        _run([str(bin_dir / "dagster"), "asset", "materialize", "--select", "group:kafka_topics",
-              "-m", "cv_queue.definitions"], env)
+        _run_step([str(bin_dir / "dagster"), "asset", "materialize", "--select", "group:kafka_topics",
+                   "-m", "cv_queue.definitions"], env)
         if args.sample_jobs:
-            _run([str(bin_dir / "cv-queue"), "enqueue", "--count", str(args.sample_jobs), "--transient", "0.1",
-                  "--permanent", "0.05", "--until-replay", "0.05", "--invalid", "6"], env)
+            _run_step([str(bin_dir / "cv-queue"), "enqueue", "--count", str(args.sample_jobs), "--transient", "0.1",
+                       "--permanent", "0.05", "--until-replay", "0.05", "--invalid", "6"], env)
         print(
             f"\ncv-queue is running.\n  Dagster UI:  http://127.0.0.1:{args.port}\n"
             f"  broker:      {env['KAFKA_BOOTSTRAP_SERVERS']}\n"
@@ -106,15 +303,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         dagster.wait()
+        print(f"dagster dev exited on its own (code {dagster.returncode})", file=sys.stderr)
     except KeyboardInterrupt:
-        pass
+        interrupted = True
     finally:
-        if dagster.poll() is None:
-            dagster.send_signal(signal.SIGINT)
-            try:
-                dagster.wait(60)
-            except subprocess.TimeoutExpired:
-                dagster.kill()
-        if started_broker:
-            stop_cluster(state_file)
-    return 0
+        _shutdown(dagster, tree, instance, broker_state_file)
+    return 0 if interrupted else 1

@@ -1,4 +1,5 @@
-"""Smoke tests on the real broker: topic configs, transactions, and a 3-node cluster losing a node."""
+"""Smoke tests on the real broker: topic configs, transactions, and a 3-node cluster losing a node (SIGKILL)
+and getting it back from `cv-queue broker start`."""
 
 import subprocess
 import time
@@ -8,7 +9,7 @@ import pytest
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-from cv_queue.broker.cluster import node_process, read_state, stop_node
+from cv_queue.broker.cluster import kill_node, node_process, read_state
 from cv_queue.settings import QueueSettings
 from cv_queue_tests.conftest import CV_QUEUE
 from cv_queue_tests.support import free_port_block, read_topic, unique
@@ -60,7 +61,7 @@ def test_aborted_transaction_stays_invisible_to_read_committed(conn):
 
 
 @pytest.mark.cluster
-def test_three_nodes_survive_a_lost_node_with_acks_all_then_stop_cleanly(tmp_path):
+def test_three_nodes_survive_a_killed_node_and_broker_start_restarts_it(tmp_path):
     state_file = tmp_path / "state.json"
     port = free_port_block(width=3)
     started = subprocess.run([CV_QUEUE, "broker", "start", "--nodes", "3", "--port", str(port),
@@ -84,7 +85,7 @@ def test_three_nodes_survive_a_lost_node_with_acks_all_then_stop_cleanly(tmp_pat
         ])[durable].result()
         time.sleep(1)  # let every replica join the ISR before a node is taken away
 
-        stop_node(state, node_id=3)
+        kill_node(state_file, 2)  # node 3 crashes
         assert node_process(state.nodes[2]) is None
 
         producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
@@ -104,6 +105,33 @@ def test_three_nodes_survive_a_lost_node_with_acks_all_then_stop_cleanly(tmp_pat
         strict_producer.flush(20)
         assert len(failures) == 1 and failures[0] is not None
         assert "NOT_ENOUGH_REPLICAS" in failures[0].name()
+
+        # `broker start` on the recorded cluster restarts only the dead node, on its ports and data.
+        restarted = subprocess.run([CV_QUEUE, "broker", "start", "--state-file", str(state_file)],
+                                   capture_output=True, text=True, timeout=240)
+        assert restarted.returncode == 0, restarted.stderr
+        assert "restarting node(s) [3]" in restarted.stderr
+        assert restarted.stdout.strip().splitlines()[-1] == bootstrap
+        after = read_state(state_file)
+        assert after is not None
+        assert [n.pid for n in after.nodes][:2] == pids[:2] and after.nodes[2].pid != pids[2]
+        pids.append(after.nodes[2].pid)
+        status = subprocess.run([CV_QUEUE, "broker", "status", "--state-file", str(state_file)],
+                                capture_output=True, text=True, timeout=30)
+        assert status.returncode == 0 and status.stdout.count("running") == 3, status.stdout
+
+        # The cluster is whole again: min.insync.replicas=3 with acks=all is met.
+        delivered = []
+        strict_producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "message.timeout.ms": 60000})
+        strict_producer.produce(strict, value=b"after-restart", on_delivery=lambda err, msg: delivered.append(err))
+        assert strict_producer.flush(90) == 0
+        assert delivered == [None]
+
+        # All alive: start says it is running and changes nothing.
+        again = subprocess.run([CV_QUEUE, "broker", "start", "--state-file", str(state_file)],
+                               capture_output=True, text=True, timeout=60)
+        assert again.returncode == 2 and "already running" in again.stderr
+        assert [n.pid for n in read_state(state_file).nodes] == [n.pid for n in after.nodes]
     finally:
         stopped = subprocess.run([CV_QUEUE, "broker", "stop", "--state-file", str(state_file)],
                                  capture_output=True, text=True, timeout=120)
