@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install broker-fetch lint test run e2e bench ci-e2e-optimized clean
+.PHONY: install broker-fetch lint test run e2e bench chaos ci-e2e-optimized clean
 
 # (Re)install when pyproject.toml changes. Every dependency is pinned there.
 $(STAMP): pyproject.toml
@@ -35,6 +35,10 @@ run: install broker-fetch
 # Throughput: the seed's before/after and ours, no-op vs the bare client, DLQ replay; prints JSON lines and tables.
 bench: install broker-fetch
 	$(BIN)/cv-queue bench --standard
+
+# The chaos suite alone (also part of `make test`): SIGKILLed workers, a poison mix, memory behind a hung job.
+chaos: install broker-fetch
+	$(BIN)/pytest -m chaos -s cv_queue_tests/chaos
 
 # End to end through Dagster: broker, daemon, topic assets, worker fleet, 1,000 jobs with failures, DLQ replay.
 e2e: install broker-fetch
