@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install broker-fetch lint test run e2e bench chaos ci-e2e-optimized clean
+.PHONY: install broker-fetch system-deps lint test run e2e bench chaos ci-e2e-optimized clean
 
 # (Re)install when pyproject.toml changes. Every dependency is pinned there.
 $(STAMP): pyproject.toml
@@ -20,12 +20,23 @@ install: $(STAMP)
 broker-fetch: install
 	$(BIN)/cv-queue broker fetch
 
+# Debian packages the tests use, installed once on a fresh machine: kcat (an independent Kafka client, the only
+# one that can write the non-UTF-8 header names the chaos suite sends).
+SYSTEM_PACKAGES := kcat
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
 lint: install
 	$(BIN)/ruff check .
 
 # Everything CI runs: install, fetch the broker, lint, then the whole suite against a real Kafka broker
 # that the test session starts and stops itself.
-test: install broker-fetch lint
+test: install broker-fetch system-deps lint
 	$(BIN)/pytest
 
 # The main job: local broker, Dagster UI on http://127.0.0.1:3000, topics, worker fleet, sample jobs.
@@ -37,7 +48,7 @@ bench: install broker-fetch
 	$(BIN)/cv-queue bench --standard
 
 # The chaos suite alone (also part of `make test`): SIGKILLed workers, a poison mix, memory behind a hung job.
-chaos: install broker-fetch
+chaos: install broker-fetch system-deps
 	$(BIN)/pytest -m chaos -s cv_queue_tests/chaos
 
 # End to end through Dagster: broker, daemon, topic assets, worker fleet, 1,000 jobs with failures, DLQ replay.

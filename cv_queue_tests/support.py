@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
-from cv_queue.kafka.clients import poll_batch
+from cv_queue.kafka.clients import admin_client, poll_batch
+from cv_queue.kafka.lag import end_offsets
 from cv_queue.kafka.worker import PartitionWorker, WorkerStats
 from cv_queue.settings import KafkaConnection, QueueSettings, Slot
 
@@ -54,17 +55,22 @@ def read_topic(conn: KafkaConnection, topic: str, *, expect: int | None = None, 
                idle_s: float = 2.0) -> list[Message]:
     """Every committed record of a topic, read from the beginning (read_committed, no group commits).
 
-    With `expect`, reads until that many arrived (or timeout); without, until idle for idle_s.
+    With `expect`, reads until that many arrived (or timeout); without, until every partition is read to the
+    last stable offset it had when the read began (the fetch position moves past transaction markers too), and
+    then idle_s longer, so a record committed meanwhile is also seen.
     Returns what it read: callers assert on it.
     """
     consumer = Consumer({**conn.client_config(), "group.id": unique("reader-"), "enable.auto.commit": False,
                          "isolation.level": "read_committed", "auto.offset.reset": "earliest"})
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+        partitions = list(meta.partitions)
+        ends = end_offsets(admin_client(conn), topic, partitions) if expect is None else {}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         out: list[Message] = []
         deadline = time.monotonic() + timeout_s
         last = time.monotonic()
+        caught_up = False
         while time.monotonic() < deadline:
             batch = poll_batch(consumer, 1000, 0.2)
             for msg in batch:
@@ -72,11 +78,15 @@ def read_topic(conn: KafkaConnection, topic: str, *, expect: int | None = None, 
                     out.append(msg)
             if batch:
                 last = time.monotonic()
-            if expect is not None and len(out) >= expect:
-                # keep reading briefly: a duplicate would arrive right behind
-                if time.monotonic() - last > 0.5:
+            if expect is not None:
+                # keep reading briefly once there: a duplicate would arrive right behind
+                if len(out) >= expect and time.monotonic() - last > 0.5:
                     break
-            elif expect is None and time.monotonic() - last > idle_s:
+                continue
+            if not caught_up:
+                positions = consumer.position([TopicPartition(topic, p) for p in partitions])
+                caught_up = all(tp.offset >= ends[tp.partition] for tp in positions if ends[tp.partition] > 0)
+            if caught_up and time.monotonic() - last > min(idle_s, 0.5):
                 break
         return out
     finally:

@@ -38,7 +38,11 @@ def plan_nodes(nodes: int, base_port: int, data_root: Path) -> list[NodeLayout]:
 
 def new_cluster_id() -> str:
     """A Kafka cluster id (22-char base64url UUID, what `StorageTool random-uuid` prints), without a JVM."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    while True:
+        # Like Kafka's own Uuid.randomUuid, never an id that starts with "-": the storage tool would read it as a flag.
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def render_server_properties(node: NodeLayout, cluster: list[NodeLayout]) -> str:

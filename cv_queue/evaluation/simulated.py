@@ -77,6 +77,9 @@ class SimulatedLLM:
         delay = self._sleep_ms(job, rng)
         if delay > 0:
             time.sleep(delay / 1000)
+        return self._outcome(job, ctx, rng)
+
+    def _outcome(self, job: EvaluationJob, ctx: JobContext, rng: random.Random) -> EvaluationScores:
         self._apply_directive(job, ctx)
         draw = rng.random()
         transient, limited, permanent = self.rates
@@ -110,6 +113,17 @@ class SimulatedLLM:
             json.loads('{"cv_match_rate": 0.5, "project_score": ')  # raises JSONDecodeError, as a cut-off answer does
         if kind == "invalid_output" and ctx.handler_call <= int(arg or 1):
             EvaluationScores.model_validate({"cv_match_rate": 7, "project_score": -1})  # raises ValidationError
+
+
+class AsyncSimulatedLLM(SimulatedLLM):
+    """SimulatedLLM as an async handler: its latency is an await, as a real LLM call over HTTP is."""
+
+    async def __call__(self, job: EvaluationJob, ctx: JobContext) -> EvaluationScores:  # type: ignore[override]
+        rng = self._rng(job, ctx)
+        delay = self._sleep_ms(job, rng)
+        if delay > 0:
+            await asyncio.sleep(delay / 1000)
+        return self._outcome(job, ctx, rng)
 
 
 _BASE_EXCEPTIONS: dict[str, type[BaseException]] = {

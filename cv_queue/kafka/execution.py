@@ -5,13 +5,15 @@ raises a BaseException (asyncio.CancelledError, SystemExit or KeyboardInterrupt 
 handler thread therefore never dies with its job, and every job gets exactly one outcome.
 """
 
+import asyncio
+import inspect
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cv_queue.errors import ErrorCategory
 from cv_queue.evaluation.handler import JobContext, JobHandler
-from cv_queue.kafka.backoff import InProcessRetry
+from cv_queue.kafka.backoff import AsyncInProcessRetry, InProcessRetry
 from cv_queue.kafka.classify import ErrorClassifier
 from cv_queue.kafka.delivery import Delivery
 from cv_queue.kafka.records import Failure
@@ -55,6 +57,25 @@ def failure_of(exc: BaseException, classifier: ErrorClassifier) -> Failure:
         return Failure(ErrorCategory.TRANSIENT, type(exc).__qualname__, "unprintable exception", "")
 
 
+def is_async_handler(handler: object) -> bool:
+    """An `async def` handler, or an object whose `__call__` is one."""
+    call = type(handler).__call__ if not inspect.isroutine(handler) else handler
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)
+
+
+def _malformed_final(failure: Failure, repairs: int) -> Failure:
+    return Failure(ErrorCategory.PERMANENT, failure.error_class,
+                   f"handler output still malformed after {repairs} repair call(s): {failure.message}",
+                   failure.stacktrace)
+
+
+def _context(task: Task, worker: str) -> JobContext:
+    delivery = task.delivery
+    return JobContext(attempt=delivery.attempts + 1, handler_call=delivery.handler_calls + task.calls,
+                      replays=delivery.replays, worker=worker, partition=delivery.source.partition,
+                      offset=delivery.source.offset)
+
+
 class JobRunner:
     """Calls the handler for one delivery: tenacity for blips, repair calls for malformed output.
 
@@ -80,20 +101,52 @@ class JobRunner:
                     continue
                 failure = failure_of(exc, self.classifier)
                 if self.classifier.is_malformed_output(exc):
-                    failure = Failure(
-                        ErrorCategory.PERMANENT, failure.error_class,
-                        f"handler output still malformed after {self.repairs} repair call(s): {failure.message}",
-                        failure.stacktrace)
+                    failure = _malformed_final(failure, self.repairs)
                 return Completion(task, task.calls, None, failure)
 
     def _invoke(self, task: Task) -> bytes:
         task.calls += 1
-        delivery = task.delivery
-        attempt = delivery.attempts + 1
-        handler_calls = delivery.handler_calls + task.calls
-        ctx = JobContext(attempt=attempt, handler_call=handler_calls, replays=delivery.replays, worker=self.worker,
-                         partition=delivery.source.partition, offset=delivery.source.offset)
+        ctx = _context(task, self.worker)
         return result_bytes(task, self.handler(task.job, ctx), ctx, self.worker)
+
+
+class AsyncJobRunner:
+    """JobRunner for an async handler, on the worker's event loop.
+
+    The job's own timeout cancels it; that cancellation is passed on, never taken for the handler's failure. A
+    CancelledError that the handler raises by itself (a library cancelling its own work) is a failure of the job.
+    """
+
+    def __init__(self, handler: JobHandler, retry: RetrySettings, classifier: ErrorClassifier, worker: str) -> None:
+        self.handler = handler
+        self.repairs = retry.output_repairs
+        self.classifier = classifier
+        self.worker = worker
+        self._retrying = AsyncInProcessRetry(retry, classifier)
+
+    async def __call__(self, task: Task) -> Completion:
+        repairs_left = self.repairs
+        while True:
+            try:
+                result = await self._retrying(lambda: self._invoke(task))
+                return Completion(task, task.calls, result, None)
+            except BaseException as exc:
+                current = asyncio.current_task()
+                if isinstance(exc, asyncio.CancelledError) and current is not None and current.cancelling():
+                    raise  # we are being cancelled (the job timed out, or the worker is closing)
+                if self.classifier.is_malformed_output(exc) and repairs_left > 0:
+                    repairs_left -= 1
+                    continue
+                failure = failure_of(exc, self.classifier)
+                if self.classifier.is_malformed_output(exc):
+                    failure = _malformed_final(failure, self.repairs)
+                return Completion(task, task.calls, None, failure)
+
+    async def _invoke(self, task: Task) -> bytes:
+        task.calls += 1
+        ctx = _context(task, self.worker)
+        output = await self.handler(task.job, ctx)  # type: ignore[misc]
+        return result_bytes(task, output, ctx, self.worker)
 
 
 def result_bytes(task: Task, output: EvaluationScores | Evaluation, ctx: JobContext, worker: str) -> bytes:

@@ -200,15 +200,18 @@ class _Replayer:
         """Replay or park one letter, or stop its partition there; False when the letter was left in place."""
         partition, offset = msg.partition(), msg.offset()
         self.report.scanned += 1
+        # Read once: after a failed read the client hands back a broken cached list instead of raising again.
+        headers = _headers(msg)
         try:
-            letter = read_dead_letter(msg.topic(), partition, offset, msg.key(), msg.value(), _headers(msg))
+            letter = read_dead_letter(msg.topic(), partition, offset, msg.key(), msg.value(), headers)
         except InvalidPayloadError as exc:
             # Not ours to interpret: keep it, whole, where a human will look.
-            self._park(msg, f"undecodable dead letter: {exc}", self.settings.dlq_category(partition))
+            self._park(msg, headers, f"undecodable dead letter: {exc}", self.settings.dlq_category(partition))
             return True
-        if h.last(_headers(msg), h.VALUE_TRUNCATED) is not None or h.last(_headers(msg), h.KEY_TRUNCATED) is not None:
+        if h.last(headers, h.VALUE_TRUNCATED) is not None or h.last(headers, h.KEY_TRUNCATED) is not None:
             # Shrunk to fit the DLQ: what is left is not the job any more, and replaying it would only fail again.
-            self._park(msg, "the letter was cut to fit max.message.bytes; the job cannot be replayed", letter.category)
+            self._park(msg, headers, "the letter was cut to fit max.message.bytes; the job cannot be replayed",
+                       letter.category)
             return True
         if letter.failed_at > self.cutoff:
             self.report.left_too_young[partition] = offset
@@ -217,7 +220,8 @@ class _Replayer:
             self.report.left_unmatched[partition] = offset
             return False
         if letter.replays >= self.request.max_replays:
-            self._park(msg, f"replayed {letter.replays} times (cap {self.request.max_replays})", letter.category)
+            self._park(msg, headers, f"replayed {letter.replays} times (cap {self.request.max_replays})",
+                       letter.category)
             return True
         self.pending.append(OutputRecord(topic=self.target, key=letter.key, value=letter.value,
                                          headers=replayed_headers(letter)))
@@ -225,9 +229,9 @@ class _Replayer:
         self.next_offsets[partition] = offset + 1
         return True
 
-    def _park(self, msg: Message, reason: str, category: ErrorCategory) -> None:
+    def _park(self, msg: Message, headers: h.Headers, reason: str, category: ErrorCategory) -> None:
         self.pending.append(OutputRecord(topic=self.names.parked, key=msg.key(), value=msg.value(),
-                                         headers=parked_headers(_headers(msg), reason, now_ms())))
+                                         headers=parked_headers(headers, reason, now_ms())))
         self._count(category, ReplayOutcome.PARKED)
         self.next_offsets[msg.partition()] = msg.offset() + 1
 

@@ -6,8 +6,9 @@ How one worker runs (each step lives in its own module):
   each output topic's size limit and starts from the committed offsets of the worker group (startup.py).
 - Intake (intake.py): each record's `cvq.` headers are parsed once into a Delivery (delivery.py) and its value
   into a job; anything undecodable is dead-lettered at once as invalid_payload.
-- Execution: a HandlerPool (pool.py) runs jobs on handler threads, one per key at a time, each within
-  `job_timeout_s`; JobRunner (execution.py) turns whatever the handler does into exactly one Completion.
+- Execution: a HandlerPool (pool.py) runs jobs on handler threads, or an AsyncHandlerPool (async_pool.py) runs an
+  async handler's jobs on one event loop; either runs one job per key at a time, each within `job_timeout_s`, and
+  JobRunner / AsyncJobRunner (execution.py) turn whatever the handler does into exactly one Completion.
 - Routing: the Router (routing.py) makes each completion one output: result, retry record or dead letter.
 - Commit (commit.py): every output is held until its source offset is under the contiguous completed watermark
   (inflight.py), then produced in the same transaction that commits that watermark (transaction.py). A crash at
@@ -28,12 +29,13 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from cv_queue.errors import ErrorCategory
 from cv_queue.evaluation.handler import JobHandler, load_handler
+from cv_queue.kafka.async_pool import AsyncHandlerPool
 from cv_queue.kafka.classify import ErrorClassifier
 from cv_queue.kafka.client_log import CLIENT_LOG
 from cv_queue.kafka.clients import assigned_consumer, poll_batch, transactional_producer
 from cv_queue.kafka.commit import WatermarkCommitter
 from cv_queue.kafka.envelope import now_ms
-from cv_queue.kafka.execution import Completion, JobRunner
+from cv_queue.kafka.execution import AsyncJobRunner, Completion, JobRunner, is_async_handler
 from cv_queue.kafka.fit import OutputLimits
 from cv_queue.kafka.flow import FlowControl
 from cv_queue.kafka.inflight import PartitionTracker
@@ -90,10 +92,17 @@ class PartitionWorker:
         self.stats = WorkerStats(slot=slot.name, worker=self.worker_id)
         self._classifier = ErrorClassifier(settings.retry.rules)
         worker = settings.worker
-        self._pool = HandlerPool(
-            lambda: JobRunner(self.handler, settings.retry, self._classifier, self.worker_id),
-            size=worker.max_in_flight, job_timeout_s=worker.job_timeout_s,
-            max_abandoned=worker.max_abandoned_handlers, thread_prefix=f"cvq-handler-{slot.name}")
+        self._pool: HandlerPool | AsyncHandlerPool
+        if is_async_handler(self.handler):
+            self._pool = AsyncHandlerPool(
+                AsyncJobRunner(self.handler, settings.retry, self._classifier, self.worker_id),
+                size=worker.max_in_flight, job_timeout_s=worker.job_timeout_s,
+                thread_prefix=f"cvq-handler-{slot.name}")
+        else:
+            self._pool = HandlerPool(
+                lambda: JobRunner(self.handler, settings.retry, self._classifier, self.worker_id),
+                size=worker.max_in_flight, job_timeout_s=worker.job_timeout_s,
+                max_abandoned=worker.max_abandoned_handlers, thread_prefix=f"cvq-handler-{slot.name}")
         self._router = Router(settings, self.worker_id, OutputLimits(), self.stats)
         self._flow = FlowControl(settings, self._source_partitions(), self.names.retry)
         self._trackers: dict[tuple[str, int], PartitionTracker[OutputRecord]] = {}

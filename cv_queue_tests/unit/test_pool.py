@@ -9,9 +9,10 @@ import pytest
 
 from cv_queue.errors import ErrorCategory, MalformedOutputError
 from cv_queue.evaluation.samples import sample_jobs
+from cv_queue.kafka.async_pool import AsyncHandlerPool
 from cv_queue.kafka.classify import ErrorClassifier
 from cv_queue.kafka.delivery import parse_delivery
-from cv_queue.kafka.execution import JOB_TIMEOUT_CLASS, Completion, JobRunner, Task
+from cv_queue.kafka.execution import JOB_TIMEOUT_CLASS, AsyncJobRunner, Completion, JobRunner, Task, is_async_handler
 from cv_queue.kafka.pool import HandlerPool
 from cv_queue.kafka.records import SourceRecord
 from cv_queue.messages import EvaluationScores
@@ -138,3 +139,108 @@ def test_malformed_output_is_repaired_then_permanent_never_invalid_payload() -> 
         assert failed.failure is not None and failed.calls == 1 + RETRY.output_repairs
         assert failed.failure.category == ErrorCategory.PERMANENT
         assert "repair call" in failed.failure.message
+
+
+# --- the async pool: the same contract on one event loop ---------------------------------------------------------
+
+
+def _async_pool(handler: object, size: int = 4, timeout_s: float = 60) -> AsyncHandlerPool:
+    pool = AsyncHandlerPool(AsyncJobRunner(handler, RETRY, ErrorClassifier(), "w"), size=size,  # type: ignore[arg-type]
+                            job_timeout_s=timeout_s, thread_prefix="cvq-handler-async-test")
+    pool.start()
+    return pool
+
+
+def test_async_handlers_are_detected() -> None:
+    async def fn(job: object, ctx: object) -> EvaluationScores:
+        return SCORES
+
+    class Handler:
+        async def __call__(self, job: object, ctx: object) -> EvaluationScores:
+            return SCORES
+
+    assert is_async_handler(fn) and is_async_handler(Handler())
+    assert not is_async_handler(lambda job, ctx: SCORES)
+
+
+def test_many_async_jobs_run_at_once_one_per_key_in_order() -> None:
+    running: dict[bytes, int] = {}
+    peak = {"all": 0, "now": 0}
+    order: list[str] = []
+
+    async def handler(job: object, ctx: object) -> EvaluationScores:
+        key = job.key  # type: ignore[attr-defined]
+        running[key] = running.get(key, 0) + 1
+        assert running[key] == 1, "two jobs of one key at once"
+        peak["now"] += 1
+        peak["all"] = max(peak["all"], peak["now"])
+        order.append(job.job_id)  # type: ignore[attr-defined]
+        await asyncio.sleep(0.2)
+        peak["now"] -= 1
+        running[key] -= 1
+        return SCORES
+
+    pool = _async_pool(handler, size=100)
+    try:
+        tasks = [_task(i) for i in range(200)]
+        shared = [Task(delivery=_task(500 + i).delivery, job=_task(500 + i).job, lane=b"one-key") for i in range(5)]
+        pool.offer([*tasks, *shared])
+        done = _collect(pool, 205, timeout_s=30)
+        assert all(c.result is not None for c in done)
+        assert peak["all"] == 100, "the pool runs exactly `size` jobs at once"
+        assert [o for o in order if o in {t.job.job_id for t in shared}] == [t.job.job_id for t in shared]
+    finally:
+        pool.close()
+
+
+def test_an_async_job_past_its_timeout_is_cancelled_and_fails_as_timeout() -> None:
+    cancelled = threading.Event()
+
+    async def handler(job: object, ctx: object) -> EvaluationScores:
+        if str(job.job_id).startswith("p0"):  # type: ignore[attr-defined]
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+        return SCORES
+
+    pool = _async_pool(handler, timeout_s=0.5)
+    try:
+        pool.offer([_task(i) for i in range(3)])
+        done = {c.task.job.job_id[:2]: c for c in _collect(pool, 3)}
+        assert done["p0"].failure is not None and done["p0"].failure.error_class == JOB_TIMEOUT_CLASS
+        assert cancelled.is_set() and pool.timed_out == 1 and pool.in_flight == 0
+    finally:
+        pool.close()
+
+
+def test_a_cancelled_error_raised_by_the_handler_itself_is_a_failure_not_a_stop() -> None:
+    async def handler(job: object, ctx: object) -> EvaluationScores:
+        if str(job.job_id).startswith("p0"):  # type: ignore[attr-defined]
+            raise asyncio.CancelledError("a library cancelled its own request")
+        return SCORES
+
+    pool = _async_pool(handler)
+    try:
+        pool.offer([_task(i) for i in range(3)])
+        done = {c.task.job.job_id[:2]: c for c in _collect(pool, 3)}
+        assert done["p0"].failure is not None and done["p0"].failure.error_class.endswith("CancelledError")
+        assert done["p1"].result is not None and pool.broken is None
+    finally:
+        pool.close()
+
+
+def test_a_handler_blocking_the_loop_breaks_the_pool_with_a_reason() -> None:
+    async def handler(job: object, ctx: object) -> EvaluationScores:
+        time.sleep(3)  # a synchronous call inside async def: every other job stalls with it
+        return SCORES
+
+    pool = _async_pool(handler, timeout_s=1)
+    try:
+        pool.offer([_task(0)])
+        time.sleep(2.5)
+        pool.expire()
+        assert pool.broken is not None and "blocking" in pool.broken
+    finally:
+        pool.close()
