@@ -24,7 +24,9 @@ class JobHandler(Protocol):
     any other exception is classified by type (see cv_queue.kafka.classify).
 
     Returns the scores, or an Evaluation (scores plus the model usage behind them). A handler may also be
-    `async def` (or a class with an async `__call__`): the worker then runs it on an asyncio event loop.
+    `async def` (or a class with an async `__call__`): the worker then runs it on an asyncio event loop. A handler
+    that never blocks may set `inline = True`: the worker then runs it on its poll thread, with no hand-off per job
+    (and no job timeout, which is why only a handler that cannot hang may ask for it).
     """
 
     def __call__(self, job: EvaluationJob, ctx: JobContext) -> EvaluationScores | Evaluation: ...

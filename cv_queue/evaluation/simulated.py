@@ -134,7 +134,9 @@ _BASE_EXCEPTIONS: dict[str, type[BaseException]] = {
 
 
 class NoopHandler:
-    """Returns a fixed score at once: measures the queue itself, not the work."""
+    """Returns a fixed score at once: measures the queue itself, not the work. Run inline on the poll thread."""
+
+    inline = True  # never blocks: the worker runs it on the poll thread, without a thread hand-off per job
 
     _SCORES = EvaluationScores(cv_match_rate=0.5, project_score=5.0, cv_feedback="noop", project_feedback="noop",
                                overall_summary="noop")

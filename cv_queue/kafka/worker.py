@@ -7,7 +7,8 @@ How one worker runs (each step lives in its own module):
 - Intake (intake.py): each record's `cvq.` headers are parsed once into a Delivery (delivery.py) and its value
   into a job; anything undecodable is dead-lettered at once as invalid_payload.
 - Execution: a HandlerPool (pool.py) runs jobs on handler threads, or an AsyncHandlerPool (async_pool.py) runs an
-  async handler's jobs on one event loop; either runs one job per key at a time, each within `job_timeout_s`, and
+  async handler's jobs on one event loop (a handler that says `inline = True` runs on the poll thread:
+  inline_pool.py); each runs one job per key at a time, each within `job_timeout_s`, and
   JobRunner / AsyncJobRunner (execution.py) turn whatever the handler does into exactly one Completion.
 - Routing: the Router (routing.py) makes each completion one output: result, retry record or dead letter.
 - Commit (commit.py): every output is held until its source offset is under the contiguous completed watermark
@@ -39,6 +40,7 @@ from cv_queue.kafka.execution import AsyncJobRunner, Completion, JobRunner, is_a
 from cv_queue.kafka.fit import OutputLimits
 from cv_queue.kafka.flow import FlowControl
 from cv_queue.kafka.inflight import PartitionTracker
+from cv_queue.kafka.inline_pool import InlinePool
 from cv_queue.kafka.intake import Intake
 from cv_queue.kafka.layout import fence_overlapping_slots
 from cv_queue.kafka.pool import HandlerPool
@@ -92,8 +94,10 @@ class PartitionWorker:
         self.stats = WorkerStats(slot=slot.name, worker=self.worker_id)
         self._classifier = ErrorClassifier(settings.retry.rules)
         worker = settings.worker
-        self._pool: HandlerPool | AsyncHandlerPool
-        if is_async_handler(self.handler):
+        self._pool: HandlerPool | AsyncHandlerPool | InlinePool
+        if getattr(self.handler, "inline", False) is True:
+            self._pool = InlinePool(JobRunner(self.handler, settings.retry, self._classifier, self.worker_id))
+        elif is_async_handler(self.handler):
             self._pool = AsyncHandlerPool(
                 AsyncJobRunner(self.handler, settings.retry, self._classifier, self.worker_id),
                 size=worker.max_in_flight, job_timeout_s=worker.job_timeout_s,

@@ -1,11 +1,12 @@
-"""Async handlers through the real worker: many jobs in flight on one event loop, with the same guarantees as the
-thread handlers (exactly-once output, per-key order, the watermark, the job timeout)."""
+"""Async and inline handlers through the real worker: many jobs in flight on one event loop, or every job on the
+poll thread, with the same guarantees as thread handlers (exactly-once output, per-key order, the watermark, the
+job timeout where one can apply)."""
 
 import threading
 from collections import Counter
 
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.evaluation.simulated import AsyncSimulatedLLM
+from cv_queue.evaluation.simulated import AsyncSimulatedLLM, NoopHandler
 from cv_queue.kafka.clients import admin_client
 from cv_queue.kafka.envelope import read_dead_letter
 from cv_queue.kafka.execution import JOB_TIMEOUT_CLASS
@@ -65,3 +66,19 @@ def test_async_jobs_of_one_key_run_in_order_and_a_hung_one_is_cancelled(conn, pr
                               letters[0].value(), letters[0].headers())
     assert letter.error_class == JOB_TIMEOUT_CLASS and letter.original_partition == hung.partition
     assert len(letters) == 1 and {d.partition for d in same} == {same[0].partition}
+
+
+def test_an_inline_handler_runs_on_the_poll_thread_exactly_once(conn, provisioned):
+    settings = tuned(provisioned, worker={"max_in_flight": 4})
+    jobs = list(sample_jobs(2000, seed=51))
+    JobProducer(conn, settings.topic_names.main).enqueue_batch(jobs)
+    with running_workers(conn, settings, handler=NoopHandler()) as workers:
+        wait_for(lambda: len(read_topic(conn, settings.topic_names.results, idle_s=0.3)) >= len(jobs), 60,
+                 "every job's result")
+        handler_threads = [t.name for t in threading.enumerate() if t.name.startswith("cvq-handler-")]
+        stats = [w.join() for w in workers]
+    assert handler_threads == [], "an inline handler needs no handler threads"
+    results = read_topic(conn, settings.topic_names.results, idle_s=1.0)
+    per_job = Counter(m.key().decode() for m in results)
+    assert set(per_job) == {j.job_id for j in jobs} and max(per_job.values()) == 1
+    assert sum(s.succeeded for s in stats) == len(jobs)
