@@ -1,0 +1,220 @@
+"""LLMEvaluator: a job handler for any OpenAI-compatible chat-completions API, through the official openai SDK.
+
+One evaluation is one chat completion, plus up to `max_repairs` follow-ups when the answer is malformed or out of
+range. The SDK never retries (max_retries=0): the queue does, with backoff, the retry topic and the DLQ, and an SDK
+retry underneath would hide both the failure and its cost.
+"""
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+from pydantic import SecretStr
+
+from cv_queue.evaluation.handler import JobContext
+from cv_queue.evaluation.llm.api_errors import (
+    LLMConfigError,
+    UnusableAnswerError,
+    hides_cause,
+    map_api_error,
+)
+from cv_queue.evaluation.llm.parsing import AnswerError, parse_answer
+from cv_queue.evaluation.llm.prompt import (
+    PROMPT_VERSION,
+    build_messages,
+    load_templates,
+    read_cv_text,
+    repair_messages,
+)
+from cv_queue.evaluation.llm.schema import FALLBACK_ORDER, OutputMode, answer_schema, next_mode, response_format
+from cv_queue.messages import Evaluation, EvaluationJob, ModelUsage
+from cv_queue.settings import LLMSettings, QueueSettings
+
+log = logging.getLogger(__name__)
+
+#: How much of an unusable answer a dead letter keeps (its error message is capped at 2,000 characters).
+RAW_ANSWER_CHARS = 1500
+_ERROR_CHARS = 350
+
+
+def resolve_api_key(settings: LLMSettings) -> SecretStr:
+    """CVQ_LLM__API_KEY, else OPENAI_API_KEY; neither is a configuration error."""
+    if settings.api_key is not None and settings.api_key.get_secret_value():
+        return settings.api_key
+    from_env = os.environ.get("OPENAI_API_KEY", "")
+    if from_env:
+        return SecretStr(from_env)
+    raise LLMConfigError(
+        "no LLM API key: set CVQ_LLM__API_KEY or OPENAI_API_KEY (a server that needs no key, such as a local "
+        "Ollama or vLLM, accepts any non-empty value)")
+
+
+@dataclass
+class _UsageTally:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    calls: int = 0
+    model: str = ""
+
+    def add(self, completion: ChatCompletion) -> None:
+        self.calls += 1
+        self.model = completion.model or self.model
+        if completion.usage is not None:
+            self.prompt_tokens += completion.usage.prompt_tokens
+            self.completion_tokens += completion.usage.completion_tokens
+            self.total_tokens += completion.usage.total_tokens
+
+    def usage(self, prompt_version: str) -> ModelUsage:
+        return ModelUsage(
+            model=self.model, prompt_version=prompt_version, prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens, total_tokens=self.total_tokens, calls=max(self.calls, 1))
+
+
+def _answer_text(completion: ChatCompletion) -> str:
+    if not completion.choices:
+        raise AnswerError("the response has no choices")
+    message = completion.choices[0].message
+    if message.content is None:
+        if message.refusal:
+            raise AnswerError(f"the model refused: {message.refusal}")
+        raise AnswerError("the answer is empty")
+    return message.content
+
+
+def _unusable(raw: str, error: str, tally: _UsageTally) -> UnusableAnswerError:
+    error = error if len(error) <= _ERROR_CHARS else error[:_ERROR_CHARS] + "..."
+    kept = raw if len(raw) <= RAW_ANSWER_CHARS else raw[:RAW_ANSWER_CHARS] + " [truncated]"
+    return UnusableAnswerError(
+        f"unusable LLM answer after {tally.calls} calls ({tally.calls - 1} repairs): {error} | raw answer "
+        f"({len(raw)} chars): {kept}",
+        raw_answer=raw, validation_error=error)
+
+
+class LLMEvaluator:
+    """Scores a job with an OpenAI-compatible chat model. Async: the worker runs it on its event loop.
+
+    Built with keyword options that override `QueueSettings().llm` (CVQ_LLM__*), e.g. {"model": "...",
+    "base_url": "..."}. The API key never comes from options: options are configuration that gets shown and logged.
+    """
+
+    def __init__(self, *, settings: LLMSettings | None = None, prompt_version: str | None = None,
+                 **overrides: Any) -> None:
+        if "api_key" in overrides:
+            raise LLMConfigError("api_key is not an evaluator option: set CVQ_LLM__API_KEY or OPENAI_API_KEY")
+        unknown = sorted(set(overrides) - set(LLMSettings.model_fields))
+        if unknown:
+            raise LLMConfigError(f"unknown LLM options {unknown}; known: {sorted(LLMSettings.model_fields)}")
+        if settings is not None and not isinstance(settings, LLMSettings):
+            raise LLMConfigError("settings must be an LLMSettings (put plain options at the top level instead)")
+        base = settings if settings is not None else QueueSettings().llm
+        self.settings = LLMSettings.model_validate({**base.model_dump(), **overrides})
+        self._api_key = resolve_api_key(self.settings)
+        self.templates = load_templates(prompt_version or PROMPT_VERSION)
+        requested = self.settings.structured_output
+        self._mode: OutputMode = FALLBACK_ORDER[0] if requested == "auto" else requested
+        self._may_fall_back = requested == "auto"
+        self._mode_confirmed = not self._may_fall_back
+        self._client: openai.AsyncOpenAI | None = None
+        self._semaphore: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"LLMEvaluator(model={self.settings.model!r}, base_url={self.settings.base_url!r})"
+
+    @property
+    def output_mode(self) -> OutputMode:
+        """How JSON is requested now (after any fallback `auto` settled on)."""
+        return self._mode
+
+    @property
+    def prompt_version(self) -> str:
+        return self.templates.version
+
+    async def __call__(self, job: EvaluationJob, ctx: JobContext) -> Evaluation:
+        cv_text = await read_cv_text(job)
+        criteria = list(job.scoring_rubric)
+        schema = answer_schema(criteria)
+        prompt = build_messages(self.templates, job, cv_text, schema)
+        messages = prompt
+        tally = _UsageTally(model=self.settings.model)
+        while True:
+            completion = await self._complete(messages, schema)
+            tally.add(completion)
+            raw = ""
+            try:
+                raw = _answer_text(completion)
+                scores = parse_answer(raw, criteria)
+            except AnswerError as exc:
+                problem = str(exc) + self._cut_off_hint(completion)
+                if tally.calls > self.settings.max_repairs:
+                    raise _unusable(raw, problem, tally) from None
+                messages = repair_messages(self.templates, prompt, raw, problem)
+                continue
+            return Evaluation(scores=scores, usage=tally.usage(self.templates.version))
+
+    def _cut_off_hint(self, completion: ChatCompletion) -> str:
+        # A truncated answer is malformed for a reason the model cannot see; the dead letter should name the cure.
+        if completion.choices and completion.choices[0].finish_reason == "length":
+            return (f" (the answer was cut off at max_tokens={self.settings.max_tokens}: be brief, or raise "
+                    "CVQ_LLM__MAX_TOKENS)")
+        return ""
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections (the worker calls this on shutdown, if it can)."""
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    def _client_for_this_loop(self) -> tuple[openai.AsyncOpenAI, asyncio.Semaphore]:
+        # Made lazily, inside the running loop: connections and the semaphore belong to one event loop, and a
+        # handler is constructed before its loop exists. A new loop (a restarted worker loop) gets new ones.
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._semaphore is None or self._loop is not loop:
+            self._client = openai.AsyncOpenAI(
+                api_key=self._api_key.get_secret_value(), base_url=self.settings.base_url,
+                timeout=self.settings.request_timeout_s, max_retries=0)
+            self._semaphore = asyncio.Semaphore(self.settings.max_concurrent_requests)
+            self._loop = loop
+        return self._client, self._semaphore
+
+    async def _complete(self, messages: list[ChatCompletionMessageParam], schema: dict[str, Any]) -> ChatCompletion:
+        """One chat completion, falling back to weaker structured output while `auto` has not settled."""
+        client, semaphore = self._client_for_this_loop()
+        mode = self._mode
+        while True:
+            fmt = response_format(mode, schema)
+            try:
+                async with semaphore:
+                    completion = await client.chat.completions.create(
+                        model=self.settings.model, messages=messages, temperature=self.settings.temperature,
+                        max_tokens=self.settings.max_tokens,
+                        **({"response_format": fmt} if fmt is not None else {}),
+                    )
+            except openai.BadRequestError as exc:
+                weaker = next_mode(mode) if self._may_fall_back and not self._mode_confirmed else None
+                if weaker is None:
+                    raise map_api_error(exc, self.settings, self._api_key.get_secret_value()) from exc
+                log.info("LLM server at %s refused response_format %s (%s); trying %s",
+                            self.settings.base_url, mode, exc.status_code, weaker)
+                mode = weaker
+                continue
+            except openai.APIError as exc:
+                mapped = map_api_error(exc, self.settings, self._api_key.get_secret_value())
+                if hides_cause(exc):
+                    raise mapped from None
+                raise mapped from exc
+            self._settle(mode)
+            return completion
+
+    def _settle(self, mode: OutputMode) -> None:
+        """Remember a mode once a call in it succeeded. Only success settles it: a 400 in every mode means the
+        request itself is wrong (too long, say), not that the server lacks structured output."""
+        if FALLBACK_ORDER.index(mode) > FALLBACK_ORDER.index(self._mode):
+            log.warning("LLM server at %s: using response_format %s from now on", self.settings.base_url, mode)
+            self._mode = mode
+        self._mode_confirmed = True
