@@ -23,14 +23,16 @@ from cv_queue.kafka.records import Failure
 log = logging.getLogger("cv_queue.worker")
 
 HEARTBEAT_S = 0.5
+CLOSE_TIMEOUT_S = 5.0
 
 
 class AsyncHandlerPool:
     """Runs Tasks with the coroutine function `run` on an event loop in a thread of its own."""
 
     def __init__(self, run: Callable[[Task], Awaitable[Completion]], size: int, job_timeout_s: float,
-                 thread_prefix: str) -> None:
+                 thread_prefix: str, on_close: Callable[[], Awaitable[None]] | None = None) -> None:
         self._run = run
+        self._on_close = on_close  # e.g. the handler's aclose(): its HTTP connections belong to this loop
         self.size = size
         self.job_timeout_s = job_timeout_s
         self._scheduler: KeyedScheduler[Task] = KeyedScheduler(size)
@@ -149,4 +151,12 @@ class AsyncHandlerPool:
     def _cancel_all(self) -> None:
         for job in list(self._tasks):
             job.cancel()
-        self._loop.call_soon(self._loop.stop)
+        self._loop.create_task(self._finish())
+
+    async def _finish(self) -> None:
+        if self._on_close is not None:
+            try:
+                await asyncio.wait_for(self._on_close(), CLOSE_TIMEOUT_S)
+            except Exception as exc:  # closing connections must not keep the worker from stopping
+                log.warning("closing the async handler failed: %r", exc)
+        self._loop.stop()

@@ -101,7 +101,7 @@ class PartitionWorker:
             self._pool = AsyncHandlerPool(
                 AsyncJobRunner(self.handler, settings.retry, self._classifier, self.worker_id),
                 size=worker.max_in_flight, job_timeout_s=worker.job_timeout_s,
-                thread_prefix=f"cvq-handler-{slot.name}")
+                thread_prefix=f"cvq-handler-{slot.name}", on_close=getattr(self.handler, "aclose", None))
         else:
             self._pool = HandlerPool(
                 lambda: JobRunner(self.handler, settings.retry, self._classifier, self.worker_id),

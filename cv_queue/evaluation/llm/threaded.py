@@ -1,0 +1,31 @@
+"""LLMEvaluator on the thread handler path: each handler thread runs its calls on an event loop of its own.
+
+The async LLMEvaluator is the one to deploy: a thousand calls in flight are a thousand awaits on one loop. This
+wrapper exists for comparison (the `llm-1s-threads` benchmark) and for a deployment that must run LLM calls as
+thread handlers; with `max_in_flight` threads it can only ever have that many calls in flight.
+"""
+
+import asyncio
+import threading
+from typing import Any
+
+from cv_queue.evaluation.handler import JobContext
+from cv_queue.evaluation.llm.evaluator import LLMEvaluator
+from cv_queue.messages import Evaluation, EvaluationJob
+
+
+class ThreadedLLMEvaluator:
+    """A synchronous handler: the same evaluation, blocking its thread for the whole call."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        LLMEvaluator(**options)  # configuration errors now, at load time, not on the first job
+        self._local = threading.local()
+
+    def __call__(self, job: EvaluationJob, ctx: JobContext) -> Evaluation:
+        local = self._local
+        if not hasattr(local, "loop"):
+            # One loop and one evaluator (so one HTTP connection pool) per handler thread, kept for its lifetime.
+            local.loop = asyncio.new_event_loop()
+            local.evaluator = LLMEvaluator(**self._options)
+        return local.loop.run_until_complete(local.evaluator(job, ctx))
