@@ -52,3 +52,15 @@ def other_table(rows: list[dict]) -> str:
     return render(["scenario", "handler", "records", "seconds", "per second", "vs bare consumer", "peak RSS"],
                   [[r["scenario"], f"{r['handler_ms']} ms", r["jobs"], r["seconds"], r["jobs_per_s"],
                     _fmt(r.get("share_of_bare_consumer")), _fmt(r["peak_worker_rss_mb"], " MB")] for r in others])
+
+
+def llm_table(rows: list[dict]) -> str:
+    """The LLM evaluator over HTTP: the async path against the thread path, both against a 1 s server."""
+    llm = [r for r in rows if r["scenario"].startswith("llm-")]
+    if not llm:
+        return ""
+    return render(["scenario", "jobs", "seconds", "jobs/s", "in flight (limit)", "in flight (reached)", "efficiency",
+                   "peak worker RSS"],
+                  [[r["scenario"], r["jobs"], r["seconds"], r["jobs_per_s"], r["in_flight"],
+                    _fmt(r.get("llm_max_in_flight")), _fmt(r["efficiency"]), _fmt(r["peak_worker_rss_mb"], " MB")]
+                   for r in llm])

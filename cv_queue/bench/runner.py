@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 from confluent_kafka import Producer
 
-from cv_queue.bench.scenarios import BARE, HUNG, REPLAY, SCENARIOS, Scenario, Workload
+from cv_queue.bench.scenarios import BARE, HUNG, LLM_SCENARIOS, REPLAY, SCENARIOS, Scenario, Workload
 from cv_queue.bench.watch import SettleWatcher
 from cv_queue.errors import ErrorCategory, TransientJobError
 from cv_queue.evaluation.samples import sample_jobs
@@ -279,4 +279,23 @@ def run_hung_job(conn: KafkaConnection, jobs: int, log_dir: Path, progress: Prog
     row = run_worker_scenario(conn, SCENARIOS["cv-queue"], Workload(latency_ms=1.0), jobs, log_dir, progress, env,
                               lead=[(hung.key, hung.to_bytes())])
     row.update(scenario=HUNG, efficiency=None, job_timeout_s=HUNG_JOB_TIMEOUT_S)
+    return row
+
+
+def run_llm(conn: KafkaConnection, name: str, jobs: int, log_dir: Path, progress: Progress) -> dict:
+    """The real LLMEvaluator over HTTP against the local OpenAI-protocol server (1 s per answer).
+
+    The server is the test package's stand-in for a paid API (which cannot be reached from here); it reports the
+    most requests it ever had in flight, which is the concurrency the workers really reached.
+    """
+    from cv_queue_tests.llm_server import server_process  # the stand-in lives with the tests
+
+    scenario = SCENARIOS[name]
+    with server_process("--latency-ms", "1000") as server:
+        env = {"CVQ_WORKER__HANDLER": LLM_SCENARIOS[name], "CVQ_WORKER__HANDLER_OPTIONS": "{}",
+               "CVQ_LLM__BASE_URL": server.base_url, "CVQ_LLM__API_KEY": "bench-local-key",
+               "CVQ_LLM__MAX_CONCURRENT_REQUESTS": str(scenario.max_in_flight)}
+        row = run_worker_scenario(conn, scenario, Workload(latency_ms=1000.0), jobs, log_dir, progress, env)
+        stats = server.stats()
+    row["llm_max_in_flight"] = stats.get("max_in_flight")
     return row

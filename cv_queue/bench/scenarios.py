@@ -33,7 +33,13 @@ SCENARIOS = {
     "cv-queue": Scenario("cv-queue", 8, 4, 32, "key",
                          "8 partitions, 4 workers, 32 in flight each, per-key order, exactly-once output"),
     "one-worker": Scenario("one-worker", 8, 1, 32, "key", "one cv-queue worker owning all 8 partitions"),
+    # The real LLMEvaluator over HTTP against the local OpenAI-protocol server answering in 1 s.
+    "llm-1s": Scenario("llm-1s", 8, 4, 256, "key", "LLMEvaluator (async), 4 workers x 256 calls in flight, 1 s"),
+    "llm-1s-threads": Scenario("llm-1s-threads", 8, 4, 32, "key",
+                               "the same evaluation on the thread handler path at its default 32 threads"),
 }
+LLM_SCENARIOS = {"llm-1s": "cv_queue.evaluation.llm:LLMEvaluator",
+                 "llm-1s-threads": "cv_queue.evaluation.llm:ThreadedLLMEvaluator"}
 BARE = "bare-consumer"
 REPLAY = "dlq-replay"
 HUNG = "hung-job"  # the cv-queue deployment with one job that never returns at the head of the queue

@@ -8,9 +8,16 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from cv_queue.bench.report import add_ratios, json_lines, other_table, seed_table
-from cv_queue.bench.runner import BenchError, run_bare_consumer, run_hung_job, run_replay, run_worker_scenario
-from cv_queue.bench.scenarios import ALL, BARE, HUNG, REPLAY, SCENARIOS, Workload
+from cv_queue.bench.report import add_ratios, json_lines, llm_table, other_table, seed_table
+from cv_queue.bench.runner import (
+    BenchError,
+    run_bare_consumer,
+    run_hung_job,
+    run_llm,
+    run_replay,
+    run_worker_scenario,
+)
+from cv_queue.bench.scenarios import ALL, BARE, HUNG, LLM_SCENARIOS, REPLAY, SCENARIOS, Workload
 from cv_queue.broker.cluster import start_cluster, stop_cluster
 from cv_queue.cli.context import connection
 from cv_queue.settings import KafkaConnection
@@ -64,6 +71,8 @@ STANDARD = [
     ("bare-consumer", 60000, 0.0),
     (REPLAY, 20000, 0.0),
     (HUNG, 20000, 1.0),
+    ("llm-1s", 20000, 1000.0),
+    ("llm-1s-threads", 3000, 1000.0),
 ]
 
 
@@ -84,6 +93,8 @@ def _run_one(args: argparse.Namespace, conn: KafkaConnection, name: str, count: 
         return run_replay(conn, count, progress)
     if name == HUNG:
         return run_hung_job(conn, count, tmp_path, progress)
+    if name in LLM_SCENARIOS:
+        return run_llm(conn, name, count, tmp_path, progress)
     scenario = SCENARIOS[name]
     extra = {}
     if args.max_in_flight and name == "cv-queue":
@@ -120,7 +131,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 stop_cluster(state_file, progress=False)
     add_ratios(rows)
     print(json_lines(rows))
-    for table in (seed_table(rows), other_table(rows)):
+    for table in (seed_table(rows), other_table(rows), llm_table(rows)):
         if table:
             print()
             print(table)

@@ -62,6 +62,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     dev.add_argument("--state-dir", type=Path, default=PROJECT_ROOT / ".cvq",
                      help="the local broker's data and state file (default .cvq/ in the project)")
     dev.add_argument("--fresh", action="store_true", help="wipe the local broker data and DAGSTER_HOME first")
+    dev.add_argument("--llm", choices=["simulated", "local", "provider"], default="simulated",
+                     help="simulated: a sleeping stand-in (default); local: the real LLMEvaluator over HTTP against "
+                     "the local OpenAI-protocol server; provider: the real LLMEvaluator against CVQ_LLM__BASE_URL "
+                     "with CVQ_LLM__API_KEY (or OPENAI_API_KEY)")
     dev.set_defaults(func=cmd_dev)
 
 
@@ -218,8 +222,54 @@ def _close_orphaned_runs(instance: "dg.DagsterInstance") -> None:
         instance.report_run_canceled(run, "cv-queue dev stopped, and the run's process had to be killed.")
 
 
+LLM_HANDLER = "cv_queue.evaluation.llm:LLMEvaluator"
+LOCAL_LLM_KEY = "local-demo-key"  # the local server accepts any key; a real one never goes here
+
+
+def _start_local_llm(env: dict[str, str]) -> subprocess.Popen:
+    """The local OpenAI-protocol server (the tests' stand-in for a paid API), answering in ~0.8 s."""
+    proc = subprocess.Popen([sys.executable, "-m", "cv_queue_tests.llm_server", "--port", "0", "--latency-ms", "800",
+                             "--latency-p99-ms", "3000"], stdout=subprocess.PIPE, text=True, cwd=PROJECT_ROOT,
+                            start_new_session=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()  # "llm-server listening on http://127.0.0.1:N/v1"
+    if "http://" not in line:
+        proc.kill()
+        raise RuntimeError(f"the local LLM server did not start: {line!r}")
+    # Keep reading what it prints, so a full pipe can never block it.
+    threading.Thread(target=proc.stdout.read, name="cvq-llm-server-stdout", daemon=True).start()
+    env["CVQ_LLM__BASE_URL"] = line[line.index("http://"):]
+    env.setdefault("CVQ_LLM__API_KEY", LOCAL_LLM_KEY)
+    return proc
+
+
+def _use_llm(args: argparse.Namespace, env: dict[str, str]) -> subprocess.Popen | None:
+    if args.llm == "simulated":
+        return None
+    env["CVQ_WORKER__HANDLER"] = LLM_HANDLER
+    env["CVQ_WORKER__HANDLER_OPTIONS"] = "{}"
+    env.setdefault("CVQ_WORKER__MAX_IN_FLIGHT", "256")  # async: calls in flight are awaits, not threads
+    if args.llm == "local":
+        return _start_local_llm(env)
+    if not (env.get("CVQ_LLM__API_KEY") or env.get("OPENAI_API_KEY")):
+        raise SystemExit("--llm provider needs CVQ_LLM__API_KEY (or OPENAI_API_KEY), and CVQ_LLM__BASE_URL and "
+                         "CVQ_LLM__MODEL unless the OpenAI defaults are what you want")
+    return None
+
+
+def _stop_process(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(TERM_WAIT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(TERM_WAIT_S)
+
+
 def _shutdown(dagster: subprocess.Popen | None, tree: ProcessTree | None, instance: "dg.DagsterInstance | None",
-              broker_state_file: Path | None) -> None:
+              broker_state_file: Path | None, llm_server: subprocess.Popen | None = None) -> None:
     started = time.monotonic()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop short; it is bounded
@@ -233,6 +283,7 @@ def _shutdown(dagster: subprocess.Popen | None, tree: ProcessTree | None, instan
             if instance is not None:
                 _close_orphaned_runs(instance)
     finally:
+        _stop_process(llm_server)  # after the workers (they may still be finishing a call), before the broker
         if broker_state_file is not None:
             stopped = stop_cluster(broker_state_file, timeout_s=BROKER_STOP_TIMEOUT_S)
             if stopped is not None:
@@ -268,8 +319,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
     dagster: subprocess.Popen | None = None
     tree: ProcessTree | None = None
     instance = None
+    llm_server: subprocess.Popen | None = None
     interrupted = False
     try:
+        llm_server = _use_llm(args, env)
         if not env.get("KAFKA_BOOTSTRAP_SERVERS"):
             state_file, data_dir = state_dir / "broker-state.json", state_dir / "kafka-data"
             if args.fresh:
@@ -298,6 +351,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print(
             f"\ncv-queue is running.\n  Dagster UI:  http://127.0.0.1:{args.port}\n"
             f"  broker:      {env['KAFKA_BOOTSTRAP_SERVERS']}\n"
+            f"  LLM:         {env.get('CVQ_LLM__BASE_URL', 'simulated') if args.llm != 'simulated' else 'simulated'}\n"
             "  try:        .venv/bin/cv-queue status | .venv/bin/cv-queue dlq peek\n"
             "Press Ctrl-C to stop everything.\n",
             file=sys.stderr,
@@ -307,5 +361,5 @@ def cmd_dev(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        _shutdown(dagster, tree, instance, broker_state_file)
+        _shutdown(dagster, tree, instance, broker_state_file, llm_server)
     return 0 if interrupted else 1

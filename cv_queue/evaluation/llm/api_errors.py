@@ -128,11 +128,25 @@ def _status_error(exc: openai.APIStatusError, settings: LLMSettings, detail: str
     return LLMPermanentError(f"the LLM API refused the request ({exc.status_code}): {detail}")
 
 
+def _refused(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ConnectionRefusedError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def map_api_error(exc: openai.APIError, settings: LLMSettings, secret: str | None) -> JobError:
     """The JobError that routes `exc` correctly. Raise it `from None` when `hides_cause(exc)`."""
     detail = _detail(exc, secret)
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, openai.APITimeoutError) and not _refused(exc):
         return TransientJobError(f"LLM request timed out after {settings.request_timeout_s:g} s ({settings.base_url})")
+    if isinstance(exc, openai.APITimeoutError):
+        # The aiohttp transport reports a refused connection as a connect *timeout*; say what really happened.
+        return TransientJobError(f"cannot reach the LLM at {settings.base_url}: connection refused")
     if isinstance(exc, openai.APIConnectionError):
         return TransientJobError(f"cannot reach the LLM at {settings.base_url}: {detail}")
     if isinstance(exc, openai.APIStatusError):

@@ -175,7 +175,10 @@ class LLMEvaluator:
         # handler is constructed before its loop exists. A new loop (a restarted worker loop) gets new ones.
         loop = asyncio.get_running_loop()
         if self._client is None or self._semaphore is None or self._loop is not loop:
+            # aiohttp under the SDK: half the CPU per call of the default httpx transport, which matters at a
+            # thousand calls in flight per worker.
             self._client = openai.AsyncOpenAI(
+                http_client=openai.DefaultAioHttpClient(timeout=self.settings.request_timeout_s),
                 api_key=self._api_key.get_secret_value(), base_url=self.settings.base_url,
                 timeout=self.settings.request_timeout_s, max_retries=0)
             self._semaphore = asyncio.Semaphore(self.settings.max_concurrent_requests)
@@ -193,7 +196,9 @@ class LLMEvaluator:
                     completion = await client.chat.completions.create(
                         model=self.settings.model, messages=messages, temperature=self.settings.temperature,
                         max_tokens=self.settings.max_tokens,
-                        **({"response_format": fmt} if fmt is not None else {}),
+                        # The same JSON on the wire; as extra_body the SDK does not walk the whole schema through
+                        # its typed-parameter transform on every call (a third of the client's CPU per call).
+                        extra_body={"response_format": fmt} if fmt is not None else None,
                     )
             except openai.BadRequestError as exc:
                 weaker = next_mode(mode) if self._may_fall_back and not self._mode_confirmed else None
