@@ -40,8 +40,11 @@ test: install broker-fetch system-deps lint
 	$(BIN)/pytest
 
 # The main job: local broker, Dagster UI on http://127.0.0.1:3000, topics, worker fleet, sample jobs.
+# LLM=local runs the real LLM evaluator over HTTP against the local OpenAI-protocol server; LLM=provider against
+# CVQ_LLM__BASE_URL with CVQ_LLM__API_KEY. The default is a simulated LLM.
+LLM ?= simulated
 run: install broker-fetch
-	$(BIN)/cv-queue dev
+	$(BIN)/cv-queue dev --llm $(LLM)
 
 # Throughput: the seed's before/after and ours, no-op vs the bare client, DLQ replay; prints JSON lines and tables.
 bench: install broker-fetch

@@ -85,7 +85,9 @@ class KafkaResource(dg.ConfigurableResource):
         return cls(**kwargs)
 
 
-_W, _R, _P, _T = (type(DEFAULTS.worker), type(DEFAULTS.retry), type(DEFAULTS.replay), type(DEFAULTS.topics))
+_W, _R, _P, _T, _L = (type(DEFAULTS.worker), type(DEFAULTS.retry), type(DEFAULTS.replay), type(DEFAULTS.topics),
+                      type(DEFAULTS.llm))
+LLM_KEY_VAR = "CVQ_LLM__API_KEY"
 
 
 class QueueResource(dg.ConfigurableResource):
@@ -109,6 +111,13 @@ class QueueResource(dg.ConfigurableResource):
     replay_cooldown_s: float = _field(_P, "cooldown_s", DEFAULTS.replay.cooldown_s)
     replay_max_replays: int = _field(_P, "max_replays", DEFAULTS.replay.max_replays)
     replay_batch_size: int = _field(_P, "batch_size", DEFAULTS.replay.batch_size)
+    llm_base_url: str = _field(_L, "base_url", DEFAULTS.llm.base_url)
+    llm_model: str = _field(_L, "model", DEFAULTS.llm.model)
+    llm_api_key: str | None = Field(None, description="The LLM API key: an EnvVar (CVQ_LLM__API_KEY), never a value.")
+    llm_temperature: float = _field(_L, "temperature", DEFAULTS.llm.temperature)
+    llm_max_tokens: int = _field(_L, "max_tokens", DEFAULTS.llm.max_tokens)
+    llm_request_timeout_s: float = _field(_L, "request_timeout_s", DEFAULTS.llm.request_timeout_s)
+    llm_max_concurrent_requests: int = _field(_L, "max_concurrent_requests", DEFAULTS.llm.max_concurrent_requests)
 
     def settings(self, kafka: KafkaResource) -> QueueSettings:
         """The broker layer's settings: environment defaults overlaid with this resource's values, validated."""
@@ -123,8 +132,20 @@ class QueueResource(dg.ConfigurableResource):
                                max_attempts=self.retry_max_attempts)
         merged["replay"].update(auto_categories=self.replay_auto_categories, cooldown_s=self.replay_cooldown_s,
                                 max_replays=self.replay_max_replays, batch_size=self.replay_batch_size)
+        merged["llm"].update(base_url=self.llm_base_url, model=self.llm_model, temperature=self.llm_temperature,
+                             max_tokens=self.llm_max_tokens, request_timeout_s=self.llm_request_timeout_s,
+                             max_concurrent_requests=self.llm_max_concurrent_requests)
+        if self.llm_api_key:
+            merged["llm"]["api_key"] = SecretStr(self.llm_api_key)
         return QueueSettings(**merged)
+
+    @classmethod
+    def from_env(cls) -> "QueueResource":
+        """Defaults from the environment; the LLM key, when set, stays an EnvVar reference (the UI shows its name)."""
+        if os.environ.get(LLM_KEY_VAR):
+            return cls(llm_api_key=dg.EnvVar(LLM_KEY_VAR))
+        return cls()
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
-    return {"kafka": KafkaResource.from_env(), "queue": QueueResource()}
+    return {"kafka": KafkaResource.from_env(), "queue": QueueResource.from_env()}

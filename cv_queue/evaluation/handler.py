@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cv_queue.messages import Evaluation, EvaluationJob, EvaluationScores
+from cv_queue.settings import LLMSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,8 +37,12 @@ class HandlerLoadError(ValueError):
     """The configured handler path does not name a usable handler."""
 
 
-def load_handler(path: str, options: dict[str, Any] | None = None) -> JobHandler:
-    """'package.module:attr' (or 'package.module.attr'). A class is instantiated with `options`."""
+def load_handler(path: str, options: dict[str, Any] | None = None, llm: LLMSettings | None = None) -> JobHandler:
+    """'package.module:attr' (or 'package.module.attr'). A class is instantiated with `options`.
+
+    A class that declares `uses_llm_settings = True` also gets `settings=llm` (the queue's LLM settings, which in
+    Dagster carry the API key from an EnvVar), unless the options already name its settings.
+    """
     module_name, sep, attr = path.partition(":")
     if not sep:
         module_name, _, attr = path.rpartition(".")
@@ -51,8 +56,11 @@ def load_handler(path: str, options: dict[str, Any] | None = None) -> JobHandler
     if target is None:
         raise HandlerLoadError(f"module {module_name!r} has no attribute {attr!r}")
     if isinstance(target, type):
+        kwargs = dict(options or {})
+        if llm is not None and getattr(target, "uses_llm_settings", False) and "settings" not in kwargs:
+            kwargs["settings"] = llm
         try:
-            return target(**(options or {}))
+            return target(**kwargs)
         except TypeError as exc:
             raise HandlerLoadError(f"cannot construct {path} with options {options}: {exc}") from exc
     if options:

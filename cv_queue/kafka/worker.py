@@ -88,7 +88,7 @@ class PartitionWorker:
         self.settings = settings
         self.slot = slot
         self.names = settings.topic_names
-        self.handler = handler or load_handler(settings.worker.handler, settings.worker.handler_options)
+        self.handler = handler or load_handler(settings.worker.handler, settings.worker.handler_options, settings.llm)
         self.on_progress = on_progress
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{slot.name}"
         self.stats = WorkerStats(slot=slot.name, worker=self.worker_id)

@@ -102,6 +102,8 @@ class LLMEvaluator:
     "base_url": "..."}. The API key never comes from options: options are configuration that gets shown and logged.
     """
 
+    uses_llm_settings = True  # load_handler passes the queue's LLM settings (in Dagster: with an EnvVar key)
+
     def __init__(self, *, settings: LLMSettings | None = None, prompt_version: str | None = None,
                  **overrides: Any) -> None:
         if "api_key" in overrides:

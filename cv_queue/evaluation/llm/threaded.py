@@ -17,6 +17,8 @@ from cv_queue.messages import Evaluation, EvaluationJob
 class ThreadedLLMEvaluator:
     """A synchronous handler: the same evaluation, blocking its thread for the whole call."""
 
+    uses_llm_settings = True
+
     def __init__(self, **options: Any) -> None:
         self._options = options
         LLMEvaluator(**options)  # configuration errors now, at load time, not on the first job
