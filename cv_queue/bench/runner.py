@@ -151,6 +151,8 @@ def _wait_all(watcher: SettleWatcher, expected: int, label: str, progress: Progr
             done = len(watcher.first_seen)
             progress(f"  {label}: {done}/{expected} settled ({done / (last_report - started):.0f} jobs/s)")
         time.sleep(0.05)
+    elapsed = max(time.monotonic() - started, 1e-6)
+    progress(f"  {label}: {expected}/{expected} settled in {elapsed:.1f}s ({expected / elapsed:.0f} jobs/s)")
 
 
 def _latencies_ms(sent_at: dict[bytes, float], first_seen: dict[bytes, float]) -> tuple[float, float]:
