@@ -107,6 +107,11 @@ def parse_delivery(source: SourceRecord, from_retry: bool, *, strict: bool = Tru
     InvalidPayloadError; without, it counts as absent.
     """
     own = _own_values(source.headers)
+    if not own:  # the common case, a first delivery with no bookkeeping: nothing to parse
+        return Delivery(source=source, attempts=0, handler_calls=0, replays=0, due_at_ms=0, first_failed_at_ms=0,
+                        provenance=Provenance(source.topic, source.partition, source.offset,
+                                              max(source.timestamp_ms, 0)),
+                        foreign_headers=list(source.headers))
     if strict:
         for name, value in own.items():
             if value is not None:

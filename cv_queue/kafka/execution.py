@@ -151,10 +151,10 @@ class AsyncJobRunner:
 
 def result_bytes(task: Task, output: EvaluationScores | Evaluation, ctx: JobContext, worker: str) -> bytes:
     """The encoded result of a handler's output (bare scores, or scores with their model usage)."""
-    evaluation = output if isinstance(output, Evaluation) else Evaluation(scores=output)
+    scores, usage = (output.scores, output.usage) if isinstance(output, Evaluation) else (output, None)
     job = task.job
     return EvaluationResult(
-        job_id=job.job_id, request_id=job.request_id, scores=evaluation.scores, evaluated_at=datetime.now(UTC),
+        job_id=job.job_id, request_id=job.request_id, scores=scores, evaluated_at=datetime.now(UTC),
         job_created_at=job.created_at, attempts=ctx.attempt, handler_calls=ctx.handler_call,
-        replays=ctx.replays, worker=worker, usage=evaluation.usage,
+        replays=ctx.replays, worker=worker, usage=usage,
     ).to_bytes()
