@@ -72,10 +72,12 @@ def test_an_inline_handler_runs_on_the_poll_thread_exactly_once(conn, provisione
     settings = tuned(provisioned, worker={"max_in_flight": 4})
     jobs = list(sample_jobs(2000, seed=51))
     JobProducer(conn, settings.topic_names.main).enqueue_batch(jobs)
+    before = {t.ident for t in threading.enumerate()}  # other tests may leave abandoned handler threads behind
     with running_workers(conn, settings, handler=NoopHandler()) as workers:
         wait_for(lambda: len(read_topic(conn, settings.topic_names.results, idle_s=0.3)) >= len(jobs), 60,
                  "every job's result")
-        handler_threads = [t.name for t in threading.enumerate() if t.name.startswith("cvq-handler-")]
+        handler_threads = [t.name for t in threading.enumerate()
+                           if t.name.startswith("cvq-handler-") and t.ident not in before]
         stats = [w.join() for w in workers]
     assert handler_threads == [], "an inline handler needs no handler threads"
     results = read_topic(conn, settings.topic_names.results, idle_s=1.0)
