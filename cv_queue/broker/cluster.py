@@ -248,6 +248,8 @@ def _exited(proc: psutil.Process) -> bool:
     try:
         if proc.status() != psutil.STATUS_ZOMBIE:
             return not proc.is_running()
+        if proc.num_threads() > 1:  # a killed JVM's main thread is a zombie while other threads still hold its ports
+            return False
         with contextlib.suppress(psutil.Error, ChildProcessError):
             proc.wait(0)  # reaps it when it is our own child
         return True

@@ -26,6 +26,9 @@ def _base(conn: KafkaConnection, role: str) -> dict[str, Any]:
     conf["client.id"] = f"{conn.client_id}-{role}"
     conf["error_cb"] = CLIENT_LOG.error_cb
     conf["logger"] = CLIENT_LOG
+    # librdkafka 2.16's default ("rebootstrap") decommissions every broker once all are down; after the broker
+    # restarts, send_offsets_to_transaction then waits forever for the decommissioned group coordinator.
+    conf["metadata.recovery.strategy"] = "none"
     return conf
 
 
