@@ -10,13 +10,12 @@ The same contract as the thread pool (pool.py), so the worker drives either one:
 
 import asyncio
 import logging
-import queue
 import threading
 import time
 from collections.abc import Awaitable, Callable
 
 from cv_queue.errors import ErrorCategory
-from cv_queue.kafka.execution import Completion, Task, timeout_completion
+from cv_queue.kafka.execution import Completion, CompletionQueue, Task, timeout_completion
 from cv_queue.kafka.inflight import KeyedScheduler
 from cv_queue.kafka.records import Failure
 
@@ -37,7 +36,7 @@ class AsyncHandlerPool:
         self.job_timeout_s = job_timeout_s
         self._scheduler: KeyedScheduler[Task] = KeyedScheduler(size)
         self._lock = threading.Lock()  # the scheduler is shared by the poll thread and the loop thread
-        self._done: queue.SimpleQueue[Completion] = queue.SimpleQueue()
+        self._done = CompletionQueue()
         self._loop = asyncio.new_event_loop()
         self._tasks: set[asyncio.Task[None]] = set()
         self._taking = True
@@ -62,18 +61,10 @@ class AsyncHandlerPool:
         self._loop.call_soon_threadsafe(self._pump)
 
     def completed(self) -> list[Completion]:
-        out = []
-        while True:
-            try:
-                out.append(self._done.get_nowait())
-            except queue.Empty:
-                return out
+        return self._done.drain()
 
     def wait_completed(self, timeout_s: float) -> Completion | None:
-        try:
-            return self._done.get(timeout=timeout_s)
-        except queue.Empty:
-            return None
+        return self._done.wait(timeout_s)
 
     def expire(self, now: float | None = None) -> list[Completion]:
         """Timeouts are enforced on the loop by cancellation; here only a blocked loop is detected."""

@@ -8,6 +8,7 @@ handler thread therefore never dies with its job, and every job gets exactly one
 import asyncio
 import inspect
 import logging
+import queue
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -43,6 +44,30 @@ class Completion:
     failure: Failure | None
 
 
+class CompletionQueue:
+    """Completions handed from the handlers' side to the poll loop."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Completion] = queue.SimpleQueue()
+
+    def put(self, completion: Completion) -> None:
+        self._queue.put(completion)
+
+    def drain(self) -> list[Completion]:
+        out = []
+        while True:
+            try:
+                out.append(self._queue.get_nowait())
+            except queue.Empty:
+                return out
+
+    def wait(self, timeout_s: float) -> Completion | None:
+        try:
+            return self._queue.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+
 def timeout_completion(task: Task, timeout_s: float) -> Completion:
     failure = Failure(ErrorCategory.TRANSIENT, JOB_TIMEOUT_CLASS,
                       f"the handler did not return within job_timeout_s={timeout_s:g}s; its late answer is dropped", "")
@@ -76,17 +101,45 @@ def _context(task: Task, worker: str) -> JobContext:
                       offset=delivery.source.offset)
 
 
-class JobRunner:
-    """Calls the handler for one delivery: tenacity for blips, repair calls for malformed output.
+def result_bytes(task: Task, output: EvaluationScores | Evaluation, ctx: JobContext, worker: str) -> bytes:
+    """The encoded result of a handler's output (bare scores, or scores with their model usage)."""
+    scores, usage = (output.scores, output.usage) if isinstance(output, Evaluation) else (output, None)
+    job = task.job
+    return EvaluationResult(
+        job_id=job.job_id, request_id=job.request_id, scores=scores, evaluated_at=datetime.now(UTC),
+        job_created_at=job.created_at, attempts=ctx.attempt, handler_calls=ctx.handler_call,
+        replays=ctx.replays, worker=worker, usage=usage,
+    ).to_bytes()
 
-    One per handler thread: tenacity's Retrying object is not thread-safe.
-    """
+
+class _Runner:
+    """What both runners share: the handler, and what a failure of it becomes."""
 
     def __init__(self, handler: JobHandler, retry: RetrySettings, classifier: ErrorClassifier, worker: str) -> None:
         self.handler = handler
         self.repairs = retry.output_repairs
         self.classifier = classifier
         self.worker = worker
+
+    def _failed(self, task: Task, exc: BaseException, repairs_left: int) -> Completion | None:
+        """The job's failed completion, or None when a malformed output is worth another (repair) call."""
+        malformed = self.classifier.is_malformed_output(exc)
+        if malformed and repairs_left > 0:
+            return None
+        failure = failure_of(exc, self.classifier)
+        if malformed:
+            failure = _malformed_final(failure, self.repairs)
+        return Completion(task, task.calls, None, failure)
+
+
+class JobRunner(_Runner):
+    """Calls the handler for one delivery: tenacity for blips, repair calls for malformed output.
+
+    One per handler thread: tenacity's Retrying object is not thread-safe.
+    """
+
+    def __init__(self, handler: JobHandler, retry: RetrySettings, classifier: ErrorClassifier, worker: str) -> None:
+        super().__init__(handler, retry, classifier, worker)
         self._retrying = InProcessRetry(retry, classifier)
 
     def __call__(self, task: Task) -> Completion:
@@ -96,13 +149,9 @@ class JobRunner:
                 result = self._retrying(lambda: self._invoke(task))
                 return Completion(task, task.calls, result, None)
             except BaseException as exc:  # every handler failure, BaseExceptions included, is the job's
-                if self.classifier.is_malformed_output(exc) and repairs_left > 0:
-                    repairs_left -= 1
-                    continue
-                failure = failure_of(exc, self.classifier)
-                if self.classifier.is_malformed_output(exc):
-                    failure = _malformed_final(failure, self.repairs)
-                return Completion(task, task.calls, None, failure)
+                if (failed := self._failed(task, exc, repairs_left)) is not None:
+                    return failed
+                repairs_left -= 1
 
     def _invoke(self, task: Task) -> bytes:
         task.calls += 1
@@ -110,7 +159,7 @@ class JobRunner:
         return result_bytes(task, self.handler(task.job, ctx), ctx, self.worker)
 
 
-class AsyncJobRunner:
+class AsyncJobRunner(_Runner):
     """JobRunner for an async handler, on the worker's event loop.
 
     The job's own timeout cancels it; that cancellation is passed on, never taken for the handler's failure. A
@@ -118,10 +167,7 @@ class AsyncJobRunner:
     """
 
     def __init__(self, handler: JobHandler, retry: RetrySettings, classifier: ErrorClassifier, worker: str) -> None:
-        self.handler = handler
-        self.repairs = retry.output_repairs
-        self.classifier = classifier
-        self.worker = worker
+        super().__init__(handler, retry, classifier, worker)
         self._retrying = AsyncInProcessRetry(retry, classifier)
 
     async def __call__(self, task: Task) -> Completion:
@@ -134,27 +180,12 @@ class AsyncJobRunner:
                 current = asyncio.current_task()
                 if isinstance(exc, asyncio.CancelledError) and current is not None and current.cancelling():
                     raise  # we are being cancelled (the job timed out, or the worker is closing)
-                if self.classifier.is_malformed_output(exc) and repairs_left > 0:
-                    repairs_left -= 1
-                    continue
-                failure = failure_of(exc, self.classifier)
-                if self.classifier.is_malformed_output(exc):
-                    failure = _malformed_final(failure, self.repairs)
-                return Completion(task, task.calls, None, failure)
+                if (failed := self._failed(task, exc, repairs_left)) is not None:
+                    return failed
+                repairs_left -= 1
 
     async def _invoke(self, task: Task) -> bytes:
         task.calls += 1
         ctx = _context(task, self.worker)
         output = await self.handler(task.job, ctx)  # type: ignore[misc]
         return result_bytes(task, output, ctx, self.worker)
-
-
-def result_bytes(task: Task, output: EvaluationScores | Evaluation, ctx: JobContext, worker: str) -> bytes:
-    """The encoded result of a handler's output (bare scores, or scores with their model usage)."""
-    scores, usage = (output.scores, output.usage) if isinstance(output, Evaluation) else (output, None)
-    job = task.job
-    return EvaluationResult(
-        job_id=job.job_id, request_id=job.request_id, scores=scores, evaluated_at=datetime.now(UTC),
-        job_created_at=job.created_at, attempts=ctx.attempt, handler_calls=ctx.handler_call,
-        replays=ctx.replays, worker=worker, usage=usage,
-    ).to_bytes()

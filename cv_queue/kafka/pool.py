@@ -10,14 +10,13 @@ frees the stuck threads.
 
 import itertools
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from cv_queue.errors import ErrorCategory
-from cv_queue.kafka.execution import Completion, Task, timeout_completion
+from cv_queue.kafka.execution import Completion, CompletionQueue, Task, timeout_completion
 from cv_queue.kafka.inflight import KeyedScheduler
 from cv_queue.kafka.records import Failure
 
@@ -43,7 +42,7 @@ class HandlerPool:
         self._prefix = thread_prefix
         self._scheduler: KeyedScheduler[Task] = KeyedScheduler(size)
         self._cond = threading.Condition()
-        self._done: queue.SimpleQueue[Completion] = queue.SimpleQueue()
+        self._done = CompletionQueue()
         self._running: dict[int, _Running] = {}
         self._tokens = itertools.count()
         self._names = itertools.count()
@@ -70,18 +69,10 @@ class HandlerPool:
             self._cond.notify(len(tasks))
 
     def completed(self) -> list[Completion]:
-        out = []
-        while True:
-            try:
-                out.append(self._done.get_nowait())
-            except queue.Empty:
-                return out
+        return self._done.drain()
 
     def wait_completed(self, timeout_s: float) -> Completion | None:
-        try:
-            return self._done.get(timeout=timeout_s)
-        except queue.Empty:
-            return None
+        return self._done.wait(timeout_s)
 
     def expire(self, now: float | None = None) -> list[Completion]:
         """Fail the jobs running longer than the timeout; free their lanes and replace their threads."""
