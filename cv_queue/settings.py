@@ -258,6 +258,17 @@ class LLMSettings(BaseModel):
         "auto tries json_schema and falls back when the server refuses it.")
 
 
+class MetricsSettings(BaseModel):
+    """Prometheus endpoints (prometheus-client) of worker and replay processes."""
+
+    enabled: bool = Field(True, description="Serve /metrics from every worker and replay run.")
+    host: str = Field("127.0.0.1", description="Interface the metrics endpoints bind (0.0.0.0 in containers).")
+    worker_port_base: int = Field(
+        9400, ge=1, le=65000,
+        description="Dagster worker runs serve metrics on base + slot index (slot 0-1 on 9400, 2-3 on 9401, ...).")
+    replay_port: int = Field(9490, ge=1, le=65535, description="A reprocess_dlq run serves metrics here while it runs.")
+
+
 class TopicNames(BaseModel):
     main: str
     retry: str
@@ -286,6 +297,7 @@ class QueueSettings(BaseSettings):
     replay: ReplayPolicy = Field(default_factory=ReplayPolicy)
     fleet: FleetSettings = Field(default_factory=FleetSettings)
     llm: LLMSettings = Field(default_factory=LLMSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     def _ns(self, name: str) -> str:
         return f"{self.namespace}.{name}" if self.namespace else name
