@@ -51,13 +51,10 @@ class EvaluationJob(BaseModel):
 
     @field_validator("created_at")
     @classmethod
-    def _whole_minute_offset(cls, value: datetime) -> datetime:
-        # JSON datetimes carry their UTC offset in whole minutes: an offset with seconds (a historical local mean
-        # time) would not survive encoding, so such a time is kept in UTC instead.
-        offset = value.utcoffset()
-        if offset is not None and offset.total_seconds() % 60:
-            return value.astimezone(UTC)
-        return value
+    def _in_utc(cls, value: datetime) -> datetime:
+        # Kept in UTC: a local time in a DST gap or fold, or with an offset in seconds (a historical local mean
+        # time), would not come back from JSON as the same value; the instant is what matters.
+        return value.astimezone(UTC)
 
     @model_validator(mode="after")
     def _has_cv_and_weights(self) -> "EvaluationJob":

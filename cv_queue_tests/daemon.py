@@ -22,9 +22,9 @@ BIN = Path(sys.executable).parent
 class Daemon:
     """A `dagster-daemon run` subprocess on a temporary DAGSTER_HOME built from the project's dagster.yaml."""
 
-    def __init__(self, home: Path, env: dict[str, str], proc: subprocess.Popen, log: Path) -> None:
-        self.home, self.env, self.proc, self.log = home, env, proc, log
-        self.instance = dg.DagsterInstance.from_config(str(home))
+    def __init__(self, home: Path, env: dict[str, str], proc: subprocess.Popen, log: Path,
+                 instance: dg.DagsterInstance) -> None:
+        self.home, self.env, self.proc, self.log, self.instance = home, env, proc, log, instance
 
     def cli(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
         return subprocess.run([str(BIN / "dagster"), *args], cwd=PROJECT_ROOT, env=self.env, capture_output=True,
@@ -63,14 +63,17 @@ def running_daemon(tmp_path: Path, namespace: str, extra_env: dict[str, str] | N
         **(extra_env or {}),
     }
     log = tmp_path / "daemon.log"
+    previous_home = os.environ.get("DAGSTER_HOME")
+    os.environ["DAGSTER_HOME"] = str(home)  # dagster.yaml reads its SQLite base_dir from it
+    # Create the SQLite storage here, before any other process opens it: two processes creating it at once can
+    # both stamp its schema version ("alembic_version has more than one head").
+    instance = dg.DagsterInstance.from_config(str(home))
     with log.open("wb") as out:
         proc = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], cwd=PROJECT_ROOT,
                                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    previous_home = os.environ.get("DAGSTER_HOME")
-    os.environ["DAGSTER_HOME"] = str(home)  # dagster.yaml reads its SQLite base_dir from it
     daemon = None
     try:
-        daemon = Daemon(home, env, proc, log)
+        daemon = Daemon(home, env, proc, log, instance)
         yield daemon
     finally:
         _stop(proc, daemon)

@@ -56,6 +56,10 @@ def _own_values(headers: h.Headers) -> dict[str, bytes | None]:
     return own
 
 
+MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: later ones cannot be dates at all
+_TIMESTAMP_HEADERS = frozenset({h.RETRY_DUE_AT, h.FIRST_FAILED_AT, h.ORIGINAL_TIMESTAMP})
+
+
 def _int(own: dict[str, bytes | None], name: str, strict: bool) -> int:
     raw = own.get(name)
     if raw is None:
@@ -63,7 +67,7 @@ def _int(own: dict[str, bytes | None], name: str, strict: bool) -> int:
     try:
         text = raw.decode("ascii")
         value = int(text)
-        if value < 0 or text.strip() != text:
+        if value < 0 or text.strip() != text or (name in _TIMESTAMP_HEADERS and value > MAX_TIMESTAMP_MS):
             raise ValueError(text)
     except (UnicodeDecodeError, ValueError) as exc:
         if strict:

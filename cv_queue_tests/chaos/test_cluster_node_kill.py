@@ -38,7 +38,7 @@ IN_FLIGHT = 8
 #: Set by the broker's node config (cv_queue/broker/node_config.py), not by provisioning: printed, not asserted.
 INTERNAL_TOPICS = ("__transaction_state", "__consumer_offsets")
 #: Generous: a dead node's leaderships move once its broker session (9 s) expires.
-MAX_DEGRADED_RECOVERY_S = 60.0
+MAX_DEGRADED_RECOVERY_S = 120.0
 
 
 def _replicated_settings() -> QueueSettings:

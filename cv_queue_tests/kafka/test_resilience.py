@@ -65,8 +65,8 @@ def test_a_worker_of_a_new_layout_fences_the_old_one_and_output_stays_exactly_on
     old = Running(conn, settings, Slot(partitions=(0, 1)), handler)
     wait_for(lambda: old.worker.stats.succeeded >= 5, 60, "the old layout's worker to work")
 
-    wider = tuned(settings, topics={"partitions_per_worker": 4})
-    new = Running(conn, wider, Slot(partitions=(0, 1, 2, 3)), handler)
+    wider = tuned(settings, topics={"partitions_per_worker": 4}, worker={"max_in_flight": 8})
+    new = Running(conn, wider, Slot(partitions=(0, 1, 2, 3)), SimulatedLLM(latency_ms=20))
     assert old.wait(60).stop_reason == "fenced"
     wait_for(lambda: set(wanted) <= set(_results_by_job(conn, settings)), 120, "every job of partitions 0-3")
     assert new.join().stop_reason == "stopped"

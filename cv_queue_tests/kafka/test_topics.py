@@ -14,7 +14,7 @@ from cv_queue.kafka.topics import (
     provision,
     topic_specs,
 )
-from cv_queue_tests.support import tuned
+from cv_queue_tests.support import tuned, wait_for
 
 
 def test_fresh_create_matches_the_specs(conn, settings):
@@ -47,9 +47,17 @@ def test_drift_is_repaired_with_incremental_alter(conn, settings):
                                                                incremental_configs=entries)]).values():
         fut.result()
     spec = next(s for s in specs if s.name == main)
-    drift = diff_topic(spec, describe_topics(admin, [main])[main])
-    assert {d.key: (d.desired, d.live) for d in drift.configs} == {
-        "retention.ms": ("604800000", "1000"), "compression.type": ("snappy", "gzip")}
+    expected = {"retention.ms": ("604800000", "1000"), "compression.type": ("snappy", "gzip")}
+    seen: dict = {}
+
+    def drift_visible() -> bool:
+        # KRaft applies a config change through the metadata log: a describe right after may still see the old one.
+        drift = diff_topic(spec, describe_topics(admin, [main])[main])
+        seen.update(configs={d.key: (d.desired, d.live) for d in drift.configs})
+        return seen["configs"] == expected
+
+    wait_for(drift_visible, 30, "the altered configs to be visible")
+    assert seen["configs"] == expected
 
     report = provision(admin, specs)
     main_report = next(t for t in report.topics if t.name == main)
