@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install broker-fetch system-deps lint test run e2e bench chaos ci-e2e-optimized clean
+.PHONY: install broker-fetch system-deps lint test run e2e bench chaos ci-e2e-optimized screenshots clean
 
 # (Re)install when pyproject.toml changes. Every dependency is pinned there.
 $(STAMP): pyproject.toml
@@ -21,8 +21,10 @@ broker-fetch: install
 	$(BIN)/cv-queue broker fetch
 
 # Debian packages the tests use, installed once on a fresh machine: kcat (an independent Kafka client, the only
-# one that can write the non-UTF-8 header names the chaos suite sends).
-SYSTEM_PACKAGES := kcat
+# one that can write the non-UTF-8 header names the chaos suite sends) and chromium (the browser that Playwright
+# drives through the Dagster UI; Playwright's own browser downloads are never used).
+SYSTEM_PACKAGES := kcat chromium
+CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -30,6 +32,7 @@ system-deps:
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
+	@test -x $(CHROMIUM) || { echo "$(CHROMIUM) is missing after installing chromium" >&2; exit 1; }
 
 lint: install
 	$(BIN)/ruff check .
@@ -37,7 +40,11 @@ lint: install
 # Everything CI runs: install, fetch the broker, lint, then the whole suite against a real Kafka broker
 # that the test session starts and stops itself.
 test: install broker-fetch system-deps lint
-	$(BIN)/pytest
+	CVQ_CHROMIUM=$(CHROMIUM) $(BIN)/pytest
+
+# The README's two Dagster UI screenshots (docs/screenshots/), taken by the browser test as it drives the UI.
+screenshots: install broker-fetch system-deps
+	CVQ_CHROMIUM=$(CHROMIUM) CVQ_UI_SCREENSHOTS=docs/screenshots $(BIN)/pytest cv_queue_tests/ui
 
 # The main job: local broker, Dagster UI on http://127.0.0.1:3000, topics, worker fleet, sample jobs.
 # LLM=local runs the real LLM evaluator over HTTP against the local OpenAI-protocol server; LLM=provider against

@@ -1,0 +1,1 @@
+"""The Dagster UI driven through Debian's Chromium by Playwright."""
