@@ -63,11 +63,14 @@ def running_daemon(tmp_path: Path, namespace: str, extra_env: dict[str, str] | N
         **(extra_env or {}),
     }
     log = tmp_path / "daemon.log"
+    previous_home = os.environ.get("DAGSTER_HOME")
+    os.environ["DAGSTER_HOME"] = str(home)  # dagster.yaml reads its SQLite base_dir from it
+    # Create the SQLite storage before any Dagster process starts: processes creating it at the same time race on
+    # its schema stamp ("Version table 'alembic_version' has more than one head present") and the code server fails.
+    dg.DagsterInstance.from_config(str(home)).dispose()
     with log.open("wb") as out:
         proc = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], cwd=PROJECT_ROOT,
                                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    previous_home = os.environ.get("DAGSTER_HOME")
-    os.environ["DAGSTER_HOME"] = str(home)  # dagster.yaml reads its SQLite base_dir from it
     daemon = None
     try:
         daemon = Daemon(home, env, proc, log)
