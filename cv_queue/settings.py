@@ -219,6 +219,13 @@ class ReplayPolicy(BaseModel):
     max_replays: int = Field(3, ge=0, description="A letter replayed this often goes to the parking lot.")
     batch_size: int = Field(500, ge=1, description="Most letters one sensor-triggered replay run moves.")
     sensor_interval_s: int = Field(30, ge=1, description="Seconds between DLQ sensor ticks.")
+    retry_max: int = Field(
+        3, ge=0, description="Retries of a replay run's step when the broker fails (sensor-triggered runs, and the "
+        "Launchpad's default).")
+    retry_delay_s: float = Field(5.0, ge=0, description="Delay before a replay run's first retry.")
+    retry_backoff: Literal["exponential", "linear", "constant"] = Field(
+        "exponential", description="How later retry delays grow: exponential (x2 each), linear, constant.")
+    retry_jitter: bool = Field(True, description="Randomise each replay retry delay by ±25%.")
 
     @field_validator("auto_categories")
     @classmethod
@@ -269,6 +276,49 @@ class MetricsSettings(BaseModel):
     replay_port: int = Field(9490, ge=1, le=65535, description="A reprocess_dlq run serves metrics here while it runs.")
 
 
+class AlertSettings(BaseModel):
+    """Dagster alerting: asset-check thresholds (a check fails when a depth is above one) and where alerts go.
+
+    Worker and replay run failures, and checks failing at `notify_severity` or worse, go to the notifier: a
+    log line always, a JSON POST to `webhook_url` when set, and `notifier` when set."""
+
+    dlq_depth_warn: int = Field(
+        100, ge=0, description="Dead letters per category not yet replayed above which its DLQ check fails WARN.")
+    dlq_depth_error: int = Field(1000, ge=0, description="...and fails ERROR above this many.")
+    parked_depth_warn: int = Field(
+        0, ge=0, description="Parked-letter offsets above which the parking-lot check fails WARN (0: any letter).")
+    parked_depth_error: int = Field(100, ge=0, description="...and fails ERROR above this many.")
+    consumer_lag_warn: int = Field(
+        10_000, ge=0, description="Worker group lag on the main topic above which its check fails WARN.")
+    consumer_lag_error: int = Field(100_000, ge=0, description="...and fails ERROR above this many.")
+    notify_severity: Literal["WARN", "ERROR"] = Field(
+        "ERROR", description="Checks failing at this severity or worse are notified (once per change).")
+    webhook_url: SecretStr | None = Field(
+        None, description="POST each alert as JSON here (a bridge to chat or paging); secret: never logged.")
+    webhook_timeout_s: float = Field(
+        5.0, gt=0, le=10, description="Timeout of one webhook POST; a failed POST is logged, never retried.")
+    notifier: str = Field(
+        "", description="Dotted path (module:attr) of an extra notifier: a callable taking an Alert, or a class "
+        "instantiated with no arguments whose instances are such callables.")
+    sensor_interval_s: int = Field(30, ge=1, description="Seconds between ticks of the run-failure alert sensor.")
+
+    @model_validator(mode="after")
+    def _error_above_warn(self) -> "AlertSettings":
+        for name in ("dlq_depth", "parked_depth", "consumer_lag"):
+            if getattr(self, f"{name}_error") < getattr(self, f"{name}_warn"):
+                raise ValueError(f"{name}_error must be at least {name}_warn")
+        return self
+
+
+class RunRetentionSettings(BaseModel):
+    """Dagster OSS 1.13 has no run or event-log retention setting, so the purge_old_runs schedule deletes finished
+    runs (with their event logs) this old."""
+
+    finished_run_days: float = Field(
+        14.0, ge=0, description="Delete runs that finished more than this many days ago (0 = keep every run).")
+    cron: str = Field("15 3 * * *", description="When the purge_old_runs schedule runs (cron, UTC).")
+
+
 class TopicNames(BaseModel):
     main: str
     retry: str
@@ -298,6 +348,8 @@ class QueueSettings(BaseSettings):
     fleet: FleetSettings = Field(default_factory=FleetSettings)
     llm: LLMSettings = Field(default_factory=LLMSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    run_retention: RunRetentionSettings = Field(default_factory=RunRetentionSettings)
 
     def _ns(self, name: str) -> str:
         return f"{self.namespace}.{name}" if self.namespace else name

@@ -9,6 +9,7 @@ import json
 import random
 import time
 from datetime import UTC, datetime
+from enum import Enum
 
 import dagster as dg
 from confluent_kafka import KafkaException
@@ -16,9 +17,10 @@ from confluent_kafka.admin import AdminClient
 from pydantic import Field
 
 from cv_queue.defs import tags
+from cv_queue.defs.metrics_port import metrics_endpoint
 from cv_queue.defs.resources import DEFAULTS, KafkaResource, QueueResource
 from cv_queue.defs.topics import skip_until_provisioned, unprovisioned
-from cv_queue.errors import DEFAULT_REPLAY_CATEGORIES, ErrorCategory
+from cv_queue.errors import CATEGORY_ORDER, DEFAULT_REPLAY_CATEGORIES, ErrorCategory
 from cv_queue.kafka.lag import committed_offsets, end_offsets, offsets_before
 from cv_queue.kafka.replay import ReplayReport, ReplayRequest, replay_dead_letters
 from cv_queue.kafka.transaction import TransactionFatalError, TransactionFencedError
@@ -27,35 +29,60 @@ from cv_queue.settings import QueueSettings
 REPLAY_JOB = "reprocess_dlq"
 
 
+# Launchpad choices. Dagster's config takes an Enum member's *name*, so the names are the lowercase words the
+# CLI and the settings use; a typo is then refused before the run starts.
+ReplayCategory = Enum("ReplayCategory", [(c.value, c.value) for c in CATEGORY_ORDER])
+
+
+class RetryBackoff(Enum):
+    exponential = "exponential"
+    linear = "linear"
+    constant = "constant"
+
+
+class ReplayTarget(Enum):
+    main = "main"
+    other_topic = "other_topic"
+
+
 class ReprocessConfig(dg.Config):
     """What to replay, and how hard to retry if the broker misbehaves. Every field has a default."""
 
-    categories: list[str] = Field(
-        default=[c.value for c in DEFAULT_REPLAY_CATEGORIES],
+    categories: list[ReplayCategory] = Field(
+        default=[c.value for c in DEFAULT_REPLAY_CATEGORIES], validate_default=True,
         description="Error categories to replay: transient, rate_limited, permanent, invalid_payload.")
     error_classes: list[str] = Field(default=[], description="Only these error classes ([] = all).")
     min_age_seconds: float = Field(0.0, description="Leave letters younger than this for a later run.")
     max_messages: int = Field(10_000, description="Most letters handled by this run.")
     dry_run: bool = Field(False, description="Report what would happen; produce and commit nothing.")
-    target: str = Field("main", description="'main' for the main topic, or a topic name to replay into.")
+    target: ReplayTarget = Field(ReplayTarget.main, description="main: the main topic; other_topic: target_topic.")
+    target_topic: str = Field("", description="The topic to replay into when target is other_topic.")
     max_replays: int = Field(DEFAULTS.replay.max_replays,
                              description="Letters already replayed this often go to the parking lot.")
-    max_retries: int = Field(3, description="Retries of this run's step when the broker fails.")
-    retry_delay_seconds: float = Field(5.0, description="Delay before the first retry.")
-    retry_backoff: str = Field("exponential", description="'exponential', 'linear' or 'constant'.")
-    retry_jitter: bool = Field(True, description="Randomise each retry delay by ±25%.")
+    max_retries: int = Field(DEFAULTS.replay.retry_max, description="Retries of this run's step when the broker "
+                                                                    "fails.")
+    retry_delay_seconds: float = Field(DEFAULTS.replay.retry_delay_s, description="Delay before the first retry.")
+    retry_backoff: RetryBackoff = Field(RetryBackoff(DEFAULTS.replay.retry_backoff),
+                                        description="How later retry delays grow.")
+    retry_jitter: bool = Field(DEFAULTS.replay.retry_jitter, description="Randomise each retry delay by ±25%.")
 
 
 def retry_wait_s(config: ReprocessConfig, retry_number: int, rng: random.Random | None = None) -> float:
     """The delay before retry `retry_number + 1` (retry_number is 0 on the first attempt)."""
-    factor = {"exponential": 2 ** retry_number, "linear": retry_number + 1, "constant": 1}.get(config.retry_backoff)
-    if factor is None:
-        raise dg.Failure(description=f"retry_backoff must be exponential, linear or constant, "
-                                     f"not {config.retry_backoff!r}")
+    factor = {RetryBackoff.exponential: 2 ** retry_number, RetryBackoff.linear: retry_number + 1,
+              RetryBackoff.constant: 1}[config.retry_backoff]
     delay = config.retry_delay_seconds * factor
     if config.retry_jitter:
         delay *= (rng or random).uniform(0.75, 1.25)
     return delay
+
+
+def _target_topic(config: ReprocessConfig) -> str | None:
+    if config.target == ReplayTarget.main:
+        return None
+    if not config.target_topic.strip():
+        raise dg.Failure(description="target is other_topic but target_topic is empty: name the topic to replay into")
+    return config.target_topic.strip()
 
 
 def _report_metadata(report: ReplayReport) -> dict:
@@ -79,16 +106,17 @@ def _report_metadata(report: ReplayReport) -> dict:
 def reprocess_dead_letters(context: dg.OpExecutionContext, config: ReprocessConfig, kafka: KafkaResource,
                            queue: QueueResource) -> dg.Output[dict]:
     settings = queue.settings(kafka)
-    try:
-        categories = [ErrorCategory(c) for c in config.categories]
-    except ValueError as exc:
-        raise dg.Failure(description=f"{exc}; categories are {[c.value for c in ErrorCategory]}") from exc
     request = ReplayRequest(
-        categories=categories, error_classes=config.error_classes, min_age_s=config.min_age_seconds,
-        max_messages=config.max_messages, dry_run=config.dry_run,
-        target_topic=None if config.target == "main" else config.target, max_replays=config.max_replays,
+        categories=[ErrorCategory(c.value) for c in config.categories], error_classes=config.error_classes,
+        min_age_s=config.min_age_seconds, max_messages=config.max_messages, dry_run=config.dry_run,
+        target_topic=_target_topic(config), max_replays=config.max_replays,
     )
+    with metrics_endpoint(settings.metrics, settings.metrics.replay_port, context.log):
+        return _replay(context, config, kafka, settings, request)
 
+
+def _replay(context: dg.OpExecutionContext, config: ReprocessConfig, kafka: KafkaResource, settings: QueueSettings,
+            request: ReplayRequest) -> dg.Output[dict]:
     def progress(report: ReplayReport) -> None:
         context.log.info(f"scanned {report.scanned}: replayed {report.replayed}, parked {report.parked}, "
                          f"skipped {report.skipped}")
@@ -202,7 +230,9 @@ def dlq_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource, queue:
     cursor = {"offsets": {**requested, **{str(p): max(end, requested.get(str(p), 0))
                                           for p, (_, end) in batch.items()}}, "run_key": run_key}
     config = ReprocessConfig(categories=[c.value for c in policy.auto_categories], min_age_seconds=policy.cooldown_s,
-                             max_messages=sum(e - s for s, e in batch.values()), max_replays=policy.max_replays)
+                             max_messages=sum(e - s for s, e in batch.values()), max_replays=policy.max_replays,
+                             max_retries=policy.retry_max, retry_delay_seconds=policy.retry_delay_s,
+                             retry_backoff=RetryBackoff(policy.retry_backoff), retry_jitter=policy.retry_jitter)
     context.log.info(f"requesting a replay of DLQ offsets {batch} ({categories})")
     return dg.SensorResult(
         run_requests=[dg.RunRequest(

@@ -111,6 +111,10 @@ class QueueResource(dg.ConfigurableResource):
     replay_cooldown_s: float = _field(_P, "cooldown_s", DEFAULTS.replay.cooldown_s)
     replay_max_replays: int = _field(_P, "max_replays", DEFAULTS.replay.max_replays)
     replay_batch_size: int = _field(_P, "batch_size", DEFAULTS.replay.batch_size)
+    replay_retry_max: int = _field(_P, "retry_max", DEFAULTS.replay.retry_max)
+    replay_retry_delay_s: float = _field(_P, "retry_delay_s", DEFAULTS.replay.retry_delay_s)
+    replay_retry_backoff: str = _field(_P, "retry_backoff", DEFAULTS.replay.retry_backoff)
+    replay_retry_jitter: bool = _field(_P, "retry_jitter", DEFAULTS.replay.retry_jitter)
     llm_base_url: str = _field(_L, "base_url", DEFAULTS.llm.base_url)
     llm_model: str = _field(_L, "model", DEFAULTS.llm.model)
     llm_api_key: str | None = Field(None, description="The LLM API key: an EnvVar (CVQ_LLM__API_KEY), never a value.")
@@ -131,7 +135,9 @@ class QueueResource(dg.ConfigurableResource):
                                multiplier=self.retry_multiplier, max_delay_ms=self.retry_max_delay_ms,
                                max_attempts=self.retry_max_attempts)
         merged["replay"].update(auto_categories=self.replay_auto_categories, cooldown_s=self.replay_cooldown_s,
-                                max_replays=self.replay_max_replays, batch_size=self.replay_batch_size)
+                                max_replays=self.replay_max_replays, batch_size=self.replay_batch_size,
+                                retry_max=self.replay_retry_max, retry_delay_s=self.replay_retry_delay_s,
+                                retry_backoff=self.replay_retry_backoff, retry_jitter=self.replay_retry_jitter)
         merged["llm"].update(base_url=self.llm_base_url, model=self.llm_model, temperature=self.llm_temperature,
                              max_tokens=self.llm_max_tokens, request_timeout_s=self.llm_request_timeout_s,
                              max_concurrent_requests=self.llm_max_concurrent_requests)
@@ -148,4 +154,6 @@ class QueueResource(dg.ConfigurableResource):
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
-    return {"kafka": KafkaResource.from_env(), "queue": QueueResource.from_env()}
+    from cv_queue.defs.notify import AlertsResource  # it builds on DEFAULTS above
+
+    return {"kafka": KafkaResource.from_env(), "queue": QueueResource.from_env(), "alerts": AlertsResource.from_env()}

@@ -1,14 +1,13 @@
 """Topic assets: materializing one provisions its topic (create, repair, grow) and records what it is.
 
 Each asset has a `config_drift` check that fails, with the diff, when the live topic no longer matches
-its spec; a sensor records queue depth per partition and DLQ depth as observations the UI plots.
+its spec. Depth observations and the queue health checks are in checks.py.
 """
 
 import dagster as dg
 from confluent_kafka.admin import AdminClient
 
 from cv_queue.defs.resources import KafkaResource, QueueResource
-from cv_queue.kafka.lag import group_lag
 from cv_queue.kafka.topics import TopicRole, TopicSpec, describe_topics, diff_topic, provision_topic, topic_specs
 from cv_queue.settings import QueueSettings
 
@@ -104,26 +103,3 @@ def _topic_asset(role: TopicRole) -> tuple[dg.AssetsDefinition, dg.AssetChecksDe
 _BUILT = [_topic_asset(role) for role in TopicRole]
 topic_assets = [asset for asset, _ in _BUILT]
 topic_checks = [check for _, check in _BUILT]
-
-
-@dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
-           description="Records queue depth per partition and DLQ depth as asset observations (offsets only).")
-def queue_depth_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource,
-                       queue: QueueResource) -> dg.SensorResult:
-    settings = queue.settings(kafka)
-    admin = kafka.admin()
-    if missing := unprovisioned(admin, settings):
-        return skip_until_provisioned(missing)
-    names = settings.topic_names
-    events = []
-    for role, topic, group in ((TopicRole.MAIN, names.main, settings.group_id),
-                               (TopicRole.RETRY, names.retry, settings.group_id),
-                               (TopicRole.DLQ, names.dlq, settings.replay_group_id)):
-        lags = group_lag(admin, group, topic)
-        metadata: dict[str, int | str] = {"depth": sum(x.lag for x in lags), "group": group}
-        for x in lags:
-            label = f"{settings.dlq_category(x.partition).value}_p{x.partition}" if role == TopicRole.DLQ \
-                else f"p{x.partition}"
-            metadata[f"depth_{label}"] = x.lag
-        events.append(dg.AssetObservation(asset_key=asset_key(role), metadata=metadata))
-    return dg.SensorResult(asset_events=events)

@@ -11,6 +11,7 @@ import os
 import queue as queue_lib
 import threading
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -18,10 +19,11 @@ from pydantic import Field
 
 from cv_queue.defs import tags
 from cv_queue.defs.fleet_state import fleet_stopped, set_fleet_stopped
+from cv_queue.defs.metrics_port import metrics_endpoint, worker_metrics_port
 from cv_queue.defs.resources import DEFAULTS, KafkaResource, QueueResource
 from cv_queue.defs.topics import skip_until_provisioned, unprovisioned
 from cv_queue.kafka.worker import PartitionWorker, WorkerStartError, WorkerStats
-from cv_queue.settings import Slot
+from cv_queue.settings import QueueSettings, Slot
 
 WORKER_JOB = "partition_worker"
 SLOTS = [slot.name for slot in DEFAULTS.slots()]  # 0-1, 2-3, 4-5, 6-7 by default
@@ -30,10 +32,43 @@ ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.Dagste
 FLEET_CHECK_S = 3.0
 
 
+IDLE_PROGRESS_LOG_S = 60.0
+
+
 class WorkerRunConfig(dg.Config):
-    slot: str = Field(description="The slot's partitions, e.g. '0-1'. Set for you when launched by partition.")
-    progress_interval_s: float = Field(10.0, description="How often the run logs progress.")
+    slot: str = Field("", description="Set for you from the partition (the slot) you pick; leave it empty. A run "
+                                      "without a partition is refused: it would escape the one-run-per-slot limit.")
+    progress_interval_s: float = Field(10.0, description="How often the worker reports progress; the run logs a "
+                                                         "report when it changed, and at most once a minute if not.")
     shutdown_grace_s: float = Field(10.0, description="On termination, how long running jobs may finish.")
+
+
+class ProgressLog:
+    """Which progress reports reach the event log: every change, and an unchanged one at most once a minute
+    (a worker's event log then grows with its work, not with its uptime)."""
+
+    def __init__(self, idle_every_s: float = IDLE_PROGRESS_LOG_S) -> None:
+        self.idle_every_s = idle_every_s
+        self._last: str | None = None
+        self._at = float("-inf")
+
+    def due(self, summary: str, now: float) -> bool:
+        if summary != self._last or now - self._at >= self.idle_every_s:
+            self._last, self._at = summary, now
+            return True
+        return False
+
+
+def refuse_without_slot(config_slot: str, run_tags: Mapping[str, str]) -> None:
+    """A run must be launched for a partition: only then does it carry the slot tag the per-slot run limit in
+    dagster.yaml counts. A hand-launched run with only a `slot` in its config would run beside the slot's run."""
+    tagged = run_tags.get(tags.WORKER_SLOT)
+    if not config_slot or tagged != config_slot:
+        raise dg.Failure(description=(
+            f"partition_worker runs one slot and must be launched for a partition: pick the slot in the Launchpad's "
+            f"partition picker ({', '.join(SLOTS)}), or use a backfill, or let worker_fleet_sensor launch it. This "
+            f"run has slot {config_slot or '(none)'!r} in its config and {tagged or 'no'} {tags.WORKER_SLOT} tag, "
+            "so it would escape the one-run-per-slot limit."))
 
 
 def _slot_tags(slot: str) -> dict[str, str]:
@@ -49,6 +84,7 @@ def _join_worker(context: dg.OpExecutionContext, thread: threading.Thread, stop:
                  progress: "queue_lib.SimpleQueue[WorkerStats]") -> bool:
     """Wait for the worker thread, relaying progress; True if it was stopped because the fleet stopped."""
     next_fleet_check = time.monotonic() + FLEET_CHECK_S
+    progress_log = ProgressLog()
     while thread.is_alive():
         thread.join(0.5)
         while True:
@@ -56,7 +92,9 @@ def _join_worker(context: dg.OpExecutionContext, thread: threading.Thread, stop:
                 stats = progress.get_nowait()
             except queue_lib.Empty:
                 break
-            context.log.info(stats.summary())
+            summary = stats.summary()
+            if progress_log.due(summary, time.monotonic()):
+                context.log.info(summary)
         if time.monotonic() >= next_fleet_check:
             next_fleet_check = time.monotonic() + FLEET_CHECK_S
             if not stop.is_set() and fleet_stopped(context.instance):
@@ -69,11 +107,18 @@ def _join_worker(context: dg.OpExecutionContext, thread: threading.Thread, stop:
 @dg.op(tags={tags.ROLE: tags.ROLE_WORKER})  # deliberately no RetryPolicy: the fleet sensor restarts workers
 def run_partition_worker(context: dg.OpExecutionContext, config: WorkerRunConfig, kafka: KafkaResource,
                          queue: QueueResource) -> dg.Output[dict]:
+    refuse_without_slot(config.slot, context.run.tags)
     settings = queue.settings(kafka)
     settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={
         "progress_interval_s": config.progress_interval_s,
         "shutdown_grace_ms": int(config.shutdown_grace_s * 1000)})})
     slot = Slot.parse(config.slot)
+    with metrics_endpoint(settings.metrics, worker_metrics_port(settings, slot), context.log):
+        return _run_worker(context, config, kafka, settings, slot)
+
+
+def _run_worker(context: dg.OpExecutionContext, config: WorkerRunConfig, kafka: KafkaResource,
+                settings: QueueSettings, slot: Slot) -> dg.Output[dict]:
     progress: queue_lib.SimpleQueue[WorkerStats] = queue_lib.SimpleQueue()
     worker = PartitionWorker(kafka.connection(), settings, slot, on_progress=progress.put)
     stop = threading.Event()

@@ -5,12 +5,14 @@ from collections.abc import Iterator
 import dagster as dg
 import pytest
 
+from cv_queue.defs.notify import AlertsResource
 from cv_queue.defs.resources import KafkaResource, QueueResource
 
 
 @pytest.fixture
 def resources(bootstrap, namespace) -> dict:
-    return {"kafka": KafkaResource(bootstrap_servers=bootstrap, namespace=namespace), "queue": QueueResource()}
+    return {"kafka": KafkaResource(bootstrap_servers=bootstrap, namespace=namespace), "queue": QueueResource(),
+            "alerts": AlertsResource()}
 
 
 @pytest.fixture

@@ -98,8 +98,8 @@ def test_letters_of_a_failed_replay_run_are_requested_again(resources, instance,
     resources = _with_transient_letters(resources, instance, settings, conn, 3)
     first = _tick(instance, resources)
     [request] = first.run_requests
-    # The requested run fails (here: a bad category) without replaying anything.
-    bad_config = {"ops": {"reprocess_dead_letters": {"config": {"categories": ["nonsense"]}}}}
+    # The requested run fails (here: no topic named for other_topic) without replaying anything.
+    bad_config = {"ops": {"reprocess_dead_letters": {"config": {"target": "other_topic"}}}}
     failed = reprocess_dlq.execute_in_process(run_config=bad_config, resources=resources, instance=instance,
                                               tags={**request.tags, "dagster/run_key": request.run_key},
                                               raise_on_error=False)
@@ -113,3 +113,15 @@ def test_letters_of_a_failed_replay_run_are_requested_again(resources, instance,
     assert len(read_topic(conn, settings.topic_names.main, expect=3)) == 3
     settled = _tick(instance, resources, cursor=again.cursor)
     assert settled.run_requests == []  # everything requested was replayed: nothing left to ask for
+
+
+def test_sensor_triggered_replays_take_their_retry_policy_from_the_replay_settings(resources, instance, settings,
+                                                                                     conn):
+    policy = {"replay_retry_max": 7, "replay_retry_delay_s": 1.5, "replay_retry_backoff": "linear",
+              "replay_retry_jitter": False}
+    resources = _with_transient_letters(resources, instance, settings, conn, 2, **policy)
+    [request] = _tick(instance, resources).run_requests
+    config = request.run_config["ops"]["reprocess_dead_letters"]["config"]
+    assert (config["max_retries"], config["retry_delay_seconds"], config["retry_backoff"], config["retry_jitter"]) \
+        == (7, 1.5, "linear", False)
+    assert dg.validate_run_config(reprocess_dlq, request.run_config)

@@ -3,9 +3,10 @@
 import random
 
 import dagster as dg
+import pytest
 from confluent_kafka import Producer
 
-from cv_queue.defs.dlq import ReprocessConfig, reprocess_dlq, retry_wait_s
+from cv_queue.defs.dlq import ReprocessConfig, reprocess_dead_letters, reprocess_dlq, retry_wait_s
 from cv_queue.defs.topics import topic_assets
 from cv_queue.errors import ErrorCategory, PermanentJobError, TransientJobError
 from cv_queue.kafka.envelope import now_ms
@@ -42,12 +43,36 @@ def test_reprocess_dlq_moves_letters_and_reports_counts(resources, instance, set
     assert len(read_topic(conn, settings.topic_names.main, expect=6)) == 6
 
 
-def test_bad_category_is_a_clear_failure(resources, instance):
-    result = reprocess_dlq.execute_in_process(run_config=_config(categories=["sideways"]), resources=resources,
+def _enum_choices(config_type) -> list[str]:
+    """The values an Enum field offers, through the optional/list wrappers around it."""
+    while not hasattr(config_type, "enum_values"):
+        config_type = config_type.inner_type
+    return sorted(v.config_value for v in config_type.enum_values)
+
+
+def test_launchpad_choices_refuse_typos_before_a_run_starts(instance):
+    for typo in ({"categories": ["permanant"]}, {"retry_backoff": "exponentail"}, {"target": "mian"}):
+        with pytest.raises(dg.DagsterInvalidConfigError) as refused:
+            dg.validate_run_config(reprocess_dlq, _config(**typo))
+        [(field, value)] = typo.items()
+        bad = value[0] if isinstance(value, list) else value
+        assert "not in enum type" in str(refused.value) and bad in str(refused.value), field
+    assert not instance.get_runs()  # validation happens before any run exists
+    valid = _config(categories=["permanent", "invalid_payload"], retry_backoff="linear", target="other_topic",
+                    target_topic="staging")
+    assert dg.validate_run_config(reprocess_dlq, valid)
+    fields = reprocess_dead_letters.config_schema.config_type.fields
+    choices = {name: _enum_choices(fields[name].config_type) for name in ("target", "retry_backoff", "categories")}
+    assert choices == {"target": ["main", "other_topic"], "retry_backoff": ["constant", "exponential", "linear"],
+                       "categories": sorted(c.value for c in ErrorCategory)}
+
+
+def test_other_topic_without_a_name_is_a_clear_failure(resources, instance):
+    result = reprocess_dlq.execute_in_process(run_config=_config(target="other_topic"), resources=resources,
                                               instance=instance, raise_on_error=False)
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "sideways" in failure.event_specific_data.error.message
+    assert "target_topic is empty" in failure.event_specific_data.error.message
 
 
 def test_retries_follow_the_run_config(resources, instance):

@@ -57,7 +57,7 @@ def test_drift_fails_the_check_with_the_diff_and_rematerializing_repairs(resourc
 
 
 def test_queue_depth_sensor_records_observations(resources, instance, settings, conn):
-    from cv_queue.defs.topics import queue_depth_sensor
+    from cv_queue.defs.checks import queue_depth_sensor
     from cv_queue.evaluation.samples import sample_jobs
     from cv_queue.kafka.producer import JobProducer
 
@@ -65,7 +65,7 @@ def test_queue_depth_sensor_records_observations(resources, instance, settings, 
     deliveries = JobProducer(conn, settings.topic_names.main).enqueue_batch(sample_jobs(40, seed=1))
     with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
         result = queue_depth_sensor(ctx)
-    observed = {e.asset_key: e.metadata for e in result.asset_events}
+    observed = {e.asset_key: e.metadata for e in result.asset_events if isinstance(e, dg.AssetObservation)}
     main = observed[asset_key(TopicRole.MAIN)]
     assert main["depth"].value == 40
     per_partition = {p: sum(1 for d in deliveries if d.partition == p) for p in range(8)}

@@ -1,0 +1,19 @@
+"""Both instance configs (local and Docker) make the `cv_queue` logger a managed Python logger and bound tick
+retention, and Dagster's own schema accepts them. (That the managed logger reaches a run's event log is shown
+by the fencing test in test_alerts_daemon.py.)"""
+
+import pytest
+from dagster._core.instance.config import dagster_instance_config
+
+from cv_queue_tests.conftest import PROJECT_ROOT
+
+
+@pytest.mark.parametrize("folder", [PROJECT_ROOT, PROJECT_ROOT / "deploy" / "docker"], ids=["local", "docker"])
+def test_worker_logs_reach_the_event_log_and_ticks_are_bounded(folder):
+    config, _ = dagster_instance_config(str(folder), "dagster.yaml")  # raises on anything the schema rejects
+    assert config["python_logs"]["managed_python_loggers"] == ["cv_queue"]
+    assert "python_log_level" not in config["python_logs"]  # INFO lines of the worker stay out of the event log
+    sensor_ticks = config["retention"]["sensor"]["purge_after_days"]
+    assert all(days > 0 for days in sensor_ticks.values())
+    assert set(sensor_ticks) == {"skipped", "started", "success", "failure"}
+    assert config["retention"]["schedule"]["purge_after_days"] > 0
