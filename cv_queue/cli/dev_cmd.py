@@ -314,6 +314,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     for key, value in DEMO_ENV.items():
         env.setdefault(key, value)
+    # Dagster's own CLI warns about its superseded options (a FutureWarning raised through click) on every start;
+    # the operator can do nothing about it, so `make run` does not show it.
+    env["PYTHONWARNINGS"] = ",".join(filter(None, [env.get("PYTHONWARNINGS"), "ignore::FutureWarning:click.core"]))
     state_dir = args.state_dir.expanduser().resolve()
     broker_state_file: Path | None = None
     dagster: subprocess.Popen | None = None
