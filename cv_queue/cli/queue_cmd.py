@@ -37,7 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     src = enq.add_mutually_exclusive_group(required=True)
     src.add_argument("--count", type=int, help="number of sample jobs")
     src.add_argument("--file", type=Path, help="one EvaluationJob JSON per line; all are checked before any is sent")
-    enq.add_argument("--seed", type=int, default=0, help="sample generator seed")
+    enq.add_argument("--seed", type=int, default=None,
+                     help="sample generator seed, for a repeatable batch (default: random, so every run sends new "
+                     "job ids)")
     enq.add_argument("--prefix", default="job", help="job_id prefix of sample jobs")
     enq.add_argument("--transient", type=float, default=0.0,
                      help="fraction of sample jobs that fail transiently twice (simulated handler)")
@@ -97,6 +99,8 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     else:
+        if args.seed is None:  # without a seed, two runs must not send the same job ids (they would be duplicates)
+            args.seed = random.SystemRandom().randrange(2**31)
         jobs = list(sample_jobs(args.count, args.seed, args.prefix, _labels_for(args)))
     producer = JobProducer(connection(args), qs.topic_names.main)
     total = len(jobs)
