@@ -1,5 +1,6 @@
 """The recording side alone, in this process's registry: the endpoint's life cycle, and what routing, the job
-runners and the results' usage record. (What a real worker serves after a real workload: test_endpoints.py.)"""
+runners, the results' usage and the transaction path record. (What a real worker serves after a real workload:
+test_endpoints.py.)"""
 
 import asyncio
 import time
@@ -8,10 +9,12 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from confluent_kafka import TopicPartition
 from prometheus_client import REGISTRY
 
 from cv_queue.errors import ErrorCategory, PermanentJobError
 from cv_queue.evaluation.samples import sample_jobs
+from cv_queue.kafka import transaction
 from cv_queue.kafka.classify import ErrorClassifier
 from cv_queue.kafka.delivery import parse_delivery
 from cv_queue.kafka.execution import AsyncJobRunner, JobRunner, Task, result_bytes
@@ -20,10 +23,12 @@ from cv_queue.kafka.metrics import WorkerMetrics, start_metrics_server
 from cv_queue.kafka.records import Failure, SourceRecord
 from cv_queue.kafka.routing import Router
 from cv_queue.kafka.stats import WorkerStats
+from cv_queue.kafka.transaction import TransactionFatalError, commit_atomically
 from cv_queue.messages import Evaluation, EvaluationScores, ModelUsage
 from cv_queue.settings import QueueSettings, RetrySettings
 from cv_queue_tests.metrics.scrape import scrape
 from cv_queue_tests.support import unique
+from cv_queue_tests.unit.test_transaction import ScriptedProducer, abortable, fatal
 
 SETTINGS = QueueSettings()
 SCORES = EvaluationScores(cv_match_rate=0.5, project_score=5, cv_feedback="f", project_feedback="f",
@@ -109,3 +114,26 @@ def test_token_usage_of_a_result_is_counted_by_model_and_kind():
     assert _value("cvq_llm_tokens_total", model=model, kind="prompt") == 700
     assert _value("cvq_llm_tokens_total", model=model, kind="completion") == 120
     assert _value("cvq_llm_requests_total", model=model) == 2
+
+
+@pytest.mark.parametrize(("script", "aborts", "raises"), [
+    ({}, 0, None),
+    ({"commit": [abortable(), abortable()]}, 2, None),  # aborted twice, redone, committed
+    ({"commit": [fatal()]}, 1, TransactionFatalError),  # aborted on the way out
+    ({"begin": [fatal()]}, 0, TransactionFatalError),  # nothing open: nothing to abort
+])
+def test_every_aborted_transaction_is_reported(monkeypatch, script, aborts, raises):
+    monkeypatch.setattr(transaction.time, "sleep", lambda _s: None)
+    producer = ScriptedProducer(**script)
+    counted: list[None] = []
+
+    def call() -> None:
+        commit_atomically(producer, [], [TopicPartition("main", 0, 1)], object(),  # type: ignore[arg-type]
+                          stopping=lambda: False, on_abort=lambda: counted.append(None))
+
+    if raises is None:
+        call()
+    else:
+        with pytest.raises(raises):
+            call()
+    assert len(counted) == producer.calls.count("abort") == aborts
