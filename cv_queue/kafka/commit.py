@@ -47,11 +47,11 @@ class WatermarkCommitter:
         self.in_transaction = True
         try:
             commit_atomically(self.producer, outputs, offsets, self.consumer.consumer_group_metadata(),
-                              stopping=self.stopping, on_abort=self.metrics.aborts.inc)
+                              stopping=self.stopping, on_abort=self.metrics.count_abort)
         finally:
             self.in_transaction = False
         self.commits += 1
-        self.metrics.commits.inc()
+        self.metrics.commits += 1
         self.metrics.commit_seconds.observe(time.monotonic() - started)
 
     def abort_if_open(self, timeout_s: float = 10) -> str | None:
@@ -64,5 +64,5 @@ class WatermarkCommitter:
             self.producer.abort_transaction(timeout_s)
         except KafkaException as exc:
             return str(exc)
-        self.metrics.aborts.inc()
+        self.metrics.count_abort()
         return None

@@ -19,7 +19,7 @@ from cv_queue.kafka.backoff import retry_delay_ms
 from cv_queue.kafka.delivery import Delivery
 from cv_queue.kafka.envelope import dead_letter_record, now_ms, retry_record
 from cv_queue.kafka.fit import OutputLimits, shrink_dead_letter, trim_error_detail
-from cv_queue.kafka.metrics import WorkerMetrics
+from cv_queue.kafka.metrics import WorkerMetrics, worker_metrics
 from cv_queue.kafka.records import Failure, OutputRecord
 from cv_queue.kafka.stats import WorkerStats
 from cv_queue.settings import QueueSettings
@@ -31,7 +31,7 @@ class Router:
     def __init__(self, settings: QueueSettings, worker_id: str, limits: OutputLimits, stats: WorkerStats,
                  metrics: WorkerMetrics | None = None) -> None:
         self.settings = settings
-        self.metrics = metrics or WorkerMetrics(stats.slot, [])
+        self.metrics = metrics or worker_metrics(stats.slot)
         self.names = settings.topic_names
         self.worker_id = worker_id
         self.limits = limits
@@ -45,7 +45,7 @@ class Router:
         out = OutputRecord(topic=self.names.results, key=delivery.source.key, value=result, headers=[])
         if out.size <= self._max_result:
             self.stats.succeeded += 1
-            self.metrics.succeeded.inc()
+            self.metrics.succeeded += 1
             if created_at is not None:
                 self.metrics.latency_seconds.observe(time.time() - created_at.timestamp())
             return out
@@ -78,7 +78,7 @@ class Router:
                                failure.stacktrace)
             return self.dead_letter(delivery, oversize, attempts, total_calls)
         self.stats.retried += 1
-        self.metrics.retried[failure.category].inc()
+        self.metrics.retried[failure.category] += 1
         return out
 
     def _over_retry_after_cap(self, delivery: Delivery, failure: Failure, attempts: int, calls: int,
@@ -94,7 +94,7 @@ class Router:
 
     def dead_letter(self, delivery: Delivery, failure: Failure, attempts: int, calls: int) -> OutputRecord:
         self.stats.dead_lettered += 1
-        self.metrics.dead_lettered[failure.category].inc()
+        self.metrics.dead_lettered[failure.category] += 1
         if failure.category == ErrorCategory.INVALID_PAYLOAD:
             self.stats.invalid += 1
         out = dead_letter_record(delivery, failure, attempts, calls, self.worker_id, self.names.dlq,

@@ -43,7 +43,7 @@ from cv_queue.kafka.inflight import PartitionTracker
 from cv_queue.kafka.inline_pool import InlinePool
 from cv_queue.kafka.intake import Intake
 from cv_queue.kafka.layout import fence_overlapping_slots
-from cv_queue.kafka.metrics import WorkerMetrics
+from cv_queue.kafka.metrics import worker_metrics
 from cv_queue.kafka.pool import HandlerPool
 from cv_queue.kafka.records import Failure, OutputRecord, SourceRecord
 from cv_queue.kafka.routing import Router
@@ -95,7 +95,7 @@ class PartitionWorker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{slot.name}"
         self.stats = WorkerStats(slot=slot.name, worker=self.worker_id)
         self._classifier = ErrorClassifier(settings.retry.rules)
-        self._metrics = WorkerMetrics(slot.name, self._source_partitions())
+        self._metrics = worker_metrics(slot.name, self._source_partitions())
         self._consumed = self._metrics.consumed
         worker = settings.worker
         self._pool: HandlerPool | AsyncHandlerPool | InlinePool
@@ -151,7 +151,7 @@ class PartitionWorker:
         self._committer = WatermarkCommitter(self._consumer, self._producer, self._trackers, self._stopping.is_set,
                                              self._metrics)
         self._pool.start()
-        self._metrics.running.set(1)
+        self._metrics.running = 1
         log.info("worker %s started on %s partitions %s (group %s, transactional id %s)", self.worker_id,
                  self.names.main, list(self.slot.partitions), self.settings.group_id,
                  self.settings.transactional_id(self.slot))
@@ -161,7 +161,7 @@ class PartitionWorker:
     def _track(self, source: SourceRecord) -> None:
         key = (source.topic, source.partition)
         self._trackers[key].track(source.offset, source.size)
-        self._consumed[key].inc()
+        self._consumed[key] += 1
         self.stats.consumed += 1
 
     def _offer_ready(self) -> None:
@@ -176,7 +176,7 @@ class PartitionWorker:
     def _complete(self, completion: Completion) -> None:
         delivery = completion.task.delivery
         self.stats.handler_calls += completion.calls
-        self._metrics.handler_calls.inc(completion.calls)
+        self._metrics.handler_calls += completion.calls
         self._metrics.handler_seconds.observe(completion.seconds)
         try:
             if completion.result is not None:
@@ -207,7 +207,7 @@ class PartitionWorker:
                         source.offset, self.settings.worker.job_timeout_s)
             self._complete(completion)
         if self._pool.timed_out > self.stats.timed_out:
-            self._metrics.timed_out.inc(self._pool.timed_out - self.stats.timed_out)
+            self._metrics.timed_out += self._pool.timed_out - self.stats.timed_out
         self.stats.timed_out = self._pool.timed_out
         if self._pool.broken is not None:
             raise HandlersExhaustedError(self._pool.broken)
@@ -254,7 +254,7 @@ class PartitionWorker:
                 continue
             if high >= 0:
                 partition_lag = max(0, high - max(tracker.committed, 0))
-                self._metrics.lag[(topic, partition)].set(partition_lag)
+                self._metrics.lag[(topic, partition)] = partition_lag
                 lag += partition_lag
         self.stats.lag = lag
         self._metrics.record_gauges(self.stats)
@@ -310,7 +310,7 @@ class PartitionWorker:
             self.stats.stop_reason = "fatal"
         finally:
             self._close()
-            self._metrics.running.set(0)
+            self._metrics.running = 0
         self._refresh_gauges_safe()
         log.info("worker %s stopped (%s): %s", self.worker_id, self.stats.stop_reason, self.stats.summary())
         return self.stats

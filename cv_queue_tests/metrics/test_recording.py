@@ -19,7 +19,7 @@ from cv_queue.kafka.classify import ErrorClassifier
 from cv_queue.kafka.delivery import parse_delivery
 from cv_queue.kafka.execution import AsyncJobRunner, JobRunner, Task, result_bytes
 from cv_queue.kafka.fit import OutputLimits
-from cv_queue.kafka.metrics import WorkerMetrics, start_metrics_server
+from cv_queue.kafka.metrics import start_metrics_server, worker_metrics
 from cv_queue.kafka.records import Failure, SourceRecord
 from cv_queue.kafka.routing import Router
 from cv_queue.kafka.stats import WorkerStats
@@ -63,7 +63,7 @@ def test_the_endpoint_serves_on_a_free_port_and_gives_it_back_on_close():
 
 def test_routing_counts_each_outcome_under_its_slot_and_category():
     slot = unique("slot")
-    metrics = WorkerMetrics(slot, [])
+    metrics = worker_metrics(slot)
     router = Router(SETTINGS, "w", OutputLimits(), WorkerStats(slot=slot, worker="w"), metrics)
     delivery = _task().delivery
     created = datetime.now(UTC) - timedelta(seconds=3)
