@@ -5,6 +5,7 @@ environment the code reads, and the instance config validated by Dagster's own s
 """
 
 import importlib
+import json
 import re
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from dagster._config import validate_config
 from dagster._core.instance.config import dagster_instance_config
 
 from cv_queue.defs import tags
+from cv_queue.defs.dlq import REPLAY_JOB
+from cv_queue.defs.workers import WORKER_JOB
 from cv_queue.settings import KafkaConnection, QueueSettings
 from cv_queue_tests.conftest import PROJECT_ROOT
 
@@ -128,3 +131,99 @@ def test_dagster_images_are_the_built_user_code_image():
         grpc = loaded["load_from"][0]["grpc_server"]
         assert grpc["host"] == "user-code"
         assert str(grpc["port"]) in SERVICES["user-code"]["command"]
+
+
+# ---------------------------------------------------------------- the `monitoring` profile: Prometheus and Grafana
+
+PROMETHEUS_DIR = PROJECT_ROOT / "deploy" / "prometheus"
+GRAFANA_DIR = PROJECT_ROOT / "deploy" / "grafana"
+MONITORING = ("prometheus", "grafana")
+
+
+def _mounts(service: str) -> dict[str, Path]:
+    """Container path -> host path of the service's bind mounts of project folders."""
+    out = {}
+    for volume in SERVICES[service].get("volumes", []):
+        host, container = volume.split(":")[:2]
+        if host.startswith("./"):
+            out[container] = PROJECT_ROOT / host
+    return out
+
+
+def _flag(service: str, name: str) -> str:
+    return next(arg.split("=", 1)[1] for arg in SERVICES[service]["command"] if arg.startswith(f"--{name}="))
+
+
+def _prometheus_config() -> dict:
+    config_file = Path(_flag("prometheus", "config.file"))
+    host_dir = _mounts("prometheus")[str(config_file.parent)]
+    assert host_dir == PROMETHEUS_DIR
+    return yaml.safe_load((host_dir / config_file.name).read_text())
+
+
+def _scrape_job(name: str) -> dict:
+    return next(job for job in _prometheus_config()["scrape_configs"] if job["job_name"] == name)
+
+
+def test_monitoring_services_are_a_profile_of_their_own_with_pinned_images():
+    for service in MONITORING:
+        assert SERVICES[service]["profiles"] == ["monitoring"]
+        assert re.search(r":v?\d+\.\d+\.\d+$", SERVICES[service]["image"]), SERVICES[service]["image"]
+        # Host networking: Prometheus reaches `make run`'s processes on 127.0.0.1 and the run containers' addresses.
+        assert SERVICES[service]["network_mode"] == "host"
+    for service in set(SERVICES) - set(MONITORING):
+        assert "profiles" not in SERVICES[service], f"{service} must start without a profile"
+
+
+def test_prometheus_and_grafana_listen_where_nothing_else_does():
+    prometheus_port = int(_flag("prometheus", "web.listen-address").rsplit(":", 1)[1])
+    grafana_port = int(_env("grafana")["GF_SERVER_HTTP_PORT"])
+    metrics = QueueSettings().metrics
+    taken = {p for s in SERVICES for p in _published(s)} | {metrics.replay_port} | {
+        metrics.worker_port_base + i for i in range(len(QueueSettings().slots()))}
+    assert {prometheus_port, grafana_port}.isdisjoint(taken | {3000})  # 3000: Dagster's UI in `make run` too
+    assert prometheus_port != grafana_port
+    datasource = yaml.safe_load((GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    (source,) = datasource["datasources"]
+    assert source["url"] == f"http://127.0.0.1:{prometheus_port}"
+    dashboard = json.loads((GRAFANA_DIR / "dashboards" / "cv-queue.json").read_text())
+    assert {p["datasource"]["uid"] for p in dashboard["panels"] if p["type"] != "row"} == {source["uid"]}
+
+
+def test_grafana_loads_the_provisioning_and_the_dashboard_folder_it_names():
+    mounts = _mounts("grafana")
+    assert mounts["/etc/grafana/provisioning"] == GRAFANA_DIR / "provisioning"
+    provider = yaml.safe_load((GRAFANA_DIR / "provisioning" / "dashboards" / "cv-queue.yml").read_text())
+    path = provider["providers"][0]["options"]["path"]
+    assert mounts[path] == GRAFANA_DIR / "dashboards"
+    home = _env("grafana")["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (mounts[str(Path(home).parent)] / Path(home).name).is_file()
+
+
+def test_scrape_targets_are_the_ports_workers_and_replays_serve():
+    settings = QueueSettings()
+    worker_ports = {settings.metrics.worker_port_base + i for i, _ in enumerate(settings.slots())}
+    workers = _scrape_job("cv-queue-workers")["static_configs"][0]["targets"]
+    assert set(workers) == {f"127.0.0.1:{port}" for port in worker_ports}
+    (replay,) = _scrape_job("cv-queue-replay")["static_configs"][0]["targets"]
+    assert replay == f"127.0.0.1:{settings.metrics.replay_port}"
+    # The run containers of the Docker deployment: found by the job-name label DockerRunLauncher sets.
+    containers = _scrape_job("cv-queue-worker-containers")["docker_sd_configs"]
+    assert {sd["port"] for sd in containers} == worker_ports
+    assert {sd["filters"][0]["values"][0] for sd in containers} == {f"dagster/job_name={WORKER_JOB}"}
+    (replay_sd,) = _scrape_job("cv-queue-replay-containers")["docker_sd_configs"]
+    assert replay_sd["port"] == settings.metrics.replay_port
+    assert replay_sd["filters"][0]["values"] == [f"dagster/job_name={REPLAY_JOB}"]
+    assert "/var/run/docker.sock:/var/run/docker.sock:ro" in SERVICES["prometheus"]["volumes"]
+    # ...which serve on their network address, not the container's loopback.
+    assert _env("user-code")["CVQ_METRICS__HOST"] == "0.0.0.0"
+
+
+def test_prometheus_loads_the_alert_rules_and_expects_every_slot():
+    config = _prometheus_config()
+    for rule_file in config["rule_files"]:
+        assert (PROMETHEUS_DIR / rule_file).is_file()
+    rules = {r["alert"]: r for g in yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())["groups"]
+             for r in g["rules"]}
+    expected = int(re.search(r"<\s*(\d+)\s*$", rules["CvQueueWorkerDown"]["expr"].strip()).group(1))
+    assert expected == len(QueueSettings().slots())

@@ -2,16 +2,18 @@
 
 import argparse
 import sys
+import time
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from cv_queue.cli.context import connection, settings
+from cv_queue.cli.queue_cmd import start_cli_metrics
 from cv_queue.cli.tables import render
 from cv_queue.errors import CATEGORY_ORDER, DEFAULT_REPLAY_CATEGORIES, ErrorCategory, InvalidPayloadError
 from cv_queue.kafka.clients import admin_client, assigned_consumer, message_headers, poll_batch
 from cv_queue.kafka.envelope import read_dead_letter
 from cv_queue.kafka.lag import committed_offsets, end_offsets
-from cv_queue.kafka.replay import ReplayRequest, replay_dead_letters
+from cv_queue.kafka.replay import ReplayReport, ReplayRequest, replay_dead_letters
 
 _CATEGORIES = [c.value for c in CATEGORY_ORDER]
 
@@ -38,6 +40,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     rep.add_argument("--max-replays", type=int, default=None, help="park letters replayed this often")
     rep.add_argument("--target", default=None, help="topic to replay into (default: the main topic)")
     rep.add_argument("--dry-run", action="store_true", help="report only; produce and commit nothing")
+    rep.add_argument("--metrics-port", type=int, default=None,
+                     help="serve Prometheus metrics while the replay runs (0 = any free port; the URL is logged)")
+    rep.add_argument("--metrics-linger", type=float, default=0.0,
+                     help="with --metrics-port: keep serving this many seconds after the run, so that a scrape "
+                          "sees the final counts (at least the scrape interval; Ctrl-C or SIGTERM ends it early)")
     rep.set_defaults(func=cmd_replay)
 
 
@@ -96,8 +103,29 @@ def cmd_replay(args: argparse.Namespace) -> int:
     def progress(report: object) -> None:
         print(f"\r  scanned {report.scanned}", end="", file=sys.stderr, flush=True)  # type: ignore[attr-defined]
 
-    report = replay_dead_letters(connection(args), qs, request, on_progress=progress)
-    print(file=sys.stderr)
+    try:
+        metrics = start_cli_metrics(args.metrics_port, args, qs)
+    except OSError as exc:
+        print(f"error: cannot serve metrics on {qs.metrics.host}:{args.metrics_port}: {exc}", file=sys.stderr)
+        return 2
+    if metrics is not None:
+        print(f"serving metrics on {metrics.url}", file=sys.stderr, flush=True)
+    try:
+        report = replay_dead_letters(connection(args), qs, request, on_progress=progress)
+        print(file=sys.stderr)
+        _print_report(report)
+        if metrics is not None:
+            if metrics.depth is not None:
+                metrics.depth.refresh()  # the depth after this run, not as of the last interval
+            sys.stdout.flush()
+            time.sleep(args.metrics_linger)
+    finally:
+        if metrics is not None:
+            metrics.close()
+    return 0
+
+
+def _print_report(report: ReplayReport) -> None:
     rows = [[cat, outcome, n] for cat, outcomes in report.by_category.items() for outcome, n in outcomes.items()]
     print(render(["category", "outcome", "letters"], rows))
     print(f"{'DRY RUN: ' if report.dry_run else ''}scanned {report.scanned}, replayed {report.replayed}, "
@@ -105,4 +133,3 @@ def cmd_replay(args: argparse.Namespace) -> int:
           + (f"; left young letters from offsets {report.left_too_young}" if report.left_too_young else "")
           + (f"; left letters of other error classes from offsets {report.left_unmatched}"
              if report.left_unmatched else ""))
-    return 0

@@ -16,10 +16,11 @@ from cv_queue.evaluation.handler import load_handler
 from cv_queue.evaluation.samples import sample_jobs
 from cv_queue.kafka.clients import admin_client
 from cv_queue.kafka.lag import end_offsets, group_lag, partition_count
+from cv_queue.kafka.metrics import MetricsServer, start_metrics_server
 from cv_queue.kafka.producer import JobProducer, RawRecord, deliveries_by_partition
 from cv_queue.kafka.worker import PartitionWorker
 from cv_queue.messages import EvaluationJob, decode_job
-from cv_queue.settings import Slot
+from cv_queue.settings import QueueSettings, Slot
 
 # Records that are not jobs, one per way a payload can be wrong; `enqueue --invalid` sends these.
 INVALID_SAMPLES: list[tuple[str, bytes | None]] = [
@@ -54,6 +55,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     work.add_argument("--handler", default=None, help="override CVQ_WORKER__HANDLER (module:attr)")
     work.add_argument("--handler-options", default=None, help="JSON object of handler keyword arguments")
     work.add_argument("--max-in-flight", type=int, default=None, help="override CVQ_WORKER__MAX_IN_FLIGHT")
+    work.add_argument("--metrics-port", type=int, default=None,
+                      help="serve Prometheus metrics on this port (0 = any free port; the URL is logged), on "
+                           "CVQ_METRICS__HOST")
     work.set_defaults(func=cmd_worker)
 
     status = sub.add_parser("status", help="end and committed offsets, lag per partition, DLQ depth")
@@ -147,7 +151,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     worker = PartitionWorker(connection(args), qs, slot, handler=handler)
-    stats = worker.run(stop)
+    try:
+        metrics = start_cli_metrics(args.metrics_port, args, qs)
+    except OSError as exc:
+        print(f"error: cannot serve metrics on {qs.metrics.host}:{args.metrics_port}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        stats = worker.run(stop)
+    finally:
+        if metrics is not None:
+            metrics.close()
     print(stats.summary(), file=sys.stderr)
     if stats.stop_reason == "fenced":
         print(f"worker for slot {slot.name} was fenced by a newer worker for the same slot; exiting",
@@ -162,6 +175,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
               "was committed, restart the worker to free them", file=sys.stderr)
         return 5
     return 0
+
+
+def start_cli_metrics(port: int | None, args: argparse.Namespace, qs: QueueSettings) -> MetricsServer | None:
+    """The /metrics endpoint of a command given --metrics-port (with the DLQ depth gauges), or None."""
+    if port is None:
+        return None
+    return start_metrics_server(port, qs.metrics.host, connection(args), qs)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

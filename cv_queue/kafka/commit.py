@@ -1,10 +1,12 @@
 """The commit step: released outputs and the watermark offsets they settle, produced and committed as one unit."""
 
+import time
 from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from cv_queue.kafka.inflight import PartitionTracker
+from cv_queue.kafka.metrics import WorkerMetrics
 from cv_queue.kafka.records import OutputRecord
 from cv_queue.kafka.transaction import commit_atomically
 
@@ -15,8 +17,9 @@ class WatermarkCommitter:
     """Pops each partition's settled prefix and commits it, with its outputs, in one Kafka transaction."""
 
     def __init__(self, consumer: Consumer, producer: Producer, trackers: Trackers,
-                 stopping: Callable[[], bool]) -> None:
+                 stopping: Callable[[], bool], metrics: WorkerMetrics) -> None:
         self.consumer = consumer
+        self.metrics = metrics
         self.producer = producer
         self.trackers = trackers
         self.stopping = stopping
@@ -40,13 +43,16 @@ class WatermarkCommitter:
                 offsets.append(TopicPartition(topic, partition, committed))
         if not offsets:
             return
+        started = time.monotonic()
         self.in_transaction = True
         try:
             commit_atomically(self.producer, outputs, offsets, self.consumer.consumer_group_metadata(),
-                              stopping=self.stopping)
+                              stopping=self.stopping, on_abort=self.metrics.count_abort)
         finally:
             self.in_transaction = False
         self.commits += 1
+        self.metrics.commits += 1
+        self.metrics.commit_seconds.observe(time.monotonic() - started)
 
     def abort_if_open(self, timeout_s: float = 10) -> str | None:
         """On close: abort a transaction a failure left open, so it does not hold the output partitions' last stable
@@ -58,4 +64,5 @@ class WatermarkCommitter:
             self.producer.abort_transaction(timeout_s)
         except KafkaException as exc:
             return str(exc)
+        self.metrics.count_abort()
         return None

@@ -9,6 +9,7 @@ import asyncio
 import inspect
 import logging
 import queue
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -17,6 +18,7 @@ from cv_queue.evaluation.handler import JobContext, JobHandler
 from cv_queue.kafka.backoff import AsyncInProcessRetry, InProcessRetry
 from cv_queue.kafka.classify import ErrorClassifier
 from cv_queue.kafka.delivery import Delivery
+from cv_queue.kafka.metrics import count_llm_usage
 from cv_queue.kafka.records import Failure
 from cv_queue.messages import Evaluation, EvaluationJob, EvaluationResult, EvaluationScores
 from cv_queue.settings import RetrySettings
@@ -42,6 +44,7 @@ class Completion:
     calls: int
     result: bytes | None
     failure: Failure | None
+    seconds: float = 0.0  # time this delivery spent in the handler (for the duration histogram)
 
 
 class CompletionQueue:
@@ -71,7 +74,7 @@ class CompletionQueue:
 def timeout_completion(task: Task, timeout_s: float) -> Completion:
     failure = Failure(ErrorCategory.TRANSIENT, JOB_TIMEOUT_CLASS,
                       f"the handler did not return within job_timeout_s={timeout_s:g}s; its late answer is dropped", "")
-    return Completion(task, max(task.calls, 1), None, failure)
+    return Completion(task, max(task.calls, 1), None, failure, timeout_s)
 
 
 def failure_of(exc: BaseException, classifier: ErrorClassifier) -> Failure:
@@ -102,8 +105,11 @@ def _context(task: Task, worker: str) -> JobContext:
 
 
 def result_bytes(task: Task, output: EvaluationScores | Evaluation, ctx: JobContext, worker: str) -> bytes:
-    """The encoded result of a handler's output (bare scores, or scores with their model usage)."""
+    """The encoded result of a handler's output (bare scores, or scores with their model usage, which is counted
+    here, where it is still an object)."""
     scores, usage = (output.scores, output.usage) if isinstance(output, Evaluation) else (output, None)
+    if usage is not None:
+        count_llm_usage(usage)
     job = task.job
     return EvaluationResult(
         job_id=job.job_id, request_id=job.request_id, scores=scores, evaluated_at=datetime.now(UTC),
@@ -143,6 +149,12 @@ class JobRunner(_Runner):
         self._retrying = InProcessRetry(retry, classifier)
 
     def __call__(self, task: Task) -> Completion:
+        started = time.monotonic()
+        completion = self._run(task)
+        completion.seconds = time.monotonic() - started
+        return completion
+
+    def _run(self, task: Task) -> Completion:
         repairs_left = self.repairs
         while True:
             try:
@@ -171,6 +183,12 @@ class AsyncJobRunner(_Runner):
         self._retrying = AsyncInProcessRetry(retry, classifier)
 
     async def __call__(self, task: Task) -> Completion:
+        started = time.monotonic()
+        completion = await self._run(task)
+        completion.seconds = time.monotonic() - started
+        return completion
+
+    async def _run(self, task: Task) -> Completion:
         repairs_left = self.repairs
         while True:
             try:

@@ -49,6 +49,16 @@ def offsets_before(admin: AdminClient, topic: str, partitions: list[int], timest
     return found
 
 
+def retained_offsets(admin: AdminClient, topic: str, partitions: list[int]) -> dict[int, int]:
+    """Per partition, the offsets from the earliest retained record to the end: the depth of a topic nobody
+    consumes (the parking lot). An upper bound on records, as transaction markers take offsets too."""
+    futures = admin.list_offsets({TopicPartition(topic, p): OffsetSpec.earliest() for p in partitions},
+                                 request_timeout=REQUEST_TIMEOUT_S)
+    earliest = {tp.partition: fut.result().offset for tp, fut in futures.items()}
+    ends = end_offsets(admin, topic, partitions)
+    return {p: max(0, ends[p] - earliest[p]) for p in partitions}
+
+
 def committed_offsets(admin: AdminClient, group: str, topic: str, partitions: list[int]) -> dict[int, int | None]:
     request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in partitions])
     future = admin.list_consumer_group_offsets([request], require_stable=True,

@@ -31,6 +31,7 @@ from cv_queue import headers as h
 from cv_queue.errors import DEFAULT_REPLAY_CATEGORIES, ErrorCategory, InvalidPayloadError
 from cv_queue.kafka.clients import assigned_consumer, message_headers, poll_batch, transactional_producer
 from cv_queue.kafka.envelope import OutputRecord, now_ms, parked_headers, read_dead_letter, replayed_headers
+from cv_queue.kafka.metrics import ReplayMetrics
 from cv_queue.kafka.transaction import commit_atomically
 from cv_queue.settings import KafkaConnection, QueueSettings
 
@@ -107,6 +108,8 @@ class _Replayer:
         self.on_progress = on_progress
         self.report = ReplayReport(dry_run=request.dry_run)
         self.counts: Counter[tuple[str, str]] = Counter()
+        self.metrics = ReplayMetrics()
+        self.unflushed: list[tuple[ErrorCategory, ReplayOutcome]] = []  # counted in metrics once committed
         self.partitions = settings.dlq_partitions(request.categories)
         self.consumer = assigned_consumer(conn, settings, settings.replay_group_id, role="dlq-replay")
         self.producer = None if request.dry_run else transactional_producer(conn, settings.replay_transactional_id)
@@ -237,6 +240,7 @@ class _Replayer:
 
     def _count(self, category: ErrorCategory, outcome: ReplayOutcome) -> None:
         self.counts[(category.value, outcome.value)] += 1
+        self.unflushed.append((category, outcome))
         setattr(self.report, outcome.value, getattr(self.report, outcome.value) + 1)
 
     def _flush(self) -> None:
@@ -257,6 +261,11 @@ class _Replayer:
             commit_atomically(self.producer, self.pending, offsets, self.consumer.consumer_group_metadata(),
                               stopping=lambda: False)
         self.report.committed_offsets.update({tp.partition: tp.offset for tp in offsets})
+        if not self.request.dry_run:  # a dry run moves nothing, so it counts nothing
+            for category, outcome in self.unflushed:
+                counters = self.metrics.replayed if outcome == ReplayOutcome.REPLAYED else self.metrics.parked
+                counters[category].inc()
+        self.unflushed.clear()
         self.pending.clear()
         self.next_offsets.clear()
         if self.on_progress is not None:

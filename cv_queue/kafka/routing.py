@@ -10,6 +10,8 @@ Every output is sized against its topic (see fit.py) before it is handed to a tr
 
 import math
 import random
+import time
+from datetime import datetime
 
 from cv_queue import headers as h
 from cv_queue.errors import ErrorCategory
@@ -17,6 +19,7 @@ from cv_queue.kafka.backoff import retry_delay_ms
 from cv_queue.kafka.delivery import Delivery
 from cv_queue.kafka.envelope import dead_letter_record, now_ms, retry_record
 from cv_queue.kafka.fit import OutputLimits, shrink_dead_letter, trim_error_detail
+from cv_queue.kafka.metrics import WorkerMetrics, worker_metrics
 from cv_queue.kafka.records import Failure, OutputRecord
 from cv_queue.kafka.stats import WorkerStats
 from cv_queue.settings import QueueSettings
@@ -25,8 +28,10 @@ RESULT_TOO_LARGE_CLASS = "cv_queue.ResultTooLarge"
 
 
 class Router:
-    def __init__(self, settings: QueueSettings, worker_id: str, limits: OutputLimits, stats: WorkerStats) -> None:
+    def __init__(self, settings: QueueSettings, worker_id: str, limits: OutputLimits, stats: WorkerStats,
+                 metrics: WorkerMetrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics or worker_metrics(stats.slot)
         self.names = settings.topic_names
         self.worker_id = worker_id
         self.limits = limits
@@ -34,10 +39,15 @@ class Router:
         self._rng = random.Random()
         self._max_result = min(settings.worker.max_result_bytes, self.limits.limit(self.names.results))
 
-    def success(self, delivery: Delivery, result: bytes, calls: int) -> OutputRecord:
+    def success(self, delivery: Delivery, result: bytes, calls: int,
+                created_at: datetime | None = None) -> OutputRecord:
+        """The result record; `created_at` (the job's) feeds the end-to-end latency histogram."""
         out = OutputRecord(topic=self.names.results, key=delivery.source.key, value=result, headers=[])
         if out.size <= self._max_result:
             self.stats.succeeded += 1
+            self.metrics.succeeded += 1
+            if created_at is not None:
+                self.metrics.latency_seconds.observe(time.time() - created_at.timestamp())
             return out
         # A result too large to produce would fail every transaction that carries it.
         failure = Failure(ErrorCategory.PERMANENT, RESULT_TOO_LARGE_CLASS,
@@ -68,6 +78,7 @@ class Router:
                                failure.stacktrace)
             return self.dead_letter(delivery, oversize, attempts, total_calls)
         self.stats.retried += 1
+        self.metrics.retried[failure.category] += 1
         return out
 
     def _over_retry_after_cap(self, delivery: Delivery, failure: Failure, attempts: int, calls: int,
@@ -83,6 +94,7 @@ class Router:
 
     def dead_letter(self, delivery: Delivery, failure: Failure, attempts: int, calls: int) -> OutputRecord:
         self.stats.dead_lettered += 1
+        self.metrics.dead_lettered[failure.category] += 1
         if failure.category == ErrorCategory.INVALID_PAYLOAD:
             self.stats.invalid += 1
         out = dead_letter_record(delivery, failure, attempts, calls, self.worker_id, self.names.dlq,

@@ -86,8 +86,11 @@ def commit_atomically(
     offsets: list[TopicPartition],
     group_metadata: object,
     stopping: Callable[[], bool],
+    on_abort: Callable[[], None] = lambda: None,
 ) -> None:
-    """Produce `outputs` and commit `offsets` atomically, retrying abortable failures until `stopping()`."""
+    """Produce `outputs` and commit `offsets` atomically, retrying abortable failures until `stopping()`.
+
+    `on_abort` is called for every transaction aborted on the way (for the aborts counter)."""
     backoff = 0.1
     while True:
         in_transaction = False
@@ -108,11 +111,13 @@ def commit_atomically(
             if _is_fenced(err):
                 raise TransactionFencedError(err.str()) from exc
             if err.fatal():
-                raise _give_up(producer, in_transaction, f"fatal producer error: {err.str()}") from exc
+                raise _give_up(producer, in_transaction, f"fatal producer error: {err.str()}", on_abort) from exc
             if not (err.txn_requires_abort() or err.retriable()):
-                raise _give_up(producer, in_transaction, f"unexpected transaction error: {err.str()}") from exc
+                raise _give_up(producer, in_transaction, f"unexpected transaction error: {err.str()}",
+                               on_abort) from exc
             if in_transaction:
                 _abort(producer)
+                on_abort()
             if stopping():
                 raise TransactionAbandonedError(err.str()) from exc
             log.warning("transaction failed (%s); retrying in %.1fs", err.str(), backoff)
@@ -121,7 +126,7 @@ def commit_atomically(
         except Exception as exc:
             # Not a Kafka error (a bug, a bad record): still close the transaction before it propagates.
             if in_transaction:
-                _give_up(producer, in_transaction, f"{type(exc).__name__}: {exc}")
+                _give_up(producer, in_transaction, f"{type(exc).__name__}: {exc}", on_abort)
             raise
 
 
@@ -138,7 +143,8 @@ def _abort(producer: Producer) -> None:
         raise TransactionFatalError(f"could not abort a failed transaction: {err.str()}") from exc
 
 
-def _give_up(producer: Producer, in_transaction: bool, reason: str) -> TransactionFatalError:
+def _give_up(producer: Producer, in_transaction: bool, reason: str,
+             on_abort: Callable[[], None]) -> TransactionFatalError:
     """Abort the open transaction, if any, on the way out; returns the error for the caller to raise."""
     if not in_transaction:
         return TransactionFatalError(reason)
@@ -150,5 +156,6 @@ def _give_up(producer: Producer, in_transaction: bool, reason: str) -> Transacti
         log.error("giving up on a transaction (%s); the abort failed too (%s): it stays open until the next "
                   "producer with this transactional id starts or transaction.timeout.ms passes", reason, err.str())
         return TransactionFatalError(f"{reason} (the open transaction could not be aborted: {err.str()})")
+    on_abort()
     log.error("giving up on a transaction (%s); it was aborted", reason)
     return TransactionFatalError(f"{reason} (the transaction was aborted)")

@@ -43,6 +43,7 @@ from cv_queue.kafka.inflight import PartitionTracker
 from cv_queue.kafka.inline_pool import InlinePool
 from cv_queue.kafka.intake import Intake
 from cv_queue.kafka.layout import fence_overlapping_slots
+from cv_queue.kafka.metrics import worker_metrics
 from cv_queue.kafka.pool import HandlerPool
 from cv_queue.kafka.records import Failure, OutputRecord, SourceRecord
 from cv_queue.kafka.routing import Router
@@ -59,6 +60,7 @@ BUSY_POLL_S = 0.005  # poll timeout while jobs run, so completions are settled w
 OFFER_CHUNK = 8  # decoded jobs handed to the handler threads at a time
 EXPIRY_CHECK_S = 0.25  # how often running jobs are checked against job_timeout_s
 IDLE_REPORT_EVERY = 6  # an idle worker reports every 6th progress interval instead of every one
+GAUGE_REFRESH_S = 1.0  # how often the gauges (in flight, held bytes, lag, ...) are brought up to date
 
 
 class HandlersExhaustedError(RuntimeError):
@@ -93,6 +95,8 @@ class PartitionWorker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{slot.name}"
         self.stats = WorkerStats(slot=slot.name, worker=self.worker_id)
         self._classifier = ErrorClassifier(settings.retry.rules)
+        self._metrics = worker_metrics(slot.name, self._source_partitions())
+        self._consumed = self._metrics.consumed
         worker = settings.worker
         self._pool: HandlerPool | AsyncHandlerPool | InlinePool
         if getattr(self.handler, "inline", False) is True:
@@ -107,7 +111,7 @@ class PartitionWorker:
                 lambda: JobRunner(self.handler, settings.retry, self._classifier, self.worker_id),
                 size=worker.max_in_flight, job_timeout_s=worker.job_timeout_s,
                 max_abandoned=worker.max_abandoned_handlers, thread_prefix=f"cvq-handler-{slot.name}")
-        self._router = Router(settings, self.worker_id, OutputLimits(), self.stats)
+        self._router = Router(settings, self.worker_id, OutputLimits(), self.stats, self._metrics)
         self._flow = FlowControl(settings, self._source_partitions(), self.names.retry)
         self._trackers: dict[tuple[str, int], PartitionTracker[OutputRecord]] = {}
         self._intake = Intake(settings, self._router, self._track, self._settle)
@@ -130,7 +134,7 @@ class PartitionWorker:
                                            role=f"worker-{self.slot.name}")
         check_topics(self._consumer, self.conn, self.settings, self.slot)
         limits = output_limits(self.conn, self.settings)
-        self._router = self._intake.router = Router(self.settings, self.worker_id, limits, self.stats)
+        self._router = self._intake.router = Router(self.settings, self.worker_id, limits, self.stats, self._metrics)
         fence_overlapping_slots(self.conn, self.settings, self.slot, START_TIMEOUT_S)
         self._producer = transactional_producer(self.conn, self.settings.transactional_id(self.slot),
                                                 self.settings.worker.transaction_timeout_ms,
@@ -144,8 +148,10 @@ class PartitionWorker:
             self._trackers[(tp.topic, tp.partition)] = PartitionTracker(tp.offset if tp.offset >= 0 else -1)
             assignment.append(TopicPartition(tp.topic, tp.partition, start))
         self._consumer.assign(assignment)
-        self._committer = WatermarkCommitter(self._consumer, self._producer, self._trackers, self._stopping.is_set)
+        self._committer = WatermarkCommitter(self._consumer, self._producer, self._trackers, self._stopping.is_set,
+                                             self._metrics)
         self._pool.start()
+        self._metrics.running = 1
         log.info("worker %s started on %s partitions %s (group %s, transactional id %s)", self.worker_id,
                  self.names.main, list(self.slot.partitions), self.settings.group_id,
                  self.settings.transactional_id(self.slot))
@@ -153,7 +159,9 @@ class PartitionWorker:
     # ------------------------------------------------------------------ intake
 
     def _track(self, source: SourceRecord) -> None:
-        self._trackers[(source.topic, source.partition)].track(source.offset, source.size)
+        key = (source.topic, source.partition)
+        self._trackers[key].track(source.offset, source.size)
+        self._consumed[key] += 1
         self.stats.consumed += 1
 
     def _offer_ready(self) -> None:
@@ -168,9 +176,12 @@ class PartitionWorker:
     def _complete(self, completion: Completion) -> None:
         delivery = completion.task.delivery
         self.stats.handler_calls += completion.calls
+        self._metrics.handler_calls += completion.calls
+        self._metrics.handler_seconds.observe(completion.seconds)
         try:
             if completion.result is not None:
-                output = self._router.success(delivery, completion.result, completion.calls)
+                output = self._router.success(delivery, completion.result, completion.calls,
+                                              completion.task.job.created_at)
             else:
                 assert completion.failure is not None
                 output = self._router.failure(delivery, completion.failure, completion.calls)
@@ -195,6 +206,8 @@ class PartitionWorker:
                         "abandoned and replaced", completion.task.job.job_id, source.topic, source.partition,
                         source.offset, self.settings.worker.job_timeout_s)
             self._complete(completion)
+        if self._pool.timed_out > self.stats.timed_out:
+            self._metrics.timed_out += self._pool.timed_out - self.stats.timed_out
         self.stats.timed_out = self._pool.timed_out
         if self._pool.broken is not None:
             raise HandlersExhaustedError(self._pool.broken)
@@ -212,6 +225,7 @@ class PartitionWorker:
             if to_resume:
                 self._consumer.resume([TopicPartition(t, p) for t, p in to_resume])
             self._paused = wanted
+            self._metrics.set_paused(wanted)
 
     # ------------------------------------------------------------------ commit
 
@@ -239,8 +253,11 @@ class PartitionWorker:
             except KafkaException:
                 continue
             if high >= 0:
-                lag += max(0, high - max(tracker.committed, 0))
+                partition_lag = max(0, high - max(tracker.committed, 0))
+                self._metrics.lag[(topic, partition)] = partition_lag
+                lag += partition_lag
         self.stats.lag = lag
+        self._metrics.record_gauges(self.stats)
 
     def _poll_timeout(self) -> float:
         if self._pool.in_flight or self._pool.buffered:
@@ -293,6 +310,7 @@ class PartitionWorker:
             self.stats.stop_reason = "fatal"
         finally:
             self._close()
+            self._metrics.running = 0
         self._refresh_gauges_safe()
         log.info("worker %s stopped (%s): %s", self.worker_id, self.stats.stop_reason, self.stats.summary())
         return self.stats
@@ -302,7 +320,7 @@ class PartitionWorker:
         consumer = self._consumer
         fetch = self.settings.fetch
         worker = self.settings.worker
-        last_commit = last_progress = next_expiry = time.monotonic()
+        last_commit = last_progress = next_expiry = next_gauges = time.monotonic()
         while not stop.is_set():
             messages = poll_batch(consumer, fetch.max_records_per_poll, self._poll_timeout())
             for msg in messages:
@@ -319,6 +337,9 @@ class PartitionWorker:
             if now >= next_expiry:
                 next_expiry = now + EXPIRY_CHECK_S
                 self._expire()
+            if now >= next_gauges:
+                next_gauges = now + GAUGE_REFRESH_S
+                self._refresh_gauges()
             self._drain_completions()
             self._intake.release_due()
             self._offer_ready()

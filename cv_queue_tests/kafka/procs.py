@@ -10,7 +10,7 @@ from cv_queue_tests.conftest import CV_QUEUE
 
 
 def spawn_worker(settings: QueueSettings, slot: str, log: Path, latency_ms: float = 0, in_flight: int = 8,
-                 extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+                 extra_env: dict[str, str] | None = None, extra_args: list[str] | None = None) -> subprocess.Popen:
     env = {
         **os.environ,
         "CVQ_NAMESPACE": settings.namespace,
@@ -22,7 +22,8 @@ def spawn_worker(settings: QueueSettings, slot: str, log: Path, latency_ms: floa
     }
     out = log.open("ab")
     try:
-        return subprocess.Popen([CV_QUEUE, "worker", "--partitions", slot], env=env, stdout=out, stderr=out)
+        return subprocess.Popen([CV_QUEUE, "worker", "--partitions", slot, *(extra_args or [])], env=env, stdout=out,
+                                stderr=out)
     finally:
         out.close()
 
