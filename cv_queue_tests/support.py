@@ -56,8 +56,8 @@ def read_topic(conn: KafkaConnection, topic: str, *, expect: int | None = None, 
     """Every committed record of a topic, read from the beginning (read_committed, no group commits).
 
     With `expect`, reads until that many arrived (or timeout); without, until every partition is read to the
-    last stable offset it had when the read began (the fetch position moves past transaction markers too), and
-    then idle_s longer, so a record committed meanwhile is also seen.
+    last stable offset it had when the read began (the fetch position moves past transaction markers too) and
+    nothing more arrived for idle_s, so a record committed meanwhile is also seen.
     Returns what it read: callers assert on it.
     """
     consumer = Consumer({**conn.client_config(), "group.id": unique("reader-"), "enable.auto.commit": False,
@@ -86,7 +86,7 @@ def read_topic(conn: KafkaConnection, topic: str, *, expect: int | None = None, 
             if not caught_up:
                 positions = consumer.position([TopicPartition(topic, p) for p in partitions])
                 caught_up = all(tp.offset >= ends[tp.partition] for tp in positions if ends[tp.partition] > 0)
-            if caught_up and time.monotonic() - last > min(idle_s, 0.5):
+            if caught_up and time.monotonic() - last > idle_s:
                 break
         return out
     finally:

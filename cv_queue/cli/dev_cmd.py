@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import psutil
 
 from cv_queue.broker.cluster import DEFAULT_PORT, start_cluster, stop_cluster
+from cv_queue.settings import QueueSettings
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -257,6 +258,15 @@ def _use_llm(args: argparse.Namespace, env: dict[str, str]) -> subprocess.Popen 
     return None
 
 
+def _metrics_urls() -> str:
+    metrics = QueueSettings().metrics
+    if not metrics.enabled:
+        return "off (CVQ_METRICS__ENABLED=false)"
+    last = metrics.worker_port_base + len(QueueSettings().slots()) - 1
+    return (f"http://{metrics.host}:{metrics.worker_port_base}..{last}/metrics (a worker run per slot), "
+            f"{metrics.replay_port} (replay runs)")
+
+
 def _stop_process(proc: subprocess.Popen | None) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -355,6 +365,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             f"\ncv-queue is running.\n  Dagster UI:  http://127.0.0.1:{args.port}\n"
             f"  broker:      {env['KAFKA_BOOTSTRAP_SERVERS']}\n"
             f"  LLM:         {env.get('CVQ_LLM__BASE_URL', 'simulated') if args.llm != 'simulated' else 'simulated'}\n"
+            f"  metrics:     {_metrics_urls()}\n"
             "  try:        .venv/bin/cv-queue status | .venv/bin/cv-queue dlq peek\n"
             "Press Ctrl-C to stop everything.\n",
             file=sys.stderr,

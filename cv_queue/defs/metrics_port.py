@@ -9,7 +9,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
-from cv_queue.settings import MetricsSettings, QueueSettings, Slot
+from cv_queue.settings import KafkaConnection, MetricsSettings, QueueSettings, Slot
 
 
 def worker_metrics_port(settings: QueueSettings, slot: Slot) -> int:
@@ -18,8 +18,12 @@ def worker_metrics_port(settings: QueueSettings, slot: Slot) -> int:
 
 
 @contextlib.contextmanager
-def metrics_endpoint(metrics: MetricsSettings, port: int, log: logging.Logger) -> Iterator[int | None]:
-    """Serve /metrics on `port` while the block runs; yields the port, or None when nothing is served."""
+def metrics_endpoint(metrics: MetricsSettings, port: int, log: logging.Logger, conn: KafkaConnection | None = None,
+                     settings: QueueSettings | None = None) -> Iterator[int | None]:
+    """Serve /metrics on `port` while the block runs; yields the port, or None when nothing is served.
+
+    Given the connection and settings, the endpoint also exports DLQ and parking-lot depth (worker runs do, since
+    they run all the time; the alert rules take the max across endpoints)."""
     if not metrics.enabled:
         yield None
         return
@@ -30,7 +34,7 @@ def metrics_endpoint(metrics: MetricsSettings, port: int, log: logging.Logger) -
         yield None
         return
     try:
-        server = start_metrics_server(port, metrics.host)
+        server = start_metrics_server(port, metrics.host, conn, settings)
     except OSError as exc:
         log.warning(f"metrics port {metrics.host}:{port} is not available ({exc}); this run serves no metrics")
         yield None

@@ -113,7 +113,8 @@ def run_partition_worker(context: dg.OpExecutionContext, config: WorkerRunConfig
         "progress_interval_s": config.progress_interval_s,
         "shutdown_grace_ms": int(config.shutdown_grace_s * 1000)})})
     slot = Slot.parse(config.slot)
-    with metrics_endpoint(settings.metrics, worker_metrics_port(settings, slot), context.log):
+    with metrics_endpoint(settings.metrics, worker_metrics_port(settings, slot), context.log, kafka.connection(),
+                          settings):
         return _run_worker(context, config, kafka, settings, slot)
 
 
