@@ -13,6 +13,7 @@ from cv_queue.errors import CATEGORY_ORDER, DEFAULT_REPLAY_CATEGORIES, ErrorCate
 from cv_queue.kafka.clients import admin_client, assigned_consumer, message_headers, poll_batch
 from cv_queue.kafka.envelope import read_dead_letter
 from cv_queue.kafka.lag import committed_offsets, end_offsets
+from cv_queue.kafka.metrics.depth import DepthPoller
 from cv_queue.kafka.replay import ReplayReport, ReplayRequest, replay_dead_letters
 
 _CATEGORIES = [c.value for c in CATEGORY_ORDER]
@@ -116,13 +117,22 @@ def cmd_replay(args: argparse.Namespace) -> int:
         _print_report(report)
         if metrics is not None:
             if metrics.depth is not None:
-                metrics.depth.refresh()  # the depth after this run, not as of the last interval
+                _refresh_depth(metrics.depth)
             sys.stdout.flush()
             time.sleep(args.metrics_linger)
     finally:
         if metrics is not None:
             metrics.close()
     return 0
+
+
+def _refresh_depth(depth: DepthPoller, deadline_s: float = 15.0) -> None:
+    """The depth after this run, not as of the last interval. Right after the run's last commit the group's offsets
+    can still be pending (the broker answers UNSTABLE_OFFSET_COMMIT until the transaction marker is written), so a
+    failed read is tried again for a while instead of leaving the stale figure up."""
+    give_up = time.monotonic() + deadline_s
+    while not depth.refresh() and time.monotonic() < give_up:
+        time.sleep(0.5)
 
 
 def _print_report(report: ReplayReport) -> None:

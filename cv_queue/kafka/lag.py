@@ -4,6 +4,8 @@ Cheap enough for a sensor tick: a few metadata-sized requests, no message bodies
 `read_committed`, so an open transaction's records are not counted as lag before they are visible.
 """
 
+import time
+
 from confluent_kafka import ConsumerGroupTopicPartitions, IsolationLevel, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 from pydantic import BaseModel
@@ -59,12 +61,26 @@ def retained_offsets(admin: AdminClient, topic: str, partitions: list[int]) -> d
     return {p: max(0, ends[p] - earliest[p]) for p in partitions}
 
 
-def committed_offsets(admin: AdminClient, group: str, topic: str, partitions: list[int]) -> dict[int, int | None]:
+def committed_offsets(admin: AdminClient, group: str, topic: str, partitions: list[int],
+                      settle_s: float = 5.0) -> dict[int, int | None]:
+    """The group's committed offset per partition (None: nothing committed).
+
+    A partition whose offset commit is still pending in a transaction comes back with an error
+    (UNSTABLE_OFFSET_COMMIT) and no offset. Reading that as "nothing committed" would report the whole partition as
+    lag, so the read is repeated for up to `settle_s` (a commit settles in milliseconds) and then the error raised.
+    """
     request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in partitions])
-    future = admin.list_consumer_group_offsets([request], require_stable=True,
-                                               request_timeout=REQUEST_TIMEOUT_S)[group]
-    result = future.result()
-    return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in result.topic_partitions}
+    give_up = time.monotonic() + settle_s
+    while True:
+        future = admin.list_consumer_group_offsets([request], require_stable=True,
+                                                   request_timeout=REQUEST_TIMEOUT_S)[group]
+        result = future.result()
+        failed = [tp for tp in result.topic_partitions if tp.error is not None]
+        if not failed:
+            return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in result.topic_partitions}
+        if time.monotonic() >= give_up:
+            raise KafkaException(failed[0].error)
+        time.sleep(0.2)
 
 
 def group_lag(admin: AdminClient, group: str, topic: str, partitions: list[int] | None = None) -> list[PartitionLag]:
