@@ -160,6 +160,12 @@ class WorkerSettings(BaseModel):
         10_000, ge=0, description="On stop, wait this long for running jobs before committing and closing."
     )
     transaction_timeout_ms: int = Field(60_000, description="transaction.timeout.ms of the worker producer.")
+    client_stall_s: float = Field(
+        120.0, gt=0,
+        description="A transactional call (send offsets, commit) blocked longer than this is stuck in librdkafka, "
+        "past its own 30-60 s timeout (a known client bug when a coordinator node dies): the worker exits with "
+        "code 8 without committing, and its restart resumes from the last commit.",
+    )
     progress_interval_s: float = Field(10.0, gt=0, description="How often a worker reports progress.")
     max_job_bytes: int = Field(
         524_288, ge=1, description="Larger job records are rejected as invalid_payload (512 KiB)."

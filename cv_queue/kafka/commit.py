@@ -17,12 +17,13 @@ class WatermarkCommitter:
     """Pops each partition's settled prefix and commits it, with its outputs, in one Kafka transaction."""
 
     def __init__(self, consumer: Consumer, producer: Producer, trackers: Trackers,
-                 stopping: Callable[[], bool], metrics: WorkerMetrics) -> None:
+                 stopping: Callable[[], bool], metrics: WorkerMetrics, stall_limit_s: float) -> None:
         self.consumer = consumer
         self.metrics = metrics
         self.producer = producer
         self.trackers = trackers
         self.stopping = stopping
+        self.stall_limit_s = stall_limit_s
         self.in_transaction = False
         self.commits = 0
 
@@ -47,7 +48,8 @@ class WatermarkCommitter:
         self.in_transaction = True
         try:
             commit_atomically(self.producer, outputs, offsets, self.consumer.consumer_group_metadata(),
-                              stopping=self.stopping, on_abort=self.metrics.count_abort)
+                              stopping=self.stopping, on_abort=self.metrics.count_abort,
+                              stall_limit_s=self.stall_limit_s)
         finally:
             self.in_transaction = False
         self.commits += 1

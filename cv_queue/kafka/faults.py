@@ -3,12 +3,14 @@
 Off unless the environment variable CVQ_FAULT is set, which only the test suite does. Its format is
 `<point>@<n>[:<action>]`: the n-th time (1-based) the process passes `<point>`, it performs `<action>`:
 - `kill` (default): SIGKILL itself, as a crash or an OOM kill would;
-- `fatal`: raise a fatal KafkaException there, as librdkafka does for a producer that cannot go on.
+- `fatal`: raise a fatal KafkaException there, as librdkafka does for a producer that cannot go on;
+- `hang`: block there for ever, as librdkafka does when it ignores a call's timeout (see stall.py).
 
 Points on the commit path (see transaction.commit_atomically), each passed once per transaction:
 - `after_produce`: every output of the batch produced, the offsets not yet sent;
 - `after_send_offsets`: offsets sent to the transaction, commit not yet called;
-- `after_commit`: commit_transaction returned.
+- `after_commit`: commit_transaction returned;
+- `in_send_offsets`: inside the stall watchdog's watch of send_offsets_to_transaction, just before the call.
 
 A random SIGKILL samples these points by luck; naming them lets a test prove each one. Before either
 action the producer's queued records are flushed, so the fault leaves them on the broker inside the open
@@ -18,13 +20,14 @@ transaction (the case a restart or an abort must clean up) rather than unsent in
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 ENV_VAR = "CVQ_FAULT"
-POINTS = frozenset({"after_produce", "after_send_offsets", "after_commit"})
-ACTIONS = frozenset({"kill", "fatal"})
+POINTS = frozenset({"after_produce", "after_send_offsets", "after_commit", "in_send_offsets"})
+ACTIONS = frozenset({"kill", "fatal", "hang"})
 FLUSH_BEFORE_FAULT_S = 10.0
 
 log = logging.getLogger("cv_queue.faults")
@@ -79,4 +82,7 @@ def fault_point(name: str, producer: Producer | None = None) -> None:
         producer.flush(FLUSH_BEFORE_FAULT_S)
     if plan.action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if plan.action == "hang":
+        while True:
+            time.sleep(3600)
     raise KafkaException(KafkaError(KafkaError._FATAL, f"injected fatal error at {name}", fatal=True))

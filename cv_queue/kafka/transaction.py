@@ -23,6 +23,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from cv_queue.kafka.envelope import OutputRecord
 from cv_queue.kafka.faults import fault_point
+from cv_queue.kafka.stall import WATCHDOG
 
 log = logging.getLogger("cv_queue.transaction")
 T = TypeVar("T")
@@ -38,6 +39,8 @@ ABORT_TIMEOUT_S = 30
 # to a few seconds so a worker that lost its broker still exits promptly (and is restarted).
 GIVE_UP_ABORT_TIMEOUT_S = 10
 GIVE_UP_ABORT_ATTEMPTS = 2
+#: A transactional call blocked this long is stuck (librdkafka ignored its own timeout): see stall.py.
+DEFAULT_STALL_LIMIT_S = 120.0
 
 
 class TransactionFencedError(RuntimeError):
@@ -87,10 +90,22 @@ def commit_atomically(
     group_metadata: object,
     stopping: Callable[[], bool],
     on_abort: Callable[[], None] = lambda: None,
+    stall_limit_s: float = DEFAULT_STALL_LIMIT_S,
 ) -> None:
     """Produce `outputs` and commit `offsets` atomically, retrying abortable failures until `stopping()`.
 
-    `on_abort` is called for every transaction aborted on the way (for the aborts counter)."""
+    `on_abort` is called for every transaction aborted on the way (for the aborts counter). Sending the offsets
+    and committing each run under the stall watchdog: blocked past `stall_limit_s`, the process exits."""
+
+    def send_offsets() -> None:
+        with WATCHDOG.watch("send_offsets_to_transaction", stall_limit_s):
+            fault_point("in_send_offsets", producer)
+            producer.send_offsets_to_transaction(offsets, group_metadata, SEND_OFFSETS_TIMEOUT_S)
+
+    def commit() -> None:
+        with WATCHDOG.watch("commit_transaction", stall_limit_s):
+            producer.commit_transaction(COMMIT_TIMEOUT_S)
+
     backoff = 0.1
     while True:
         in_transaction = False
@@ -100,9 +115,9 @@ def commit_atomically(
             for out in outputs:
                 produce(producer, out)
             fault_point("after_produce", producer)
-            _step(lambda: producer.send_offsets_to_transaction(offsets, group_metadata, SEND_OFFSETS_TIMEOUT_S))
+            _step(send_offsets)
             fault_point("after_send_offsets", producer)
-            _step(lambda: producer.commit_transaction(COMMIT_TIMEOUT_S))
+            _step(commit)
             in_transaction = False
             fault_point("after_commit", producer)
             return

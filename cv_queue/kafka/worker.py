@@ -149,7 +149,7 @@ class PartitionWorker:
             assignment.append(TopicPartition(tp.topic, tp.partition, start))
         self._consumer.assign(assignment)
         self._committer = WatermarkCommitter(self._consumer, self._producer, self._trackers, self._stopping.is_set,
-                                             self._metrics)
+                                             self._metrics, self.settings.worker.client_stall_s)
         self._pool.start()
         self._metrics.running = 1
         log.info("worker %s started on %s partitions %s (group %s, transactional id %s)", self.worker_id,

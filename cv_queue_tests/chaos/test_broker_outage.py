@@ -184,14 +184,14 @@ Fleet = dict[str, subprocess.Popen]
 
 
 def start_fleet(settings: QueueSettings, bootstrap: str, log_dir: Path, latency_ms: float,
-                in_flight: int) -> Fleet:
+                in_flight: int, extra_env: dict[str, str] | None = None) -> Fleet:
     """One `cv-queue worker` process per slot, on `bootstrap`; returns them by slot name once all started."""
     fleet: Fleet = {}
     try:
         for slot in settings.slots():
             fleet[slot.name] = spawn_worker(settings, slot.name, worker_log(log_dir, slot.name),
                                             latency_ms=latency_ms, in_flight=in_flight,
-                                            extra_env={"KAFKA_BOOTSTRAP_SERVERS": bootstrap})
+                                            extra_env={"KAFKA_BOOTSTRAP_SERVERS": bootstrap, **(extra_env or {})})
         wait_for(lambda: all(started(worker_log(log_dir, s)) or p.poll() is not None for s, p in fleet.items()),
                  120, "every worker to start")
         exited = {s: p.returncode for s, p in fleet.items() if p.poll() is not None}

@@ -24,6 +24,7 @@ from cv_queue.evaluation.samples import sample_jobs
 from cv_queue.kafka.clients import admin_client
 from cv_queue.kafka.lag import group_lag, partition_count
 from cv_queue.kafka.producer import JobProducer
+from cv_queue.kafka.stall import EXIT_CLIENT_STALLED
 from cv_queue.messages import EvaluationResult
 from cv_queue.settings import KafkaConnection, QueueSettings
 from cv_queue_tests.kafka.procs import spawn_worker, started
@@ -167,3 +168,36 @@ def test_fatal_producer_error_aborts_the_transaction_and_exits_4(conn, provision
     assert max(per_job.values()) == 1
     assert set(result_workers(results)) == {str(follow_up.pid)}  # nothing of the aborted transaction is visible
     assert follow_up.returncode == 0
+
+
+@pytest.mark.chaos
+def test_a_client_call_blocked_past_its_limit_exits_8_and_the_restart_is_exactly_once(conn, provisioned,
+                                                                                       tmp_path: Path):
+    """librdkafka can block in send_offsets_to_transaction past its timeout (a dead coordinator it keeps waiting
+    for: stall.py). The fault blocks right there; the watchdog must end the process, and nothing is lost."""
+    settings = provisioned
+    slot = settings.slots()[0]
+    expected = enqueue_for_slot(conn, settings, seed=33)
+    fault = f"in_send_offsets@{FAULT_ON_TRANSACTION}:hang"
+    stuck = spawn_worker(settings, slot.name, tmp_path / "stuck.log", latency_ms=20, in_flight=4,
+                         extra_env={**SMALL_TRANSACTIONS, "CVQ_FAULT": fault, "CVQ_WORKER__CLIENT_STALL_S": "3"})
+    restarted = None
+    try:
+        assert stuck.wait(120) == EXIT_CLIENT_STALLED
+        stuck_log = (tmp_path / "stuck.log").read_text(errors="replace")
+        assert f"CVQ_FAULT={fault}: injecting it now" in stuck_log
+        assert "send_offsets_to_transaction has been blocked for" in stuck_log
+        assert "Thread 0x" in stuck_log  # every thread's stack, for the operator
+
+        restarted = spawn_worker(settings, slot.name, tmp_path / "restarted.log", latency_ms=20, in_flight=4,
+                                 extra_env=SMALL_TRANSACTIONS)
+        wait_for_offsets_at_end(conn, settings)
+        results = read_all(conn, settings)
+    finally:
+        stop_all(stuck, restarted)
+
+    per_job = Counter(m.key().decode() for m in results)
+    assert set(per_job) == expected
+    assert max(per_job.values()) == 1
+    by_worker = result_workers(results)
+    assert by_worker[str(stuck.pid)] > 0 and by_worker[str(restarted.pid)] > 0, by_worker

@@ -249,8 +249,8 @@ def test_fault_points_are_passed_in_order_between_the_steps(monkeypatch):
     producer = ScriptedProducer()
     monkeypatch.setattr(transaction, "fault_point", lambda name, _producer=None: producer.calls.append(name))
     commit(producer)
-    assert producer.calls == ["begin", "produce", "produce", "after_produce", "send_offsets", "after_send_offsets",
-                              "commit", "after_commit"]
+    assert producer.calls == ["begin", "produce", "produce", "after_produce", "in_send_offsets", "send_offsets",
+                              "after_send_offsets", "commit", "after_commit"]
 
 
 @pytest.mark.parametrize(("point", "calls_before_abort"), [
