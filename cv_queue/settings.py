@@ -161,7 +161,7 @@ class WorkerSettings(BaseModel):
     )
     transaction_timeout_ms: int = Field(60_000, description="transaction.timeout.ms of the worker producer.")
     client_stall_s: float = Field(
-        120.0, gt=0,
+        90.0, gt=0,
         description="A transactional call (send offsets, commit) blocked longer than this is stuck in librdkafka, "
         "past its own 30-60 s timeout (a known client bug when a coordinator node dies): the worker exits with "
         "code 8 without committing, and its restart resumes from the last commit.",

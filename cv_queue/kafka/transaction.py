@@ -40,7 +40,7 @@ ABORT_TIMEOUT_S = 30
 GIVE_UP_ABORT_TIMEOUT_S = 10
 GIVE_UP_ABORT_ATTEMPTS = 2
 #: A transactional call blocked this long is stuck (librdkafka ignored its own timeout): see stall.py.
-DEFAULT_STALL_LIMIT_S = 120.0
+DEFAULT_STALL_LIMIT_S = 90.0
 
 
 class TransactionFencedError(RuntimeError):

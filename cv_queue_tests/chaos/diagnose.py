@@ -2,6 +2,7 @@
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 LOG_LINES = 30
@@ -11,7 +12,8 @@ def stalled_worker_report(pid: int, log: Path) -> str:
     """py-spy's dump of every thread of `pid` and the last lines of its log (both best effort: the report must not
     hide the failure it explains)."""
     parts = [f"--- worker pid {pid}, log {log}"]
-    spy = shutil.which("py-spy")
+    beside_python = Path(sys.executable).parent / "py-spy"  # the venv's, when its bin is not on PATH
+    spy = str(beside_python) if beside_python.exists() else shutil.which("py-spy")
     if spy is None:
         parts.append("(py-spy not installed: no stacks)")
     else:

@@ -43,9 +43,9 @@ IN_FLIGHT = 8
 INTERNAL_TOPICS = ("__transaction_state", "__consumer_offsets")
 #: Generous: a dead node's leaderships move once its broker session (9 s) expires.
 MAX_DEGRADED_RECOVERY_S = 120.0
-#: Above the commit's own 60 s timeout; low enough that a worker stuck on a dead coordinator (librdkafka#5511) exits
-#: and is restarted within MAX_DEGRADED_RECOVERY_S.
-WORKER_ENV = {"CVQ_WORKER__CLIENT_STALL_S": "75"}
+#: Above send_offsets_to_transaction's own 30 s timeout: a worker stuck on a dead coordinator (librdkafka#5511) exits
+#: and is restarted well within MAX_DEGRADED_RECOVERY_S (a commit legitimately slower than this costs a restart).
+WORKER_ENV = {"CVQ_WORKER__CLIENT_STALL_S": "45"}
 
 
 def _replicated_settings() -> QueueSettings:
