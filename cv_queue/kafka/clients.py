@@ -21,6 +21,9 @@ log = logging.getLogger("cv_queue.kafka")
 PARTITIONER = "murmur2_random"
 
 
+IDLE_CONNECTION_CLOSE_MS = 10_000
+
+
 def _base(conn: KafkaConnection, role: str) -> dict[str, Any]:
     conf = conn.client_config()
     conf["client.id"] = f"{conn.client_id}-{role}"
@@ -64,6 +67,11 @@ def transactional_producer(conn: KafkaConnection, transactional_id: str, timeout
         {
             "message.max.bytes": max_message_bytes,
             "transactional.id": transactional_id,
+            # librdkafka re-looks-up a coordinator only when some broker connection changes state; when the cached
+            # coordinator's node died and left the metadata, that may never happen (librdkafka#5511) and
+            # send_offsets_to_transaction blocks until the node returns. Idle connections closing now and then
+            # are such state changes. The stall watchdog (stall.py) is the backstop.
+            "connections.max.idle.ms": IDLE_CONNECTION_CLOSE_MS,
             "transaction.timeout.ms": timeout_ms,
             "enable.idempotence": True,
             "acks": "all",
