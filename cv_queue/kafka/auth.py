@@ -20,6 +20,7 @@ import logging
 import socket
 import ssl
 import time
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -142,7 +143,9 @@ def diagnose_tls(conn: KafkaConnection, timeout_s: float = 5.0) -> str:  # noqa:
         return f"the broker's certificate is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC " \
                "(check the clocks)."
     if ca_setting:
-        cas = x509.load_pem_x509_certificates(Path(ca_setting).read_bytes())
+        with warnings.catch_warnings():  # system bundles hold old CAs cryptography warns about; none is ours
+            warnings.simplefilter("ignore")
+            cas = x509.load_pem_x509_certificates(Path(ca_setting).read_bytes())
         if not any(_issued_by(cert, ca) for ca in cas):
             return (f"the broker's certificate (issuer {cert.issuer.rfc4514_string()}) was not issued by a CA in "
                     f"KAFKA_SSL_CA_LOCATION={ca_setting}: a wrong CA file. Point KAFKA_SSL_CA_LOCATION at the "
@@ -162,6 +165,9 @@ def check_access(conn: KafkaConnection, timeout_s: float = CHECK_TIMEOUT_S) -> N
     """
     if conn.security_protocol.upper() == "PLAINTEXT":
         return
+    if conn.ssl_ca_location and not Path(conn.ssl_ca_location).is_file():
+        raise KafkaAuthError(f"the CA file KAFKA_SSL_CA_LOCATION={conn.ssl_ca_location} does not exist. Point "
+                             "KAFKA_SSL_CA_LOCATION at the broker's CA certificate (PEM).")
     reports: list[KafkaError] = []
     conf = conn.client_config()
     quiet = logging.getLogger("cv_queue.kafka.auth.check")
