@@ -5,6 +5,7 @@ import dagster as dg
 from cv_queue.defs.alerts import worker_and_replay_failure_alert
 from cv_queue.defs.checks import queue_depth_sensor, queue_health
 from cv_queue.defs.dlq import dlq_sensor, reprocess_dlq
+from cv_queue.defs.relayout import relayout_worker_fleet
 from cv_queue.defs.resources import default_resources
 from cv_queue.defs.retention import purge_old_runs, purge_old_runs_schedule
 from cv_queue.defs.topics import topic_assets, topic_checks
@@ -13,7 +14,8 @@ from cv_queue.defs.workers import partition_worker, start_worker_fleet, stop_wor
 defs = dg.Definitions(
     assets=topic_assets,
     asset_checks=[*topic_checks, queue_health],
-    jobs=[partition_worker, reprocess_dlq, stop_worker_fleet, start_worker_fleet, purge_old_runs],
+    jobs=[partition_worker, reprocess_dlq, stop_worker_fleet, start_worker_fleet, purge_old_runs,
+          relayout_worker_fleet],
     schedules=[purge_old_runs_schedule],
     sensors=[worker_fleet_sensor, dlq_sensor, queue_depth_sensor, worker_and_replay_failure_alert],
     resources=default_resources(),

@@ -2,7 +2,8 @@
 
 - `partition_worker` runs the broker layer's PartitionWorker for one slot until the run is terminated
   (it then commits what is complete and ends CANCELED) or the fleet is stopped (it ends SUCCESS).
-  Slots are static partitions, so the launchpad offers a slot picker and a backfill launches any set.
+  Slots are dynamic partitions, those of the recorded layout (slots.py), so the launchpad offers a slot picker
+  and a backfill launches any set.
 - `worker_fleet_sensor` keeps one queued-or-running run per slot, replacing runs that died.
 - `stop_worker_fleet` / `start_worker_fleet` stop or resume the whole fleet in one action.
 """
@@ -21,12 +22,14 @@ from cv_queue.defs import tags
 from cv_queue.defs.fleet_state import fleet_stopped, set_fleet_stopped
 from cv_queue.defs.metrics_port import metrics_endpoint, worker_metrics_port
 from cv_queue.defs.resources import DEFAULTS, KafkaResource, QueueResource
+from cv_queue.defs.slots import WORKER_SLOTS, fleet_layout, slot_partition_requests
 from cv_queue.defs.topics import skip_until_provisioned, unprovisioned
+from cv_queue.kafka.fleet_layout import adopt_recorded_layout
 from cv_queue.kafka.worker import PartitionWorker, WorkerStartError, WorkerStats
 from cv_queue.settings import QueueSettings, Slot
 
 WORKER_JOB = "partition_worker"
-SLOTS = [slot.name for slot in DEFAULTS.slots()]  # 0-1, 2-3, 4-5, 6-7 by default
+SLOTS = [slot.name for slot in DEFAULTS.slots()]  # 0-1, 2-3, 4-5, 6-7 by default; until a re-layout (slots.py)
 ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
           dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 FLEET_CHECK_S = 3.0
@@ -75,9 +78,13 @@ def _slot_tags(slot: str) -> dict[str, str]:
     return {tags.WORKER_SLOT: slot, tags.ROLE: tags.ROLE_WORKER}
 
 
-@dg.static_partitioned_config(partition_keys=SLOTS, tags_for_partition_key_fn=_slot_tags)
-def worker_slot_config(partition_key: str) -> dict:
+def _slot_run_config(partition_key: str) -> dict:
     return {"ops": {"run_partition_worker": {"config": {"slot": partition_key}}}}
+
+
+# Dynamic: the slots of the recorded layout, kept by the fleet sensor and relayout_worker_fleet (slots.py).
+worker_slot_config = dg.PartitionedConfig(partitions_def=WORKER_SLOTS, run_config_for_partition_key_fn=_slot_run_config,
+                                          tags_for_partition_key_fn=_slot_tags)
 
 
 def _join_worker(context: dg.OpExecutionContext, thread: threading.Thread, stop: threading.Event,
@@ -108,7 +115,8 @@ def _join_worker(context: dg.OpExecutionContext, thread: threading.Thread, stop:
 def run_partition_worker(context: dg.OpExecutionContext, config: WorkerRunConfig, kafka: KafkaResource,
                          queue: QueueResource) -> dg.Output[dict]:
     refuse_without_slot(config.slot, context.run.tags)
-    settings = queue.settings(kafka)
+    # The recorded layout, not the code location's settings: a re-layout needs no reload (slots.py).
+    settings = adopt_recorded_layout(kafka.connection(), kafka.admin(), queue.settings(kafka))
     settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={
         "progress_interval_s": config.progress_interval_s,
         "shutdown_grace_ms": int(config.shutdown_grace_s * 1000)})})
@@ -202,16 +210,19 @@ def worker_fleet_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResourc
             "to resume"))
     if missing := unprovisioned(kafka.admin(), queue.settings(kafka)):
         return skip_until_provisioned(missing)
+    slots = [slot.name for slot in fleet_layout(kafka, queue.settings(kafka)).slots()]
+    slot_requests = slot_partition_requests(context.instance, slots)
     covered = {run.tags.get(tags.WORKER_SLOT) for run in active_worker_runs(context.instance)}
-    missing = [slot for slot in SLOTS if slot not in covered]
+    missing = [slot for slot in slots if slot not in covered]
     waiting = [slot for slot in missing if _recently_failed(context.instance, slot, FLEET.restart_backoff_s)]
     launch = [slot for slot in missing if slot not in waiting]
     if not launch:
-        reason = f"all {len(SLOTS)} slots have a worker run" if not missing else \
+        reason = f"all {len(slots)} slots have a worker run" if not missing else \
             f"slots {waiting} failed in the last {FLEET.restart_backoff_s:.0f}s; restarting them after a pause"
-        return dg.SensorResult(skip_reason=dg.SkipReason(reason))
+        return dg.SensorResult(skip_reason=dg.SkipReason(reason), dynamic_partitions_requests=slot_requests)
     context.log.info(f"launching worker runs for slots {launch}")
-    return dg.SensorResult(run_requests=[dg.RunRequest(partition_key=slot, tags=_slot_tags(slot)) for slot in launch])
+    return dg.SensorResult(run_requests=[dg.RunRequest(partition_key=slot, tags=_slot_tags(slot)) for slot in launch],
+                           dynamic_partitions_requests=slot_requests)
 
 
 class StopFleetConfig(dg.Config):

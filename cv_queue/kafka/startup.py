@@ -1,4 +1,5 @@
-"""What a worker checks and reads before it consumes: its topics, their size limits, its committed offsets."""
+"""What a worker checks and reads before it consumes: its topics, the recorded layout, their size limits, its
+committed offsets."""
 
 import time
 
@@ -7,6 +8,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from cv_queue.kafka.auth import KafkaAuthorizationError, authorization_code, check_access
 from cv_queue.kafka.clients import admin_client
 from cv_queue.kafka.fit import KAFKA_DEFAULT_MAX_MESSAGE_BYTES, OutputLimits, read_output_limits
+from cv_queue.kafka.fleet_layout import Layout, LayoutRecord, layout_topic, record_first_layout
 from cv_queue.settings import KafkaConnection, QueueSettings, Slot
 
 START_TIMEOUT_S = 60.0
@@ -14,6 +16,24 @@ START_TIMEOUT_S = 60.0
 
 class WorkerStartError(RuntimeError):
     """The worker cannot start: topics missing, partitions absent, broker unreachable."""
+
+
+class LayoutMismatchError(WorkerStartError):
+    """The worker's settings describe another layout than the recorded one (`cv-queue worker` exits with 9)."""
+
+
+def check_layout(conn: KafkaConnection, settings: QueueSettings) -> LayoutRecord:
+    """Refuse to run a layout other than the recorded one (recording the settings' layout on the first start)."""
+    recorded = record_first_layout(conn, admin_client(conn), settings)
+    mine = Layout.of(settings)
+    if recorded.layout != mine:
+        raise LayoutMismatchError(
+            f"this worker's settings give {mine.describe()}, but the queue's recorded layout (generation "
+            f"{recorded.generation}, {recorded.at.isoformat()}, in {layout_topic(settings)}) is "
+            f"{recorded.layout.describe()}. Start the workers with the recorded layout ({recorded.layout.env()}); "
+            "to change the layout, stop every worker and run `cv-queue fleet relayout --partitions N "
+            "[--per-worker K]` (or the relayout_worker_fleet job in Dagster).")
+    return recorded
 
 
 def check_topics(consumer: Consumer, conn: KafkaConnection, settings: QueueSettings, slot: Slot) -> None:

@@ -46,14 +46,23 @@ from cv_queue.kafka.intake import Intake
 from cv_queue.kafka.layout import fence_overlapping_slots
 from cv_queue.kafka.metrics import worker_metrics
 from cv_queue.kafka.pool import HandlerPool
+from cv_queue.kafka.presence import FleetPresence
 from cv_queue.kafka.records import Failure, OutputRecord, SourceRecord
 from cv_queue.kafka.routing import Router
-from cv_queue.kafka.startup import START_TIMEOUT_S, WorkerStartError, check_topics, committed_offsets, output_limits
+from cv_queue.kafka.startup import (
+    START_TIMEOUT_S,
+    LayoutMismatchError,
+    WorkerStartError,
+    check_layout,
+    check_topics,
+    committed_offsets,
+    output_limits,
+)
 from cv_queue.kafka.stats import WorkerStats
 from cv_queue.kafka.transaction import TransactionAbandonedError, TransactionFatalError, TransactionFencedError
 from cv_queue.settings import KafkaConnection, QueueSettings, Slot
 
-__all__ = ["PartitionWorker", "WorkerStartError", "WorkerStats"]
+__all__ = ["LayoutMismatchError", "PartitionWorker", "WorkerStartError", "WorkerStats"]
 
 log = logging.getLogger("cv_queue.worker")
 
@@ -121,6 +130,7 @@ class PartitionWorker:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._committer: WatermarkCommitter | None = None
+        self._presence: FleetPresence | None = None
         self._stopping = threading.Event()
         self._last_summary = ""
         self._quiet_reports = 0
@@ -134,6 +144,8 @@ class PartitionWorker:
         self._consumer = assigned_consumer(self.conn, self.settings, self.settings.group_id,
                                            role=f"worker-{self.slot.name}")
         check_topics(self._consumer, self.conn, self.settings, self.slot)
+        check_layout(self.conn, self.settings)  # before fencing anyone: a refused worker must leave no trace
+        self._presence = FleetPresence(self.conn, self.settings, self.slot)  # seen alive by a re-layout
         limits = output_limits(self.conn, self.settings)
         self._router = self._intake.router = Router(self.settings, self.worker_id, limits, self.stats, self._metrics)
         fence_overlapping_slots(self.conn, self.settings, self.slot, START_TIMEOUT_S)
@@ -153,6 +165,7 @@ class PartitionWorker:
                                              self._metrics, self.settings.worker.client_stall_s)
         self._pool.start()
         self._metrics.running = 1
+        self._presence.wait_joined(START_TIMEOUT_S)
         log.info("worker %s started on %s partitions %s (group %s, transactional id %s)", self.worker_id,
                  self.names.main, list(self.slot.partitions), self.settings.group_id,
                  self.settings.transactional_id(self.slot))
@@ -435,3 +448,5 @@ class PartitionWorker:
             except KafkaException as exc:  # a fenced producer is in a fatal state; nothing left to send
                 log.debug("flush on close: %s", exc)
             self._producer = None
+        if self._presence is not None:  # last: a re-layout waits for this, so everything is committed or aborted
+            self._presence.close()

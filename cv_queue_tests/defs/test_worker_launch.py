@@ -7,6 +7,7 @@ from cv_queue.defs import tags
 from cv_queue.defs.alerts import worker_and_replay_failure_alert
 from cv_queue.defs.fleet_state import set_fleet_stopped
 from cv_queue.defs.notify import AlertsResource
+from cv_queue.defs.slots import WORKER_SLOTS
 from cv_queue.defs.workers import SLOTS, partition_worker
 from cv_queue_tests.defs.webhook import webhook_receiver
 
@@ -35,6 +36,7 @@ def test_a_worker_run_without_a_partition_is_refused(resources, instance):
 
 def test_a_run_for_a_partition_is_accepted(resources, instance, provisioned):
     set_fleet_stopped(instance, True, "test")  # the worker starts, sees the stopped fleet within 3 s, and ends
+    instance.add_dynamic_partitions(WORKER_SLOTS.name, SLOTS)  # as the fleet sensor's first tick does
     result = partition_worker.execute_in_process(partition_key="2-3", resources=resources, instance=instance)
     assert result.success
     assert result.dagster_run.tags[tags.WORKER_SLOT] == "2-3"

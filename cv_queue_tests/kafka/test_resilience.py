@@ -9,6 +9,7 @@ from cv_queue.evaluation.simulated import SimulatedLLM
 from cv_queue.kafka.clients import admin_client
 from cv_queue.kafka.envelope import read_dead_letter
 from cv_queue.kafka.execution import JOB_TIMEOUT_CLASS
+from cv_queue.kafka.fleet_layout import Layout, write_layout
 from cv_queue.kafka.lag import group_lag
 from cv_queue.kafka.producer import JobProducer
 from cv_queue.kafka.worker import PartitionWorker, WorkerStats
@@ -66,6 +67,9 @@ def test_a_worker_of_a_new_layout_fences_the_old_one_and_output_stays_exactly_on
     wait_for(lambda: old.worker.stats.succeeded >= 5, 60, "the old layout's worker to work")
 
     wider = tuned(settings, topics={"partitions_per_worker": 4}, worker={"max_in_flight": 8})
+    # The layout changes under a running worker, as only a forced write (or a race) can do since re-layouts
+    # refuse while a worker lives: fencing still keeps the output exactly once.
+    write_layout(conn, settings, Layout.of(wider), generation=2)
     new = Running(conn, wider, Slot(partitions=(0, 1, 2, 3)), SimulatedLLM(latency_ms=20))
     assert old.wait(60).stop_reason == "fenced"
     wait_for(lambda: set(wanted) <= set(_results_by_job(conn, settings)), 120, "every job of partitions 0-3")

@@ -1,0 +1,179 @@
+"""The recorded worker layout: how many partitions the queue has and how many each worker slot owns.
+
+Worker slots are derived from settings (CVQ_TOPICS__PARTITIONS, CVQ_TOPICS__PARTITIONS_PER_WORKER), and settings
+are per process. A worker started with the settings of another layout would read partitions that the fleet of the
+recorded layout also reads (fencing keeps the output exactly-once, but two fleets would fence each other in turn),
+or leave partitions of a grown topic unread. So the layout is recorded once, in the broker, next to the topics: one
+record under one key of a compacted topic `<ns>.cv-queue-layout`. A worker checks it at start (startup.py) and
+refuses to run a layout other than the recorded one; `cv-queue fleet relayout` / `relayout_worker_fleet` are the
+only writers after the first start, which records the settings it finds (`record_first_layout`).
+"""
+
+import threading
+import time
+from datetime import UTC, datetime
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from pydantic import BaseModel, Field
+
+from cv_queue.kafka.client_log import CLIENT_LOG
+from cv_queue.kafka.topics import ADMIN_TIMEOUT_S, wait_until_served
+from cv_queue.settings import KafkaConnection, QueueSettings, Slot
+
+LAYOUT_TOPIC = "cv-queue-layout"
+LAYOUT_KEY = b"layout"
+READ_TIMEOUT_S = 30.0
+
+
+class LayoutError(RuntimeError):
+    """The layout record cannot be read or written."""
+
+
+class Layout(BaseModel, frozen=True):
+    """A topic layout: partitions of the main and retry topics, and how many of them one worker slot owns."""
+
+    partitions: int = Field(ge=1)
+    partitions_per_worker: int = Field(ge=1)
+
+    @classmethod
+    def of(cls, settings: QueueSettings) -> "Layout":
+        return cls(partitions=settings.topics.partitions, partitions_per_worker=settings.topics.partitions_per_worker)
+
+    def apply(self, settings: QueueSettings) -> QueueSettings:
+        """`settings` with this layout's partition counts (everything else unchanged)."""
+        topics = settings.topics.model_copy(update={"partitions": self.partitions,
+                                                    "partitions_per_worker": self.partitions_per_worker})
+        return settings.model_copy(update={"topics": topics})
+
+    def slots(self) -> list[Slot]:
+        step = self.partitions_per_worker
+        return [Slot(partitions=tuple(range(i, i + step))) for i in range(0, self.partitions, step)]
+
+    def describe(self) -> str:
+        names = [s.name for s in self.slots()]
+        shown = ", ".join(names) if len(names) <= 6 else f"{', '.join(names[:3])}, ..., {names[-1]}"
+        return (f"{self.partitions} partitions, {self.partitions_per_worker} per worker "
+                f"({len(names)} slots: {shown})")
+
+    def env(self) -> str:
+        """The environment that gives a process this layout."""
+        return (f"CVQ_TOPICS__PARTITIONS={self.partitions} "
+                f"CVQ_TOPICS__PARTITIONS_PER_WORKER={self.partitions_per_worker}")
+
+
+class LayoutRecord(Layout, frozen=True):
+    """The recorded layout: which generation (1 = the first start, +1 per re-layout) and when it was written."""
+
+    generation: int = Field(ge=1)
+    at: datetime
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(partitions=self.partitions, partitions_per_worker=self.partitions_per_worker)
+
+
+def layout_topic(settings: QueueSettings) -> str:
+    return f"{settings.namespace}.{LAYOUT_TOPIC}" if settings.namespace else LAYOUT_TOPIC
+
+
+def _client_config(conn: KafkaConnection, role: str) -> dict:
+    conf = conn.client_config()
+    conf.update({"client.id": f"{conn.client_id}-{role}", "error_cb": CLIENT_LOG.error_cb, "logger": CLIENT_LOG})
+    return conf
+
+
+def ensure_layout_topic(admin: AdminClient, settings: QueueSettings) -> str:
+    """Create the layout topic if it is missing: one partition (one key, one total order), compacted (only the
+    latest record matters, and compaction keeps it forever), replicated like the queue's topics."""
+    name = layout_topic(settings)
+    if name in admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics:
+        return name
+    config = {"cleanup.policy": "compact"}
+    if "min.insync.replicas" in settings.topics.main_config:
+        config["min.insync.replicas"] = settings.topics.main_config["min.insync.replicas"]
+    topic = NewTopic(name, num_partitions=1, replication_factor=settings.topics.replication_factor, config=config)
+    try:
+        admin.create_topics([topic], operation_timeout=ADMIN_TIMEOUT_S, request_timeout=ADMIN_TIMEOUT_S)[name].result()
+    except KafkaException as exc:  # another worker created it first: fine
+        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise LayoutError(f"could not create the layout topic {name!r}: {exc}") from exc
+    wait_until_served(admin, name, 1)
+    return name
+
+
+def read_layout(conn: KafkaConnection, settings: QueueSettings) -> LayoutRecord | None:
+    """The latest layout record, or None when none was ever written (the topic must exist)."""
+    name = layout_topic(settings)
+    consumer = Consumer({**_client_config(conn, "layout-reader"), "group.id": f"{name}-reader",
+                         "enable.auto.commit": False, "isolation.level": "read_committed",
+                         "enable.partition.eof": True})
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(name, 0), timeout=READ_TIMEOUT_S)
+        if high <= low:
+            return None
+        consumer.assign([TopicPartition(name, 0, OFFSET_BEGINNING)])
+        latest: LayoutRecord | None = None
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error() is not None:
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    return latest
+                raise LayoutError(f"reading {name}: {msg.error().str()}")
+            if msg.key() == LAYOUT_KEY and msg.value():
+                latest = LayoutRecord.model_validate_json(msg.value())
+        raise LayoutError(f"could not read the layout record from {name} within {READ_TIMEOUT_S:.0f}s")
+    finally:
+        consumer.close()
+
+
+def write_layout(conn: KafkaConnection, settings: QueueSettings, layout: Layout, generation: int) -> LayoutRecord:
+    """Append a layout record (idempotent producer, acks=all: written once, durable, or an error)."""
+    record = LayoutRecord(partitions=layout.partitions, partitions_per_worker=layout.partitions_per_worker,
+                          generation=generation, at=datetime.now(UTC).replace(microsecond=0))
+    producer = Producer({**_client_config(conn, "layout-writer"), "enable.idempotence": True, "acks": "all"})
+    errors: list[KafkaError] = []
+    done = threading.Event()
+
+    def delivered(err: KafkaError | None, _msg: object) -> None:
+        if err is not None:
+            errors.append(err)
+        done.set()
+
+    producer.produce(layout_topic(settings), key=LAYOUT_KEY, value=record.model_dump_json().encode(),
+                     on_delivery=delivered)
+    producer.flush(READ_TIMEOUT_S)
+    if errors or not done.is_set():
+        raise LayoutError(f"could not record the layout {layout.describe()}: "
+                          f"{errors[0].str() if errors else 'no acknowledgement'}")
+    return record
+
+
+def record_first_layout(conn: KafkaConnection, admin: AdminClient, settings: QueueSettings) -> LayoutRecord:
+    """The recorded layout; on the very first start (nothing recorded) the settings' layout is recorded first.
+
+    Two first starts racing write the same generation; the latest record wins, and a worker whose layout lost
+    is refused by the check that follows, like any worker of another layout.
+    """
+    ensure_layout_topic(admin, settings)
+    recorded = read_layout(conn, settings)
+    if recorded is not None:
+        return recorded
+    write_layout(conn, settings, Layout.of(settings), generation=1)
+    recorded = read_layout(conn, settings)
+    if recorded is None:
+        raise LayoutError(f"the layout record written to {layout_topic(settings)} cannot be read back")
+    return recorded
+
+
+def adopt_recorded_layout(conn: KafkaConnection, admin: AdminClient, settings: QueueSettings) -> QueueSettings:
+    """`settings` with the recorded layout (or unchanged when none is recorded yet): what a worker launched by the
+    fleet, rather than by hand, runs with, so that a re-layout needs no change of environment."""
+    name = layout_topic(settings)
+    if name not in admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics:
+        return settings
+    recorded = read_layout(conn, settings)
+    return settings if recorded is None else recorded.layout.apply(settings)

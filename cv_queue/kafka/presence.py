@@ -1,0 +1,106 @@
+"""Which workers are alive, as the broker sees them: membership of a presence group.
+
+Workers *assign* their partitions (worker.py), so they never join the worker group `settings.group_id`: describing
+that group shows its committed offsets and no members, whether a hundred workers run or none. Nor do open
+transactions tell (an idle worker has none). So each worker also runs a small consumer that *subscribes* to the
+layout topic in the group `<group_id>.alive`, on a thread of its own that only keeps its membership: Kafka's own
+liveness protocol (heartbeats, a session timeout) then answers "is any worker alive?" through
+describe_consumer_groups, the same way for CLI workers, Dagster runs and containers. A worker that stops leaves the
+group at once; one that was killed drops out when its session times out (SESSION_TIMEOUT_MS). Its client id names
+the slot and layout, so a refusal can say which worker is in the way.
+"""
+
+import logging
+import threading
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+from pydantic import BaseModel
+
+from cv_queue.kafka.client_log import CLIENT_LOG
+from cv_queue.kafka.fleet_layout import Layout, layout_topic
+from cv_queue.settings import KafkaConnection, QueueSettings, Slot
+
+log = logging.getLogger("cv_queue.worker")
+
+SESSION_TIMEOUT_MS = 10_000  # a killed worker counts as alive for at most this long
+HEARTBEAT_INTERVAL_MS = 2_000
+POLL_S = 0.5
+
+
+def presence_group(settings: QueueSettings) -> str:
+    return f"{settings.group_id}.alive"
+
+
+class LiveWorker(BaseModel):
+    """A member of the presence group."""
+
+    client_id: str
+    host: str
+    member_id: str
+
+    def describe(self) -> str:
+        return f"{self.client_id} on {self.host}"
+
+
+class FleetPresence:
+    """A worker's membership of the presence group, kept by its own thread until `close`."""
+
+    def __init__(self, conn: KafkaConnection, settings: QueueSettings, slot: Slot) -> None:
+        layout = Layout.of(settings)
+        conf = conn.client_config()
+        conf.update({
+            "client.id": f"{conn.client_id}-worker-{slot.name}-of-{layout.partitions}x{layout.partitions_per_worker}",
+            "group.id": presence_group(settings),
+            "enable.auto.commit": False,
+            "auto.offset.reset": "latest",
+            "session.timeout.ms": SESSION_TIMEOUT_MS,
+            "heartbeat.interval.ms": HEARTBEAT_INTERVAL_MS,
+            "error_cb": CLIENT_LOG.error_cb,
+            "logger": CLIENT_LOG,
+        })
+        self._group = presence_group(settings)
+        self._consumer = Consumer(conf)
+        self._joined = threading.Event()
+        self._closing = threading.Event()
+        self._consumer.subscribe([layout_topic(settings)], on_assign=self._on_assign)
+        self._thread = threading.Thread(target=self._keep, name=f"cvq-presence-{slot.name}", daemon=True)
+        self._thread.start()
+
+    def _on_assign(self, _consumer: Consumer, _partitions: list[TopicPartition]) -> None:
+        self._joined.set()  # every member is called, with or without the topic's one partition
+
+    def _keep(self) -> None:
+        try:
+            while not self._closing.is_set():
+                self._consumer.poll(POLL_S)  # serves heartbeats' rebalances; the records themselves are not needed
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("presence consumer stopped: %s", exc)
+        finally:
+            try:
+                self._consumer.close()  # leaves the group now rather than at the session timeout
+            except (KafkaException, RuntimeError) as exc:
+                log.debug("presence consumer close: %s", exc)
+
+    def wait_joined(self, timeout_s: float) -> bool:
+        joined = self._joined.wait(timeout_s)
+        if not joined:
+            log.warning("presence group %s not joined within %.0fs; a re-layout may not see this worker yet",
+                        self._group, timeout_s)
+        return joined
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._closing.set()
+        self._thread.join(timeout_s)
+
+
+def live_workers(admin: AdminClient, settings: QueueSettings, timeout_s: float = 30.0) -> list[LiveWorker]:
+    """The members of the presence group: every worker that has not stopped (or not yet timed out)."""
+    group = presence_group(settings)
+    try:
+        description = admin.describe_consumer_groups([group], request_timeout=timeout_s)[group].result()
+    except KafkaException as exc:  # Kafka 4 answers GROUP_ID_NOT_FOUND for a group no worker ever joined
+        if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError.GROUP_ID_NOT_FOUND:
+            return []
+        raise
+    return [LiveWorker(client_id=m.client_id, host=m.host, member_id=m.member_id) for m in description.members]
