@@ -8,9 +8,9 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
+from cv_queue.cli.main import LAYOUT_MISMATCH_EXIT
 from cv_queue.evaluation.samples import sample_jobs
 from cv_queue.kafka.clients import admin_client
-from cv_queue.cli.main import LAYOUT_MISMATCH_EXIT
 from cv_queue.kafka.fleet_layout import Layout, read_layout
 from cv_queue.kafka.presence import live_workers, presence_group
 from cv_queue.kafka.producer import JobProducer
