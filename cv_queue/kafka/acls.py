@@ -31,6 +31,8 @@ from confluent_kafka.admin import (
 )
 from pydantic import BaseModel
 
+from cv_queue.kafka.fleet_layout import layout_reader_group, layout_topic
+from cv_queue.kafka.presence import presence_group
 from cv_queue.settings import QueueSettings
 
 ADMIN = "cvq-admin"
@@ -82,15 +84,24 @@ def worker_transactional_prefix(settings: QueueSettings) -> str:
 def acl_rules(settings: QueueSettings) -> list[AclRule]:
     """Every ACL the queue's principals need in the settings' namespace, sorted."""
     t = settings.topic_names
-    groups = [settings.group_id, settings.replay_group_id]
+    groups = [settings.group_id, settings.replay_group_id, presence_group(settings), layout_reader_group(settings)]
+    layout = layout_topic(settings)
     rules = [
-        *_rules(ADMIN, "TOPIC", t.all(), ["CREATE", "ALTER", "ALTER_CONFIGS", "DESCRIBE", "DESCRIBE_CONFIGS"]),
+        *_rules(ADMIN, "TOPIC", [*t.all(), layout],
+                ["CREATE", "ALTER", "ALTER_CONFIGS", "DESCRIBE", "DESCRIBE_CONFIGS"]),
+        *_rules(ADMIN, "TOPIC", [layout], ["READ", "WRITE"]),  # `fleet relayout` records the new layout
+        *_rules(ADMIN, "GROUP", [layout_reader_group(settings)], ["READ"]),
         *_rules(ADMIN, "GROUP", groups, ["DESCRIBE"]),
         *_rules(WORKER, "TOPIC", [t.main, t.retry], ["READ"]),
         *_rules(WORKER, "TOPIC", [t.results, t.retry, t.dlq], ["WRITE", "DESCRIBE_CONFIGS"]),
         *_rules(WORKER, "TOPIC", [t.main, t.retry, t.results, t.dlq, t.parked], ["DESCRIBE"]),
         *_rules(WORKER, "GROUP", [settings.group_id], ["READ", "DESCRIBE"]),
         *_rules(WORKER, "GROUP", [settings.replay_group_id], ["DESCRIBE"]),
+        # The layout record: read at every start; the very first worker records its layout (and creates the
+        # one-partition compacted topic, when provisioning has not).
+        *_rules(WORKER, "TOPIC", [layout], ["CREATE", "READ", "WRITE", "DESCRIBE"]),
+        *_rules(WORKER, "GROUP", [layout_reader_group(settings)], ["READ", "DESCRIBE"]),
+        *_rules(WORKER, "GROUP", [presence_group(settings)], ["READ", "DESCRIBE"]),  # seen alive by `relayout`
         *_rules(WORKER, "TRANSACTIONAL_ID", [worker_transactional_prefix(settings)], ["WRITE", "DESCRIBE"],
                 Pattern.PREFIXED),
         *_rules(WORKER, "CLUSTER", [CLUSTER_NAME], ["IDEMPOTENT_WRITE"]),

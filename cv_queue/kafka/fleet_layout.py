@@ -77,6 +77,11 @@ def layout_topic(settings: QueueSettings) -> str:
     return f"{settings.namespace}.{LAYOUT_TOPIC}" if settings.namespace else LAYOUT_TOPIC
 
 
+def layout_reader_group(settings: QueueSettings) -> str:
+    """The group id the layout reader's consumer carries (it commits nothing; librdkafka still looks it up)."""
+    return f"{layout_topic(settings)}-reader"
+
+
 def _client_config(conn: KafkaConnection, role: str) -> dict:
     conf = conn.client_config()
     conf.update({"client.id": f"{conn.client_id}-{role}", "error_cb": CLIENT_LOG.error_cb, "logger": CLIENT_LOG})
@@ -105,7 +110,7 @@ def ensure_layout_topic(admin: AdminClient, settings: QueueSettings) -> str:
 def read_layout(conn: KafkaConnection, settings: QueueSettings) -> LayoutRecord | None:
     """The latest layout record, or None when none was ever written (the topic must exist)."""
     name = layout_topic(settings)
-    consumer = Consumer({**_client_config(conn, "layout-reader"), "group.id": f"{name}-reader",
+    consumer = Consumer({**_client_config(conn, "layout-reader"), "group.id": layout_reader_group(settings),
                          "enable.auto.commit": False, "isolation.level": "read_committed",
                          "enable.partition.eof": True})
     try:
