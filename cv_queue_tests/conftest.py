@@ -55,3 +55,20 @@ def settings(namespace: str) -> QueueSettings:
 def provisioned(conn: KafkaConnection, settings: QueueSettings) -> QueueSettings:
     provision(admin_client(conn), topic_specs(settings))
     return settings
+
+
+#: Tests that run Dagster runs, a daemon or a webserver share fixed things (the worker runs' metrics ports,
+#: 9400 + slot) and are the heaviest: under `pytest -n 2 --dist loadgroup` (make test) they go to one worker,
+#: one at a time, while the other worker takes the rest. The 3-node cluster tests likewise keep to one group.
+_SERIAL_GROUPS = {"daemon": "dagster", "cluster": "cluster"}
+_DAGSTER_FOLDERS = ("defs", "deploy", "e2e", "ui")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        group = next((g for marker, g in _SERIAL_GROUPS.items() if item.get_closest_marker(marker)), None)
+        folder = Path(str(item.fspath)).relative_to(PROJECT_ROOT / "cv_queue_tests").parts[0]
+        if group is None and (folder in _DAGSTER_FOLDERS or "dagster" in item.nodeid):
+            group = "dagster"
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
