@@ -19,6 +19,7 @@ from pydantic import Field
 
 from cv_queue.defs import tags
 from cv_queue.defs.fleet_state import fleet_stopped, set_fleet_stopped
+from cv_queue.defs.k8s_config import worker_pod_tag
 from cv_queue.defs.metrics_port import metrics_endpoint, worker_metrics_port
 from cv_queue.defs.resources import DEFAULTS, KafkaResource, QueueResource
 from cv_queue.defs.topics import skip_until_provisioned, unprovisioned
@@ -72,7 +73,8 @@ def refuse_without_slot(config_slot: str, run_tags: Mapping[str, str]) -> None:
 
 
 def _slot_tags(slot: str) -> dict[str, str]:
-    return {tags.WORKER_SLOT: slot, tags.ROLE: tags.ROLE_WORKER}
+    # The pod tag sizes worker runs on Kubernetes (K8sRunLauncher); other launchers ignore it.
+    return {tags.WORKER_SLOT: slot, tags.ROLE: tags.ROLE_WORKER, **worker_pod_tag(DEFAULTS.k8s)}
 
 
 @dg.static_partitioned_config(partition_keys=SLOTS, tags_for_partition_key_fn=_slot_tags)
