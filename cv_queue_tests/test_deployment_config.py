@@ -234,7 +234,7 @@ def test_prometheus_loads_the_alert_rules_and_expects_every_slot():
 SCHEMAS = PROJECT_ROOT / "cv_queue_tests" / "schemas"
 LOCAL_IMAGE = SERVICES["user-code"]["image"]
 ONE_SHOT = ("provision",)
-COMPUTE_LOGS_VOLUME = "compute-logs"
+DAGSTER_STORAGE_VOLUME = "dagster-storage"
 
 
 def test_compose_file_is_valid_against_the_compose_specification():
@@ -388,3 +388,75 @@ def test_the_provision_command_creates_the_topics_on_a_real_broker(bootstrap, tm
     states = describe_topics(admin_client(KafkaConnection(bootstrap_servers=bootstrap)), [s.name for s in specs])
     for spec in specs:
         assert not diff_topic(spec, states.get(spec.name)).drifted, spec.name
+
+
+# Run containers: deploy/dagster.yaml's DockerRunLauncher config (run_launcher.config.docker, CVQ_RUN_LAUNCHER=docker).
+# Compose finds a project's containers by label (docker/compose pkg/compose/containers.go, getDefaultFilters):
+# com.docker.compose.project=<name> and a com.docker.compose.config-hash label; `down --remove-orphans` removes those
+# whose com.docker.compose.service is not in the file (isOrphaned) unless com.docker.compose.oneoff is True and
+# they are still running.
+IMAGE_DAGSTER_HOME = "/opt/dagster/dagster_home"
+
+
+def _docker_launcher() -> dict:
+    return _instance(PROJECT_ROOT / "deploy")["run_launcher"]["config"]["docker"]
+
+
+def test_run_containers_are_this_projects_compose_orphans():
+    labels = _docker_launcher()["container_kwargs"]["labels"]
+    assert labels["com.docker.compose.project"] == COMPOSE["name"]
+    assert "com.docker.compose.config-hash" in labels
+    assert labels["com.docker.compose.service"] not in SERVICES  # an orphan: `down --remove-orphans` removes it
+    assert labels["com.docker.compose.oneoff"] == "False"  # a running one-off is never an orphan
+    assert not any(key.startswith("dagster/") for key in labels)  # DockerRunLauncher sets those itself
+
+
+def test_run_container_kwargs_are_what_docker_py_creates_containers_from():
+    """Through docker-py's own conversion of containers.create() arguments (it raises on an unknown one), the way
+    DockerRunLauncher passes them: stop_timeout is taken out (it is used by terminate), labels merged."""
+    from dagster_docker import DockerRunLauncher
+    from docker.models.containers import _create_container_args
+
+    config = _docker_launcher()
+    DockerRunLauncher(**config)  # its own checks of the config (no Docker needed)
+    kwargs = {k: v for k, v in config["container_kwargs"].items() if k != "stop_timeout"}
+    created = _create_container_args({**kwargs, "image": LOCAL_IMAGE, "command": ["dagster", "api"], "detach": True,
+                                      "environment": {}, "network": config["network"], "version": "1.44"})
+    host = created["host_config"]
+    assert host["AutoRemove"] is True, "exited run containers must remove themselves"
+    volume = COMPOSE["volumes"][DAGSTER_STORAGE_VOLUME]["name"]
+    storage = f"{IMAGE_DAGSTER_HOME}/storage"
+    assert f"{volume}:{storage}:rw" in host["Binds"]
+    assert created["labels"]["com.docker.compose.project"] == COMPOSE["name"]
+
+
+def test_run_compute_logs_land_on_the_volume_the_webserver_reads(monkeypatch, tmp_path):
+    """The instance's compute log manager, as the InstanceRef handed to every run container resolves it."""
+    import shutil
+
+    from dagster._core.instance.ref import InstanceRef
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    for key, value in _env("dagster-daemon").items():
+        monkeypatch.setenv(key, value)
+    ref = InstanceRef.from_dir(str(home))
+    logs = ref.compute_logs_data
+    assert logs.class_name == "LocalComputeLogManager"
+    base_dir = Path(yaml.safe_load(logs.config_yaml)["base_dir"])
+    in_image = Path(IMAGE_DAGSTER_HOME) / base_dir.relative_to(home)  # the same path under the image's DAGSTER_HOME
+    mount = f"{DAGSTER_STORAGE_VOLUME}:{in_image}"
+    for service in ("dagster-webserver", "dagster-daemon", "provision"):
+        assert any(v.startswith(mount) for v in SERVICES[service]["volumes"]), f"{service} lacks {mount}"
+    volume = COMPOSE["volumes"][DAGSTER_STORAGE_VOLUME]["name"]
+    assert any(v.startswith(f"{volume}:{in_image}") for v in _docker_launcher()["container_kwargs"]["volumes"])
+    dockerfile = (PROJECT_ROOT / SERVICES["user-code"]["build"]["dockerfile"]).read_text()
+    assert f"DAGSTER_HOME={IMAGE_DAGSTER_HOME}" in dockerfile
+
+
+def test_dagster_services_load_the_production_instance_with_the_docker_launcher():
+    for service in ("provision", *DAGSTER_SERVICES):
+        assert f"./deploy/dagster.yaml:{IMAGE_DAGSTER_HOME}/dagster.yaml:ro" in SERVICES[service]["volumes"]
+        assert _env(service)["CVQ_RUN_LAUNCHER"] == "docker"
+    assert "CVQ_RUN_LAUNCHER" in _docker_launcher()["env_vars"]

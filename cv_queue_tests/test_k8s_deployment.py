@@ -151,6 +151,8 @@ def test_a_worker_pod_built_by_dagster_k8s_has_the_worker_resources_and_the_kafk
     assert Path(ENV["data"]["KAFKA_SSL_CA_LOCATION"]).parent == Path(ca_mount.mount_path)
     assert job.spec.ttl_seconds_after_finished == LAUNCHER_VALUES["runK8sConfig"]["jobSpecConfig"][
         "ttlSecondsAfterFinished"]
+    # The label the README's clean-up command selects run Jobs by.
+    assert job.metadata.labels["app.kubernetes.io/part-of"] == LAUNCHER_VALUES["labels"]["app.kubernetes.io/part-of"]
 
 
 def test_a_run_without_the_tag_gets_the_launchers_default_resources(launcher):
