@@ -60,7 +60,11 @@ def test_every_cv_queue_variable_in_compose_is_one_the_code_reads(monkeypatch):
     assert str(qs.topics.replication_factor) == env["CVQ_TOPICS__REPLICATION_FACTOR"]
     assert qs.worker.handler == env["CVQ_WORKER__HANDLER"]
     known_top = {f"CVQ_{name.upper()}" for name in QueueSettings.model_fields}
-    for key in [k for k in env if k.startswith("CVQ_")]:
+    # The one CVQ_ variable that is not a queue setting: the production instance's launcher choice.
+    from cv_queue.deploy.run_launcher import CHOICES, LAUNCHER_ENV_VAR
+
+    assert env[LAUNCHER_ENV_VAR] in CHOICES
+    for key in [k for k in env if k.startswith("CVQ_") and k != LAUNCHER_ENV_VAR]:
         assert key.split("__")[0] in known_top, f"{key} is not a cv-queue setting"
         section, _, field = key.removeprefix("CVQ_").lower().partition("__")
         if field:
@@ -89,7 +93,7 @@ def _validate_section(section: dict) -> None:
     assert result.success, result.errors
 
 
-@pytest.mark.parametrize("folder", [PROJECT_ROOT, PROJECT_ROOT / "deploy" / "docker"], ids=["local", "docker"])
+@pytest.mark.parametrize("folder", [PROJECT_ROOT, PROJECT_ROOT / "deploy"], ids=["local", "production"])
 def test_instance_configs_are_valid_and_limit_slots(folder):
     config = _instance(folder)
     _validate_section(config["run_launcher"])
@@ -103,19 +107,19 @@ def test_instance_configs_are_valid_and_limit_slots(folder):
 
 
 def test_local_default_is_sqlite_and_docker_uses_postgres_and_containers():
-    local, docker = _instance(PROJECT_ROOT), _instance(PROJECT_ROOT / "deploy" / "docker")
+    local, docker = _instance(PROJECT_ROOT), _instance(PROJECT_ROOT / "deploy")
     assert "sqlite" in local["storage"] and local["run_launcher"]["class"] == "DefaultRunLauncher"
     from dagster_postgres import DagsterPostgresStorage
 
     assert validate_config(DagsterPostgresStorage.config_type(), docker["storage"]["postgres"]).success
-    launcher = docker["run_launcher"]
-    assert launcher["class"] == "DockerRunLauncher"
-    assert launcher["config"]["network"] == COMPOSE["networks"]["default"]["name"]
-    forwarded = set(launcher["config"]["env_vars"])
+    assert docker["run_launcher"]["class"] == "SelectedRunLauncher"  # DockerRunLauncher when CVQ_RUN_LAUNCHER=docker
+    containers = docker["run_launcher"]["config"]["docker"]
+    assert containers["network"] == COMPOSE["networks"]["default"]["name"]
+    forwarded = set(containers["env_vars"])
     needed = {k for k in _env("user-code") if k.startswith(("CVQ_", "KAFKA_", "DAGSTER_POSTGRES_"))}
     assert needed <= forwarded, f"run containers would miss {needed - forwarded}"
     assert _env("user-code")["DAGSTER_CURRENT_IMAGE"] == SERVICES["user-code"]["image"]
-    assert launcher["config"]["container_kwargs"]["stop_timeout"] >= 30
+    assert containers["container_kwargs"]["stop_timeout"] >= 30
 
 
 def test_dagster_images_are_the_built_user_code_image():
@@ -123,7 +127,7 @@ def test_dagster_images_are_the_built_user_code_image():
     for service in ("dagster-webserver", "dagster-daemon"):
         assert SERVICES[service]["image"] == image
     dockerfile = (PROJECT_ROOT / SERVICES["user-code"]["build"]["dockerfile"]).read_text()
-    assert "deploy/docker/dagster.yaml" in dockerfile
+    assert "deploy/dagster.yaml" in dockerfile
     for service in ("dagster-webserver", "dagster-daemon"):
         workspace = SERVICES[service]["command"][-1]
         assert (PROJECT_ROOT / workspace).is_file()
