@@ -11,9 +11,10 @@ from cv_queue.defs.topics import topic_assets
 from cv_queue.defs.workers import SLOTS, worker_fleet_sensor
 from cv_queue.kafka.clients import admin_client
 from cv_queue.kafka.fleet_layout import Layout, read_layout
+from cv_queue.kafka.presence import live_workers
 from cv_queue.kafka.topics import describe_topics
 from cv_queue.settings import KafkaConnection, QueueSettings, Slot
-from cv_queue_tests.support import start_worker
+from cv_queue_tests.support import start_worker, wait_for
 
 NEW_SLOTS = [f"{p}-{p + 1}" for p in range(0, 16, 2)]
 
@@ -44,6 +45,8 @@ def test_relayout_job_refuses_while_a_worker_lives_then_grows_and_the_sensor_fol
 
     worker = start_worker(conn, settings, Slot.parse("0-1"))  # a worker outside Dagster: only the broker sees it
     try:
+        # start_worker returns at once; the worker is alive for a re-layout once it is in the presence group.
+        wait_for(lambda: bool(live_workers(admin_client(conn), settings)), 60, "the worker to join the presence group")
         refused = _relayout(instance, resources, wait_s=2)
     finally:
         worker.join()
