@@ -18,7 +18,7 @@ from pydantic import Field
 
 from cv_queue.defs import tags
 from cv_queue.defs.metrics_port import metrics_endpoint
-from cv_queue.defs.resources import DEFAULTS, KafkaResource, QueueResource
+from cv_queue.defs.resources import DEFAULTS, KafkaResource, Principal, QueueResource
 from cv_queue.defs.topics import skip_until_provisioned, unprovisioned
 from cv_queue.errors import CATEGORY_ORDER, DEFAULT_REPLAY_CATEGORIES, ErrorCategory
 from cv_queue.kafka.lag import committed_offsets, end_offsets, offsets_before
@@ -122,7 +122,7 @@ def _replay(context: dg.OpExecutionContext, config: ReprocessConfig, kafka: Kafk
                          f"skipped {report.skipped}")
 
     try:
-        report = replay_dead_letters(kafka.connection(), settings, request, on_progress=progress)
+        report = replay_dead_letters(kafka.connection(Principal.REPLAYER), settings, request, on_progress=progress)
     except (KafkaException, TransactionFatalError, TransactionFencedError) as exc:
         # RetryRequested (not a RetryPolicy) so the limits come from this run's config.
         wait = retry_wait_s(config, context.retry_number)

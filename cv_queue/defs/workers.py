@@ -20,7 +20,7 @@ from pydantic import Field
 from cv_queue.defs import tags
 from cv_queue.defs.fleet_state import fleet_stopped, set_fleet_stopped
 from cv_queue.defs.metrics_port import metrics_endpoint, worker_metrics_port
-from cv_queue.defs.resources import DEFAULTS, KafkaResource, QueueResource
+from cv_queue.defs.resources import DEFAULTS, KafkaResource, Principal, QueueResource
 from cv_queue.defs.topics import skip_until_provisioned, unprovisioned
 from cv_queue.kafka.worker import PartitionWorker, WorkerStartError, WorkerStats
 from cv_queue.settings import QueueSettings, Slot
@@ -113,15 +113,15 @@ def run_partition_worker(context: dg.OpExecutionContext, config: WorkerRunConfig
         "progress_interval_s": config.progress_interval_s,
         "shutdown_grace_ms": int(config.shutdown_grace_s * 1000)})})
     slot = Slot.parse(config.slot)
-    with metrics_endpoint(settings.metrics, worker_metrics_port(settings, slot), context.log, kafka.connection(),
-                          settings):
+    with metrics_endpoint(settings.metrics, worker_metrics_port(settings, slot), context.log,
+                          kafka.connection(Principal.WORKER), settings):
         return _run_worker(context, config, kafka, settings, slot)
 
 
 def _run_worker(context: dg.OpExecutionContext, config: WorkerRunConfig, kafka: KafkaResource,
                 settings: QueueSettings, slot: Slot) -> dg.Output[dict]:
     progress: queue_lib.SimpleQueue[WorkerStats] = queue_lib.SimpleQueue()
-    worker = PartitionWorker(kafka.connection(), settings, slot, on_progress=progress.put)
+    worker = PartitionWorker(kafka.connection(Principal.WORKER), settings, slot, on_progress=progress.put)
     stop = threading.Event()
     outcome: dict = {}
 
