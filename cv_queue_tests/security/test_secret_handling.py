@@ -118,3 +118,22 @@ def test_cv_queue_config_prints_no_secret(secured_env: dict[str, str]) -> None:
     printed = out.stdout + out.stderr
     assert "`KAFKA_SASL_PASSWORD`" in printed and "`CVQ_LLM__API_KEY`" in printed
     assert [s for s in [*PASSWORDS.values(), KEY_PASSWORD, "llm-key-44d1e0", "t0k3n"] if s in printed] == []
+
+
+def test_the_sweep_finds_a_secret_in_files_and_compressed_sqlite_cells(tmp_path: Path) -> None:
+    """The secret sweep's own control: a secret it cannot see would make its zero hits meaningless."""
+    import sqlite3
+    import zlib
+
+    from cv_queue_tests.security.sweep import search_files
+
+    (tmp_path / "run.log").write_text("connected as cvq-worker with sweep-pw-1\n")
+    db = sqlite3.connect(tmp_path / "runs.db")
+    db.execute("CREATE TABLE snapshots (body BLOB)")
+    db.execute("INSERT INTO snapshots VALUES (?)", (zlib.compress(b'{"default": "sweep-pw-2"}'),))
+    db.commit()
+    db.close()
+    hits = search_files(tmp_path, ["sweep-pw-1", "sweep-pw-2", "absent-pw"])
+    assert hits.places("sweep-pw-1") == [str(tmp_path / "run.log")]
+    assert hits.places("sweep-pw-2") == [f"{tmp_path / 'runs.db'}:snapshots.body"]  # only once decompressed
+    assert hits.places("absent-pw") == []
