@@ -33,6 +33,8 @@ from cv_queue.broker.launch import NodeLauncher, check_port_free, existing_clust
 from cv_queue.broker.node_config import NodeLayout, new_cluster_id, plan_nodes
 from cv_queue.broker.prerequisites import require_java
 from cv_queue.broker.readiness import wait_ready
+from cv_queue.broker.scram import CREDENTIALS_FILE
+from cv_queue.broker.security import BrokerSecurity, OwnTls, SecurityMode, security_of
 from cv_queue.broker.state import (
     BrokerState,
     ClusterState,
@@ -75,9 +77,11 @@ def _prepare_data_root(data_dir: Path | None) -> tuple[Path, bool]:
     return data_dir, False
 
 
-def _fits(state: BrokerState, nodes: int | None, port: int | None, data_dir: Path | None) -> bool:
+def _fits(state: BrokerState, nodes: int | None, port: int | None, data_dir: Path | None,
+          security: SecurityMode | None) -> bool:
     """Whether a start request names the recorded cluster (an unset value matches anything)."""
     return ((nodes is None or nodes == len(state.nodes))
+            and (security is None or security == state.security)
             and (port is None or port == state.nodes[0].client_port)
             and (data_dir is None or data_dir.expanduser().resolve() == Path(state.data_root)))
 
@@ -89,9 +93,15 @@ def start_cluster(
     state_file: Path | None = None,
     timeout_s: float = START_TIMEOUT_S,
     progress: bool = True,
+    security: SecurityMode | str | None = None,
+    own_tls: OwnTls | None = None,
 ) -> BrokerState:
     """Start `nodes` (default 1) combined broker/controller JVMs from `port` (default 9092) and wait until
     the cluster is whole.
+
+    `security="sasl_ssl"` starts a secured cluster (see cv_queue.broker.security): TLS from a CA generated into
+    the data dir (or `own_tls`), SCRAM users created at format time with their passwords in a 0600 file there,
+    and the StandardAuthorizer. The state records the CA and the credentials file. Default: plaintext.
 
     With a cluster already recorded in the state file: if all its nodes run, BrokerError (it is running).
     If some or all are dead and the request fits the record, the dead ones are restarted on their ports and
@@ -100,6 +110,9 @@ def start_cluster(
     """
     if nodes is not None and nodes not in (1, 3):
         raise BrokerError(f"--nodes must be 1 or 3, not {nodes}.", "a KRaft quorum here is 1 or 3 voters.")
+    mode = SecurityMode(security) if security is not None else None
+    if own_tls is not None and mode != SecurityMode.SASL_SSL:
+        raise BrokerError("TLS files were given for a plaintext broker.", "add --security sasl_ssl.")
     state_file = state_file or default_state_file()
     existing = read_state(state_file)
     if existing is not None:
@@ -111,7 +124,7 @@ def start_cluster(
                 f"(pids {', '.join(str(n.pid) for n in alive)}; state {state_file}).",
                 "use it, or run `cv-queue broker stop` first.",
             )
-        if _fits(existing, nodes, port, data_dir) and Path(existing.data_root).is_dir():
+        if _fits(existing, nodes, port, data_dir, mode) and own_tls is None and Path(existing.data_root).is_dir():
             return restart_dead_nodes(state_file, timeout_s, progress)
         if alive:
             raise BrokerError(
@@ -124,11 +137,25 @@ def start_cluster(
         if existing.ephemeral:  # stale: every process it names is gone; so is the need for its data
             shutil.rmtree(existing.data_root, ignore_errors=True)
         state_file.unlink()
-    return _start_new(nodes or 1, port or DEFAULT_PORT, data_dir, state_file, timeout_s, progress)
+    return _start_new(nodes or 1, port or DEFAULT_PORT, data_dir, state_file, timeout_s, progress,
+                      mode or SecurityMode.PLAINTEXT, own_tls)
+
+
+def _prepare_security(mode: SecurityMode, own_tls: OwnTls | None, data_root: Path,
+                      formatted: bool) -> BrokerSecurity | None:
+    if mode == SecurityMode.PLAINTEXT:
+        return None
+    if formatted and not (data_root / CREDENTIALS_FILE).is_file():
+        raise BrokerError(f"The data dir {data_root} holds a cluster formatted without the SCRAM users.",
+                          "pick an empty --data-dir for a secured broker (users are created at format time).")
+    security = BrokerSecurity.prepare(data_root, own_tls)
+    if (problem := security.certificate_problem()) is not None:
+        print(f"warning: {problem}; clients will refuse to connect", file=sys.stderr)
+    return security
 
 
 def _start_new(nodes: int, port: int, data_dir: Path | None, state_file: Path, timeout_s: float,
-               progress: bool) -> BrokerState:
+               progress: bool, mode: SecurityMode, own_tls: OwnTls | None) -> BrokerState:
     java = require_java()
     libs = fetch_kafka(KAFKA_VERSION, quiet=not progress)
     data_root, ephemeral = _prepare_data_root(data_dir)
@@ -138,15 +165,19 @@ def _start_new(nodes: int, port: int, data_dir: Path | None, state_file: Path, t
         for node in layout:
             check_port_free(node.client_port)
             check_port_free(node.controller_port)
-        cluster_id = next((cid for n in layout if (cid := existing_cluster_id(n.data_dir))), None) \
-            or new_cluster_id()
-        launcher = NodeLauncher(java, libs, data_root, layout)
+        cluster_id = next((cid for n in layout if (cid := existing_cluster_id(n.data_dir))), None)
+        security = _prepare_security(mode, own_tls, data_root, formatted=cluster_id is not None)
+        cluster_id = cluster_id or new_cluster_id()
+        launcher = NodeLauncher(java, libs, data_root, layout, security)
         for node in layout:
             launcher.format_if_new(node, cluster_id)
         state = BrokerState(
             kafka_version=KAFKA_VERSION, cluster_id=cluster_id,
             bootstrap=",".join(n.bootstrap for n in layout), data_root=str(data_root), ephemeral=ephemeral,
-            started_at=datetime.now(UTC), nodes=[launcher.node_state(n) for n in layout],
+            started_at=datetime.now(UTC), nodes=[launcher.node_state(n) for n in layout], security=mode.value,
+            ca_file=str(security.tls.ca) if security else None,
+            keystore_file=str(security.tls.keystore) if security else None,
+            credentials_file=str(security.credentials_file) if security else None,
         )
         _launch_nodes(launcher, state, state.nodes, state_file, progress, launched)
         wait_ready(state, timeout_s, progress)
@@ -204,7 +235,9 @@ def restart_dead_nodes(state_file: Path | None = None, timeout_s: float = START_
         print(f"restarting node(s) {[n.node_id for n in dead]} of the cluster at {state.bootstrap} "
               f"(data {data_root})", file=sys.stderr)
     layout = [NodeLayout(n.node_id, n.client_port, n.controller_port, Path(n.data_dir)) for n in state.nodes]
-    launcher = NodeLauncher(require_java(), fetch_kafka(KAFKA_VERSION, quiet=not progress), data_root, layout)
+    security = security_of(state) if state.security == SecurityMode.SASL_SSL else None
+    launcher = NodeLauncher(require_java(), fetch_kafka(KAFKA_VERSION, quiet=not progress), data_root, layout,
+                            security)
     launched: list[psutil.Process] = []
     try:
         for node in layout:

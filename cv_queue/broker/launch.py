@@ -1,13 +1,19 @@
 """The pieces of starting one KRaft node: a port check, configs, storage formatting and the detached JVM."""
 
+import os
 import socket
 import subprocess
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cv_queue.broker.errors import BrokerError
 from cv_queue.broker.node_config import NodeLayout, render_server_properties
+from cv_queue.broker.scram import redact
 from cv_queue.broker.state import NodeState
+
+if TYPE_CHECKING:
+    from cv_queue.broker.security import BrokerSecurity
 
 # Small heaps, the serial collector (no parallel GC threads) and an OOM exit keep three nodes
 # comfortable on a 2-core, shared machine.
@@ -64,8 +70,10 @@ def log_tail(path: Path, lines: int = 30) -> str:
 class NodeLauncher:
     """Writes a cluster's configs under <data_root>/conf and starts (and formats, if needed) its nodes."""
 
-    def __init__(self, java: Path, libs: Path, data_root: Path, layout: list[NodeLayout]) -> None:
+    def __init__(self, java: Path, libs: Path, data_root: Path, layout: list[NodeLayout],
+                 security: "BrokerSecurity | None" = None) -> None:
         self.java, self.libs, self.data_root, self.layout = java, libs, data_root, layout
+        self.security = security
         package = resources.files("cv_queue.broker")
         self.conf_dir = data_root / "conf"
         self.conf_dir.mkdir(parents=True, exist_ok=True)
@@ -75,7 +83,16 @@ class NodeLauncher:
         self.broker_log.write_text(package.joinpath("log4j2-broker.properties").read_text())
         # Rendered from the layout every time, so a restart runs the same ports and dirs as before.
         for node in layout:
-            self.properties_file(node).write_text(render_server_properties(node, layout))
+            self._write_properties(node)
+
+    def _write_properties(self, node: NodeLayout) -> None:
+        path = self.properties_file(node)
+        text = render_server_properties(node, self.layout, self.security)
+        # A secured node's properties hold the admin's password (inter-broker login): owner-only, from creation on.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
 
     def properties_file(self, node: NodeLayout) -> Path:
         return self.conf_dir / f"server-{node.node_id}.properties"
@@ -96,11 +113,14 @@ class NodeLauncher:
             str(self.java), "-Xmx256m", f"-Dlog4j2.configurationFile={self.tools_log}", "-cp", f"{self.libs}/*",
             "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.properties_file(node)),
         ]
+        if self.security is not None:  # the SCRAM users exist from the first metadata record on
+            cmd += self.security.format_arguments()
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
+            output = proc.stderr.strip() or proc.stdout.strip()
             raise BrokerError(
                 f"Formatting KRaft storage for node {node.node_id} failed:\n"
-                f"{proc.stderr.strip() or proc.stdout.strip()}",
+                f"{redact(output, self.security.credentials) if self.security else output}",
                 "if the data dir holds another cluster's data, pick an empty --data-dir.",
             )
 

@@ -4,6 +4,10 @@ import base64
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cv_queue.broker.security import BrokerSecurity
 
 #: A controller listens this far above its node's client port.
 CONTROLLER_PORT_OFFSET = 100
@@ -45,14 +49,16 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
-def render_server_properties(node: NodeLayout, cluster: list[NodeLayout]) -> str:
-    """The node's server.properties: static quorum, loopback only, small thread pools for a 2-core box."""
+def render_server_properties(node: NodeLayout, cluster: list[NodeLayout],
+                             security: "BrokerSecurity | None" = None) -> str:
+    """The node's server.properties: static quorum, loopback only, small thread pools for a 2-core box; with
+    `security`, a SASL_SSL client listener and the authorizer (see cv_queue.broker.security)."""
     voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in cluster)
     # Internal topics can only be as replicated as the cluster is big; with the defaults (RF 3, min ISR 2)
     # a single node could never create __transaction_state and init_transactions() would hang.
     rf = min(3, len(cluster))
     min_isr = 1 if rf == 1 else 2
-    lines = {
+    lines: dict[str, object] = {
         "process.roles": "broker,controller",
         "node.id": node.node_id,
         "controller.quorum.voters": voters,
@@ -85,4 +91,6 @@ def render_server_properties(node: NodeLayout, cluster: list[NodeLayout]) -> str
         # coordinator's abort timer short so a killed worker's open transaction does not linger.
         "transaction.abort.timed.out.transaction.cleanup.interval.ms": 5000,
     }
+    if security is not None:
+        lines.update(security.server_properties(node.client_port, node.controller_port))
     return "".join(f"{key}={value}\n" for key, value in lines.items())

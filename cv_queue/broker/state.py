@@ -35,6 +35,12 @@ class BrokerState(BaseModel):
     ephemeral: bool
     started_at: datetime
     nodes: list[NodeState]
+    # A secured cluster (`--security sasl_ssl`) records where its CA, keystore and SCRAM passwords are; a state
+    # file written before security existed reads as plaintext.
+    security: str = "plaintext"
+    ca_file: str | None = None
+    keystore_file: str | None = None
+    credentials_file: str | None = None
 
 
 _EXEC_RETRIES = 20

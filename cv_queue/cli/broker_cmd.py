@@ -13,7 +13,11 @@ from cv_queue.broker.cluster import (
     start_cluster,
     stop_cluster,
 )
+from cv_queue.broker.errors import BrokerError
 from cv_queue.broker.fetch import KAFKA_VERSION, cached_libs, fetch_kafka, kafka_home
+from cv_queue.broker.scram import ADMIN, PRINCIPALS
+from cv_queue.broker.security import OwnTls, SecurityMode, security_of
+from cv_queue.broker.state import BrokerState
 from cv_queue.cli.tables import render
 
 
@@ -36,6 +40,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="keep data here across restarts (default: the recorded cluster's, else a temporary "
                        "dir removed on stop)")
     start.add_argument("--timeout", type=float, default=START_TIMEOUT_S, help="seconds to wait for readiness")
+    start.add_argument("--security", choices=[m.value for m in SecurityMode], default=None,
+                       help="sasl_ssl: a SASL_SSL listener (SCRAM-SHA-512 users cvq-admin, cvq-worker, cvq-replayer, "
+                       "cvq-producer), TLS and the StandardAuthorizer; default plaintext")
+    start.add_argument("--tls-dir", type=Path, default=None,
+                       help="your own TLS files for sasl_ssl: ca.pem, server.pem and server-key.pem in this folder "
+                       "(default: a CA and certificate generated into the data dir)")
+    start.add_argument("--ca", type=Path, default=None, help="your own CA certificate (PEM), with --cert and --key")
+    start.add_argument("--cert", type=Path, default=None,
+                       help="your own server certificate chain (PEM; SANs 127.0.0.1 and localhost)")
+    start.add_argument("--key", type=Path, default=None, help="the server certificate's private key (PEM, unencrypted)")
     start.set_defaults(func=cmd_start)
 
     stop = bsub.add_parser("stop", help="SIGTERM the node(s), SIGKILL after --timeout, remove ephemeral data")
@@ -60,12 +74,44 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _own_tls(args: argparse.Namespace) -> OwnTls | None:
+    files = (args.ca, args.cert, args.key)
+    if args.tls_dir is not None:
+        if any(files):
+            raise BrokerError("--tls-dir and --ca/--cert/--key were both given.", "use one or the other.")
+        return OwnTls.from_dir(args.tls_dir)
+    if not any(files):
+        return None
+    if not all(files):
+        raise BrokerError("--ca, --cert and --key go together.", "pass all three (or --tls-dir).")
+    return OwnTls(args.ca, args.cert, args.key)
+
+
+def print_client_settings(state: BrokerState) -> None:
+    """How a client reaches a secured broker: every setting but the password, and where the passwords are."""
+    security = security_of(state)
+    print(f"security: SASL_SSL with SCRAM-SHA-512, StandardAuthorizer (super user {ADMIN})", file=sys.stderr)
+    print(f"CA certificate: {security.tls.ca}", file=sys.stderr)
+    print(f"passwords of {', '.join(PRINCIPALS)}: {security.credentials_file} (user=password, mode 0600)",
+          file=sys.stderr)
+    print("client settings (choose the principal; the password is the one in the file above):", file=sys.stderr)
+    print(f"  export KAFKA_BOOTSTRAP_SERVERS={state.bootstrap}", file=sys.stderr)
+    for key, value in security.client_env("cvq-worker").items():
+        print(f"  export {key}={value}", file=sys.stderr)
+    print(f"  export KAFKA_SASL_PASSWORD=\"$(sed -n 's/^cvq-worker=//p' {security.credentials_file})\"",
+          file=sys.stderr)
+    print(f"then, as {ADMIN}: `cv-queue topics provision` and `cv-queue acls apply`", file=sys.stderr)
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    state = start_cluster(args.nodes, args.port, args.data_dir, args.state_file, args.timeout)
+    state = start_cluster(args.nodes, args.port, args.data_dir, args.state_file, args.timeout,
+                          security=args.security, own_tls=_own_tls(args))
     print(f"Kafka {state.kafka_version} ready with {len(state.nodes)} node(s) in "
           f"{time.monotonic() - started:.1f}s; data in {state.data_root}"
           f"{' (ephemeral)' if state.ephemeral else ''}", file=sys.stderr)
+    if state.security == SecurityMode.SASL_SSL:
+        print_client_settings(state)
     print(state.bootstrap)
     return 0
 

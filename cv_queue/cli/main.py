@@ -8,9 +8,10 @@ from pydantic import ValidationError
 
 from cv_queue import __version__
 from cv_queue.broker.errors import BrokerError
-from cv_queue.cli import bench_cmd, broker_cmd, config_cmd, dev_cmd, dlq_cmd, queue_cmd, topics_cmd
+from cv_queue.cli import acls_cmd, bench_cmd, broker_cmd, config_cmd, dev_cmd, dlq_cmd, queue_cmd, topics_cmd
 from cv_queue.cli.context import add_global_flags
 from cv_queue.evaluation.handler import HandlerLoadError
+from cv_queue.kafka.auth import EXIT_AUTH, EXIT_DENIED, KafkaAuthError, KafkaAuthorizationError, authorization_code
 from cv_queue.kafka.topics import ProvisioningError
 from cv_queue.kafka.worker import WorkerStartError
 
@@ -24,18 +25,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cv-queue {__version__}")
     add_global_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (broker_cmd, topics_cmd, queue_cmd, dlq_cmd, config_cmd, dev_cmd, bench_cmd):
+    for module in (broker_cmd, topics_cmd, acls_cmd, queue_cmd, dlq_cmd, config_cmd, dev_cmd, bench_cmd):
         module.add_parser(sub)
     return parser
+
+
+def _report(exc: BaseException, command: str) -> int:
+    """Print a user error without a traceback; its exit code (6 authentication/TLS, 7 authorization, else 2)."""
+    if isinstance(exc, KafkaAuthError):
+        print(f"error: authentication/TLS: {exc}", file=sys.stderr)
+        return EXIT_AUTH
+    if isinstance(exc, KafkaAuthorizationError):
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_DENIED
+    if isinstance(exc, KafkaException) and authorization_code(exc) is not None:
+        print(f"error: authorization denied: {exc.args[0].str()} (command `{command}`; grant the ACL with "
+              "`cv-queue acls apply` as an admin, or log in as a principal that holds it: KAFKA_SASL_USERNAME)",
+              file=sys.stderr)
+        return EXIT_DENIED
+    print(f"error: {exc}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except _USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (KafkaAuthError, KafkaAuthorizationError, *_USER_ERRORS) as exc:
+        return _report(exc, args.command)
     except KeyboardInterrupt:
         return 130
 

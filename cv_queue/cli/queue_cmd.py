@@ -14,10 +14,11 @@ from cv_queue.cli.tables import render, section
 from cv_queue.errors import InvalidPayloadError
 from cv_queue.evaluation.handler import load_handler
 from cv_queue.evaluation.samples import sample_jobs
+from cv_queue.kafka.auth import authorization_code, check_access, denied
 from cv_queue.kafka.clients import admin_client
 from cv_queue.kafka.lag import end_offsets, group_lag, partition_count
 from cv_queue.kafka.metrics import MetricsServer, start_metrics_server
-from cv_queue.kafka.producer import JobProducer, RawRecord, deliveries_by_partition
+from cv_queue.kafka.producer import EnqueueError, JobProducer, RawRecord, deliveries_by_partition
 from cv_queue.kafka.worker import PartitionWorker
 from cv_queue.messages import EvaluationJob, decode_job
 from cv_queue.settings import QueueSettings, Slot
@@ -106,7 +107,19 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         if args.seed is None:  # without a seed, two runs must not send the same job ids (they would be duplicates)
             args.seed = random.SystemRandom().randrange(2**31)
         jobs = list(sample_jobs(args.count, args.seed, args.prefix, _labels_for(args)))
-    producer = JobProducer(connection(args), qs.topic_names.main)
+    conn = connection(args)
+    check_access(conn)  # a refused login or TLS handshake: exit 6 within seconds, not a 60 s flush
+    producer = JobProducer(conn, qs.topic_names.main)
+    try:
+        return _send(args, producer, jobs, qs)
+    except EnqueueError as exc:
+        first = next(iter(exc.failures.values()))
+        if authorization_code(first) is not None:
+            raise denied(first, conn, qs.topic_names.main, "WRITE") from exc
+        raise
+
+
+def _send(args: argparse.Namespace, producer: JobProducer, jobs: list[EvaluationJob], qs: QueueSettings) -> int:
     total = len(jobs)
 
     def progress(sent: int) -> None:

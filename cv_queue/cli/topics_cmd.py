@@ -2,8 +2,11 @@
 
 import argparse
 
+from confluent_kafka import KafkaException
+
 from cv_queue.cli.context import connection, settings
 from cv_queue.cli.tables import render
+from cv_queue.kafka.auth import authorization_code, check_access, denied
 from cv_queue.kafka.clients import admin_client
 from cv_queue.kafka.topics import describe_topics, diff_topic, provision, topic_specs
 
@@ -19,8 +22,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
-    admin = admin_client(connection(args))
-    report = provision(admin, topic_specs(settings(args)))
+    conn = connection(args)
+    check_access(conn)  # a refused login or TLS handshake: exit 6 within seconds, not admin timeouts
+    admin = admin_client(conn)
+    specs = topic_specs(settings(args))
+    try:
+        report = provision(admin, specs)
+    except KafkaException as exc:
+        if authorization_code(exc) is not None:  # name what was denied: the namespace's topics, to this principal
+            raise denied(exc, conn, ", ".join(s.name for s in specs), "DESCRIBE, CREATE or ALTER") from exc
+        raise
     rows = []
     for t in report.topics:
         changes = ", ".join(f"{c.key}={c.after}" for c in t.config_changes) if t.action == "updated" else ""

@@ -2,8 +2,9 @@
 
 import time
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from cv_queue.kafka.auth import KafkaAuthorizationError, authorization_code, check_access
 from cv_queue.kafka.clients import admin_client
 from cv_queue.kafka.fit import KAFKA_DEFAULT_MAX_MESSAGE_BYTES, OutputLimits, read_output_limits
 from cv_queue.settings import KafkaConnection, QueueSettings, Slot
@@ -16,10 +17,15 @@ class WorkerStartError(RuntimeError):
 
 
 def check_topics(consumer: Consumer, conn: KafkaConnection, settings: QueueSettings, slot: Slot) -> None:
+    """The worker's topics exist and have its partitions. On a secured broker, the login and TLS are checked first
+    (KafkaAuthError within seconds instead of retries for ever), and a topic it may not describe is named."""
+    check_access(conn)
     names = settings.topic_names
     metadata = consumer.list_topics(timeout=START_TIMEOUT_S)
     for topic in (names.main, names.retry, names.dlq, names.results):
         meta = metadata.topics.get(topic)
+        if meta is not None and meta.error is not None and meta.error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            raise KafkaAuthorizationError("DESCRIBE", "TOPIC", topic, conn.sasl_username)
         if meta is None or meta.error is not None:
             raise WorkerStartError(
                 f"topic {topic!r} does not exist on {conn.bootstrap_servers}; "
@@ -41,6 +47,8 @@ def committed_offsets(consumer: Consumer, partitions: list[tuple[str, int]]) -> 
         try:
             return consumer.committed(wanted, timeout=10)
         except KafkaException as exc:
+            if authorization_code(exc) is not None:  # retrying cannot grant an ACL; the worker names what was denied
+                raise
             if time.monotonic() > deadline:
                 raise WorkerStartError(f"could not read committed offsets: {exc}") from exc
             time.sleep(0.5)

@@ -31,6 +31,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from cv_queue.errors import ErrorCategory
 from cv_queue.evaluation.handler import JobHandler, load_handler
 from cv_queue.kafka.async_pool import AsyncHandlerPool
+from cv_queue.kafka.auth import authorization_code, denied
 from cv_queue.kafka.classify import ErrorClassifier
 from cv_queue.kafka.client_log import CLIENT_LOG
 from cv_queue.kafka.clients import assigned_consumer, poll_batch, transactional_producer
@@ -283,6 +284,8 @@ class PartitionWorker:
             self._start()
         except KafkaException as exc:
             self._close()
+            if (code := authorization_code(exc)) is not None:  # a missing ACL: CLI exit code 7, with what was denied
+                raise denied(exc, self.conn, self._denied_resource(code)) from exc
             raise WorkerStartError(f"worker for slot {self.slot.name} could not start: {exc}") from exc
         except BaseException:
             self._close()
@@ -314,6 +317,16 @@ class PartitionWorker:
         self._refresh_gauges_safe()
         log.info("worker %s stopped (%s): %s", self.worker_id, self.stats.stop_reason, self.stats.summary())
         return self.stats
+
+    def _denied_resource(self, code: int) -> str:
+        """The resource of a start-up authorization failure, by its code: the one of that type the worker uses."""
+        if code == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+            return self.settings.transactional_id(self.slot)
+        if code == KafkaError.GROUP_AUTHORIZATION_FAILED:
+            return self.settings.group_id
+        if code == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            return ", ".join([self.names.main, self.names.retry, self.names.results, self.names.dlq])
+        return "kafka-cluster"
 
     def _loop(self, stop: threading.Event) -> None:
         assert self._consumer is not None

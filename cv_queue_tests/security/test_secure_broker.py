@@ -1,0 +1,35 @@
+"""The secured broker itself: TLS verified against the generated CA, SCRAM logins, ACLs applied idempotently."""
+
+import os
+import stat
+import subprocess
+
+from cv_queue.kafka.acls import ADMIN, PRINCIPALS, acl_rules, describe_acls
+from cv_queue.kafka.clients import admin_client
+from cv_queue_tests.conftest import CV_QUEUE
+from cv_queue_tests.security.conftest import apply_acls_as_admin
+
+
+def test_every_principal_logs_in_and_the_password_file_is_private(secure_cluster):
+    assert set(secure_cluster.passwords) == set(PRINCIPALS)
+    for principal in PRINCIPALS:
+        metadata = admin_client(secure_cluster.connection(principal)).list_topics(timeout=20)
+        assert list(metadata.brokers) == [1]
+    state = secure_cluster.state_file.read_text()
+    credentials_file = next(line.split('"')[3] for line in state.splitlines() if '"credentials_file"' in line)
+    assert stat.S_IMODE(os.stat(credentials_file).st_mode) == 0o600
+
+
+def test_acls_apply_twice_is_idempotent_and_describe_shows_them(secure_cluster, secure_settings):
+    """secure_settings applied them once already: a second apply creates nothing, and describe lists them all."""
+    second = apply_acls_as_admin(secure_cluster, secure_settings.namespace)
+    needed = acl_rules(secure_settings)
+    assert f"0 created, {len(needed)} already present" in second.stdout
+    held = set(describe_acls(admin_client(secure_cluster.connection(ADMIN))))
+    assert set(needed) <= held
+    proc = subprocess.run([CV_QUEUE, "acls", "describe"],
+                          env=secure_cluster.env(ADMIN, CVQ_NAMESPACE=secure_settings.namespace),
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{secure_settings.namespace}.cv-queue-worker-" in proc.stdout
+    assert "PREFIXED" in proc.stdout
