@@ -15,6 +15,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 from pydantic import Field, SecretStr
 
+from cv_queue.kafka.auth import KafkaAuthError, KafkaAuthorizationError, check_access
 from cv_queue.kafka.client_log import CLIENT_LOG
 from cv_queue.kafka.clients import admin_client, assigned_consumer, job_producer
 from cv_queue.settings import KafkaConnection, QueueSettings
@@ -94,6 +95,16 @@ class KafkaResource(dg.ConfigurableResource):
             ssl_key_password=SecretStr(self.ssl_key_password) if self.ssl_key_password else None,
         )
 
+    def check_access(self, principal: Principal) -> KafkaConnection:
+        """The principal's connection, once the broker accepted its login and TLS (a dg.Failure naming the cause and
+        the variables to fix within seconds otherwise, instead of librdkafka retrying for ever)."""
+        conn = self.connection(principal)
+        try:
+            check_access(conn)
+        except KafkaAuthError as exc:
+            raise access_failure(exc, principal) from exc
+        return conn
+
     def admin(self) -> AdminClient:
         return admin_client(self.connection(Principal.ADMIN))
 
@@ -127,6 +138,18 @@ class KafkaResource(dg.ConfigurableResource):
         if os.environ.get("KAFKA_SSL_KEY_PASSWORD"):
             kwargs["ssl_key_password"] = dg.EnvVar("KAFKA_SSL_KEY_PASSWORD")
         return cls(**kwargs)
+
+
+def access_failure(exc: KafkaAuthError | KafkaAuthorizationError, principal: Principal) -> dg.Failure:
+    """A run's failure for a refused login, TLS handshake or ACL: the broker layer's message, which names the cause,
+    and the variables this kind of run logs in with (Dagster's differ from the CLI's for workers and replays)."""
+    user_var, password_var = SASL_ENV[principal]
+    return dg.Failure(
+        description=f"{exc} In Dagster this run logs in as the {principal.value} principal: {user_var} and "
+                    f"{password_var} (the kafka resource), over KAFKA_SECURITY_PROTOCOL with KAFKA_SSL_CA_LOCATION.",
+        metadata={"cause": type(exc).__name__, "principal": principal.value, "username_variable": user_var},
+        allow_retries=False,
+    )
 
 
 _W, _R, _P, _T, _L = (type(DEFAULTS.worker), type(DEFAULTS.retry), type(DEFAULTS.replay), type(DEFAULTS.topics),

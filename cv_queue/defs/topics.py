@@ -9,10 +9,13 @@ it: a topic that exists has its ACLs, so a worker the fleet sensor starts once e
 """
 
 import dagster as dg
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from cv_queue.defs.resources import KafkaResource, QueueResource
+from cv_queue.defs.resources import KafkaResource, Principal, QueueResource, access_failure
 from cv_queue.kafka.acls import AclRule, acl_rules, apply_acls
+from cv_queue.kafka.auth import authorization_code, denied
+from cv_queue.kafka.clients import admin_client
 from cv_queue.kafka.topics import TopicRole, TopicSpec, describe_topics, diff_topic, provision_topic, topic_specs
 from cv_queue.settings import QueueSettings
 
@@ -86,9 +89,16 @@ def _topic_asset(role: TopicRole) -> tuple[dg.AssetsDefinition, dg.AssetChecksDe
     def topic(context: dg.AssetExecutionContext, kafka: KafkaResource, queue: QueueResource) -> dg.MaterializeResult:
         settings = queue.settings(kafka)
         spec = next(s for s in topic_specs(settings) if s.role == role)
-        admin = kafka.admin()
-        acls = _acl_metadata(admin, role, settings, spec.name) if settings.topics.apply_acls else {}
-        report = provision_topic(admin, spec)
+        conn = kafka.check_access(Principal.ADMIN)  # a refused login fails within seconds, naming the cause
+        admin = admin_client(conn)
+        try:
+            acls = _acl_metadata(admin, role, settings, spec.name) if settings.topics.apply_acls else {}
+            report = provision_topic(admin, spec)
+        except KafkaException as exc:
+            if authorization_code(exc) is None:
+                raise
+            raise access_failure(denied(exc, conn, spec.name, "DESCRIBE, CREATE, ALTER or create ACLs on"),
+                                 Principal.ADMIN) from exc
         state = describe_topics(admin, [spec.name])[spec.name]
         for key, reason in report.dropped_configs.items():
             context.log.warning(f"{spec.name}: config {key} was not applied: {reason}")

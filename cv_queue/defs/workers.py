@@ -20,8 +20,9 @@ from pydantic import Field
 from cv_queue.defs import tags
 from cv_queue.defs.fleet_state import fleet_stopped, set_fleet_stopped
 from cv_queue.defs.metrics_port import metrics_endpoint, worker_metrics_port
-from cv_queue.defs.resources import DEFAULTS, KafkaResource, Principal, QueueResource
+from cv_queue.defs.resources import DEFAULTS, KafkaResource, Principal, QueueResource, access_failure
 from cv_queue.defs.topics import skip_until_provisioned, unprovisioned
+from cv_queue.kafka.auth import KafkaAuthError, KafkaAuthorizationError
 from cv_queue.kafka.worker import PartitionWorker, WorkerStartError, WorkerStats
 from cv_queue.settings import QueueSettings, Slot
 
@@ -148,6 +149,8 @@ def _run_worker(context: dg.OpExecutionContext, config: WorkerRunConfig, kafka: 
         error = outcome["error"]
         if isinstance(error, WorkerStartError):
             raise dg.Failure(description=str(error)) from error
+        if isinstance(error, KafkaAuthError | KafkaAuthorizationError):  # named, not retried: credentials or ACLs
+            raise access_failure(error, Principal.WORKER) from error
         raise error
     stats: WorkerStats = outcome["stats"]
     if stats.stop_reason == "fenced":
