@@ -1,7 +1,7 @@
 """Dagster runs on the secured broker that cannot get in end within 30 s, naming the cause and the variables to fix:
 a worker run with a wrong password, topic assets with a wrong admin password, a reprocess_dlq run with an unknown
-user (failed at once, not retried for minutes), and a worker run as a principal without the worker's ACLs. Passwords come
-from the environment as EnvVar, and the wrong ones appear in no failure message either."""
+user (failed at once, not retried for minutes), and a worker run as a principal without the worker's ACLs.
+Passwords come from the environment as EnvVar, and the wrong ones appear in no failure message either."""
 
 import time
 
