@@ -34,7 +34,7 @@ from cv_queue.broker.node_config import NodeLayout, new_cluster_id, plan_nodes
 from cv_queue.broker.prerequisites import require_java
 from cv_queue.broker.readiness import wait_ready
 from cv_queue.broker.scram import CREDENTIALS_FILE
-from cv_queue.broker.security import BrokerSecurity, OwnTls, SecurityMode, security_of
+from cv_queue.broker.security import INTERNAL_PORT_OFFSET, BrokerSecurity, OwnTls, SecurityMode, security_of
 from cv_queue.broker.state import (
     BrokerState,
     ClusterState,
@@ -165,6 +165,8 @@ def _start_new(nodes: int, port: int, data_dir: Path | None, state_file: Path, t
         for node in layout:
             check_port_free(node.client_port)
             check_port_free(node.controller_port)
+            if mode == SecurityMode.SASL_SSL:
+                check_port_free(node.client_port + INTERNAL_PORT_OFFSET)
         cluster_id = next((cid for n in layout if (cid := existing_cluster_id(n.data_dir))), None)
         security = _prepare_security(mode, own_tls, data_root, formatted=cluster_id is not None)
         cluster_id = cluster_id or new_cluster_id()
@@ -231,6 +233,8 @@ def restart_dead_nodes(state_file: Path | None = None, timeout_s: float = START_
     for node in dead:
         check_port_free(node.client_port)
         check_port_free(node.controller_port)
+        if state.security == SecurityMode.SASL_SSL:
+            check_port_free(node.client_port + INTERNAL_PORT_OFFSET)
     if progress:
         print(f"restarting node(s) {[n.node_id for n in dead]} of the cluster at {state.bootstrap} "
               f"(data {data_root})", file=sys.stderr)

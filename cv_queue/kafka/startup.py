@@ -24,6 +24,9 @@ def check_topics(consumer: Consumer, conn: KafkaConnection, settings: QueueSetti
     metadata = consumer.list_topics(timeout=START_TIMEOUT_S)
     for topic in (names.main, names.retry, names.dlq, names.results):
         meta = metadata.topics.get(topic)
+        if meta is None and conn.security_protocol.upper() != "PLAINTEXT":
+            # A broker lists only the topics a principal may describe: asked for this one by name, it says which.
+            meta = consumer.list_topics(topic, timeout=START_TIMEOUT_S).topics.get(topic)
         if meta is not None and meta.error is not None and meta.error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
             raise KafkaAuthorizationError("DESCRIBE", "TOPIC", topic, conn.sasl_username)
         if meta is None or meta.error is not None:

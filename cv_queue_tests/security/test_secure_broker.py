@@ -4,7 +4,9 @@ import os
 import stat
 import subprocess
 
-from cv_queue.kafka.acls import ADMIN, PRINCIPALS, acl_rules, describe_acls
+from cv_queue.broker.state import read_state
+from cv_queue.cli.broker_cmd import print_client_settings
+from cv_queue.kafka.acls import ADMIN, PRINCIPALS, WORKER, acl_rules, describe_acls
 from cv_queue.kafka.clients import admin_client
 from cv_queue_tests.conftest import CV_QUEUE
 from cv_queue_tests.security.conftest import apply_acls_as_admin
@@ -33,3 +35,20 @@ def test_acls_apply_twice_is_idempotent_and_describe_shows_them(secure_cluster, 
     assert proc.returncode == 0, proc.stderr
     assert f"{secure_settings.namespace}.cv-queue-worker-" in proc.stdout
     assert "PREFIXED" in proc.stdout
+
+
+def test_a_connection_never_shows_its_password(secure_cluster):
+    conn = secure_cluster.connection(WORKER)
+    password = secure_cluster.passwords[WORKER]
+    assert password not in repr(conn) and password not in str(conn) and password not in conn.model_dump_json()
+    assert conn.client_config()["sasl.password"] == password  # handed to librdkafka only
+
+
+def test_broker_start_prints_the_client_settings_but_no_password(secure_cluster, capsys):
+    print_client_settings(read_state(secure_cluster.state_file))  # what `cv-queue broker start` prints after start
+    text = capsys.readouterr().err
+    for expected in (f"KAFKA_BOOTSTRAP_SERVERS={secure_cluster.bootstrap}", "KAFKA_SECURITY_PROTOCOL=SASL_SSL",
+                     "KAFKA_SASL_MECHANISM=SCRAM-SHA-512", "KAFKA_SASL_USERNAME=", f"KAFKA_SSL_CA_LOCATION="
+                     f"{secure_cluster.ca_path}", "scram-credentials.properties"):
+        assert expected in text
+    assert not any(password in text for password in secure_cluster.passwords.values())
