@@ -42,6 +42,16 @@ def _failure(result: dg.ExecuteInProcessResult) -> tuple[str, dict]:
     return data.error.message, {k: v.value for k, v in (data.user_failure_data.metadata or {}).items()}
 
 
+def _assert_no_password_in_output_or_event_log(capfd: pytest.CaptureFixture, instance: dg.DagsterInstance,
+                                               result: dg.ExecuteInProcessResult, passwords: list[str]) -> None:
+    """The run's stdout/stderr and its stored event log hold the failure (so they were read) and no password."""
+    captured = capfd.readouterr()
+    events = dg.serialize_value(list(instance.all_logs(result.run_id)))
+    for place, text in (("stdout/stderr", captured.out + captured.err), ("event log", events)):
+        assert "SASL authentication as" in text, f"the {place} does not hold the failure"
+        assert [p for p in passwords if p in text] == [], place
+
+
 def _timed(run) -> tuple[dg.ExecuteInProcessResult, float]:
     started = time.monotonic()
     result = run()
@@ -55,7 +65,7 @@ def instance():
 
 
 def test_a_worker_run_with_a_wrong_password_fails_fast_naming_its_variables(secure_cluster, secure_settings,
-                                                                             instance, monkeypatch):
+                                                                             instance, monkeypatch, capfd):
     kafka = secured_kafka(secure_cluster, secure_settings.namespace, monkeypatch, worker=WRONG)
     result, took = _timed(lambda: partition_worker.execute_in_process(
         partition_key="0-1", resources={"kafka": kafka, "queue": QueueResource()}, instance=instance,
@@ -67,6 +77,7 @@ def test_a_worker_run_with_a_wrong_password_fails_fast_naming_its_variables(secu
     assert metadata == {"cause": "KafkaAuthError", "principal": "worker",
                         "username_variable": "KAFKA_WORKER_SASL_USERNAME"}
     assert WRONG not in message
+    _assert_no_password_in_output_or_event_log(capfd, instance, result, [WRONG, *secure_cluster.passwords.values()])
 
 
 def test_topic_assets_with_a_wrong_admin_password_fail_fast(secure_cluster, instance, monkeypatch):
