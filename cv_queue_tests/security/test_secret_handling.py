@@ -3,6 +3,7 @@ principal in the Dagster resource, EnvVar-only passwords in every job's config s
 and `cv-queue config` output."""
 
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -113,7 +114,7 @@ def test_no_password_in_any_jobs_config_schema_or_snapshot(secured_env: dict[str
 
 def test_cv_queue_config_prints_no_secret(secured_env: dict[str, str]) -> None:
     env = {**secured_env, "CVQ_LLM__API_KEY": "llm-key-44d1e0", "CVQ_ALERTS__WEBHOOK_URL": "https://hook/t0k3n"}
-    out = subprocess.run([CV_QUEUE, "config"], env={**__import__("os").environ, **env}, capture_output=True,
+    out = subprocess.run([CV_QUEUE, "config"], env={**os.environ, **env}, capture_output=True,
                          text=True, timeout=60, check=True)
     printed = out.stdout + out.stderr
     assert "`KAFKA_SASL_PASSWORD`" in printed and "`CVQ_LLM__API_KEY`" in printed
