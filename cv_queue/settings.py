@@ -85,6 +85,11 @@ class TopicSettings(BaseModel):
         2_097_152,
         description="max.message.bytes of the DLQ and parking lot: room for a maximal job plus headers.",
     )
+    apply_acls: bool = Field(
+        False,
+        description="Materializing the Dagster topic assets also applies the principals' ACLs (as `cv-queue acls "
+        "apply` does). Off by default: only a secured cluster with the cvq-* principals wants it.",
+    )
 
     @model_validator(mode="after")
     def _slots_tile_partitions(self) -> "TopicSettings":

@@ -23,9 +23,11 @@ from cv_queue.defs import tags
 from cv_queue.defs.fleet_state import fleet_stopped, set_fleet_stopped
 from cv_queue.defs.k8s_config import worker_pod_tag
 from cv_queue.defs.metrics_port import metrics_endpoint, worker_metrics_port
-from cv_queue.defs.resources import DEFAULTS, KafkaResource, QueueResource
+from cv_queue.defs.resources import DEFAULTS, KafkaResource, Principal, QueueResource, access_failure
 from cv_queue.defs.slots import WORKER_SLOTS, fleet_layout, slot_partition_requests
 from cv_queue.defs.topics import skip_until_provisioned, unprovisioned
+from cv_queue.kafka.auth import KafkaAuthError, KafkaAuthorizationError
+from cv_queue.kafka.clients import admin_client
 from cv_queue.kafka.fleet_layout import adopt_recorded_layout
 from cv_queue.kafka.worker import PartitionWorker, WorkerStartError, WorkerStats
 from cv_queue.settings import QueueSettings, Slot
@@ -119,20 +121,22 @@ def run_partition_worker(context: dg.OpExecutionContext, config: WorkerRunConfig
                          queue: QueueResource) -> dg.Output[dict]:
     refuse_without_slot(config.slot, context.run.tags)
     # The recorded layout, not the code location's settings: a re-layout needs no reload (slots.py).
-    settings = adopt_recorded_layout(kafka.connection(), kafka.admin(), queue.settings(kafka))
+    # Read as the worker principal: a worker run needs no admin rights (its ACLs cover the layout record).
+    worker_conn = kafka.connection(Principal.WORKER)
+    settings = adopt_recorded_layout(worker_conn, admin_client(worker_conn), queue.settings(kafka))
     settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={
         "progress_interval_s": config.progress_interval_s,
         "shutdown_grace_ms": int(config.shutdown_grace_s * 1000)})})
     slot = Slot.parse(config.slot)
-    with metrics_endpoint(settings.metrics, worker_metrics_port(settings, slot), context.log, kafka.connection(),
-                          settings):
+    with metrics_endpoint(settings.metrics, worker_metrics_port(settings, slot), context.log,
+                          kafka.connection(Principal.WORKER), settings):
         return _run_worker(context, config, kafka, settings, slot)
 
 
 def _run_worker(context: dg.OpExecutionContext, config: WorkerRunConfig, kafka: KafkaResource,
                 settings: QueueSettings, slot: Slot) -> dg.Output[dict]:
     progress: queue_lib.SimpleQueue[WorkerStats] = queue_lib.SimpleQueue()
-    worker = PartitionWorker(kafka.connection(), settings, slot, on_progress=progress.put)
+    worker = PartitionWorker(kafka.connection(Principal.WORKER), settings, slot, on_progress=progress.put)
     stop = threading.Event()
     outcome: dict = {}
 
@@ -159,6 +163,8 @@ def _run_worker(context: dg.OpExecutionContext, config: WorkerRunConfig, kafka: 
         error = outcome["error"]
         if isinstance(error, WorkerStartError):
             raise dg.Failure(description=str(error)) from error
+        if isinstance(error, KafkaAuthError | KafkaAuthorizationError):  # named, not retried: credentials or ACLs
+            raise access_failure(error, Principal.WORKER) from error
         raise error
     stats: WorkerStats = outcome["stats"]
     if stats.stop_reason == "fenced":
