@@ -16,6 +16,7 @@ from cv_queue.defs.resources import KafkaResource, Principal, QueueResource, acc
 from cv_queue.kafka.acls import AclRule, acl_rules, apply_acls
 from cv_queue.kafka.auth import authorization_code, denied
 from cv_queue.kafka.clients import admin_client
+from cv_queue.kafka.fleet_layout import adopt_recorded_layout
 from cv_queue.kafka.topics import TopicRole, TopicSpec, describe_topics, diff_topic, provision_topic, topic_specs
 from cv_queue.settings import QueueSettings
 
@@ -51,8 +52,15 @@ def asset_key(role: TopicRole) -> dg.AssetKey:
     return dg.AssetKey([GROUP, ASSET_NAMES[role]])
 
 
+def layout_settings(kafka: KafkaResource, queue: QueueResource) -> QueueSettings:
+    """The queue's settings with the recorded layout's partition count, once one is recorded: after a re-layout
+    (relayout.py) the specs follow the grown topics, so the drift checks pass and a materialization never asks
+    to shrink them back to CVQ_TOPICS__PARTITIONS."""
+    return adopt_recorded_layout(kafka.connection(), kafka.admin(), queue.settings(kafka))
+
+
 def _spec(role: TopicRole, kafka: KafkaResource, queue: QueueResource) -> TopicSpec:
-    return next(s for s in topic_specs(queue.settings(kafka)) if s.role == role)
+    return next(s for s in topic_specs(layout_settings(kafka, queue)) if s.role == role)
 
 
 def _acl_rules_of(role: TopicRole, settings: QueueSettings, topic: str) -> list[AclRule]:
@@ -87,9 +95,9 @@ def _topic_asset(role: TopicRole) -> tuple[dg.AssetsDefinition, dg.AssetChecksDe
     @dg.asset(key=asset_key(role), group_name=GROUP, kinds={"kafka"}, description=DESCRIPTIONS[role],
               metadata={"role": role.value})
     def topic(context: dg.AssetExecutionContext, kafka: KafkaResource, queue: QueueResource) -> dg.MaterializeResult:
-        settings = queue.settings(kafka)
-        spec = next(s for s in topic_specs(settings) if s.role == role)
         conn = kafka.check_access(Principal.ADMIN)  # a refused login fails within seconds, naming the cause
+        settings = layout_settings(kafka, queue)
+        spec = next(s for s in topic_specs(settings) if s.role == role)
         admin = admin_client(conn)
         try:
             acls = _acl_metadata(admin, role, settings, spec.name) if settings.topics.apply_acls else {}

@@ -7,7 +7,7 @@ import dagster as dg
 from cv_queue.defs.fleet_state import fleet_stopped
 from cv_queue.defs.relayout import relayout_worker_fleet
 from cv_queue.defs.slots import WORKER_SLOTS
-from cv_queue.defs.topics import topic_assets
+from cv_queue.defs.topics import topic_assets, topic_checks
 from cv_queue.defs.workers import SLOTS, worker_fleet_sensor
 from cv_queue.kafka.clients import admin_client
 from cv_queue.kafka.fleet_layout import Layout, read_layout
@@ -72,3 +72,9 @@ def test_relayout_job_refuses_while_a_worker_lives_then_grows_and_the_sensor_fol
 
     after = _tick(instance, resources)
     assert [r.partition_key for r in after.run_requests] == NEW_SLOTS
+
+    # The topic assets follow the recorded layout: materializing them again neither drifts nor tries to shrink.
+    again = dg.materialize([*topic_assets, *topic_checks], resources=resources, instance=instance)
+    assert again.success
+    checks = again.get_asset_check_evaluations()
+    assert checks and all(c.passed for c in checks), [(c.asset_key, c.metadata) for c in checks if not c.passed]
