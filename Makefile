@@ -21,9 +21,10 @@ broker-fetch: install
 	$(BIN)/cv-queue broker fetch
 
 # Debian packages the tests use, installed once on a fresh machine: kcat (an independent Kafka client, the only
-# one that can write the non-UTF-8 header names the chaos suite sends) and chromium (the browser that Playwright
-# drives through the Dagster UI; Playwright's own browser downloads are never used).
-SYSTEM_PACKAGES := kcat chromium
+# one that can write the non-UTF-8 header names the chaos suite sends), chromium (the browser that Playwright
+# drives through the Dagster UI; Playwright's own browser downloads are never used) and postgresql (the server the
+# production-instance test stores Dagster's runs and events in; the test starts and stops its own).
+SYSTEM_PACKAGES := kcat chromium postgresql
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:

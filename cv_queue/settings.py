@@ -85,6 +85,11 @@ class TopicSettings(BaseModel):
         2_097_152,
         description="max.message.bytes of the DLQ and parking lot: room for a maximal job plus headers.",
     )
+    apply_acls: bool = Field(
+        False,
+        description="Materializing the Dagster topic assets also applies the principals' ACLs (as `cv-queue acls "
+        "apply` does). Off by default: only a secured cluster with the cvq-* principals wants it.",
+    )
 
     @model_validator(mode="after")
     def _slots_tile_partitions(self) -> "TopicSettings":
@@ -325,6 +330,19 @@ class RunRetentionSettings(BaseModel):
     cron: str = Field("15 3 * * *", description="When the purge_old_runs schedule runs (cron, UTC).")
 
 
+class K8sSettings(BaseModel):
+    """Kubernetes only (K8sRunLauncher): the pod of each worker run, set through the `dagster-k8s/config` tag the
+    fleet sensor and the slot partitions put on worker runs. Other run launchers ignore the tag."""
+
+    worker_cpu_request: str = Field("500m", description="CPU a worker run's pod requests (a Kubernetes quantity).")
+    worker_memory_request: str = Field("512Mi", description="Memory a worker run's pod requests.")
+    worker_cpu_limit: str = Field(
+        "", description="CPU limit of a worker run's pod ('' = none: a limit throttles the poll loop under load).")
+    worker_memory_limit: str = Field("1Gi", description="Memory limit of a worker run's pod ('' = none).")
+    worker_termination_grace_s: int = Field(
+        60, ge=1, description="Seconds between SIGTERM and SIGKILL of a worker pod: time to commit completed work.")
+
+
 class TopicNames(BaseModel):
     main: str
     retry: str
@@ -356,6 +374,7 @@ class QueueSettings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     run_retention: RunRetentionSettings = Field(default_factory=RunRetentionSettings)
+    k8s: K8sSettings = Field(default_factory=K8sSettings)
 
     def _ns(self, name: str) -> str:
         return f"{self.namespace}.{name}" if self.namespace else name

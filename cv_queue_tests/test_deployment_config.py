@@ -38,7 +38,7 @@ def test_services_and_ports():
     assert {"redpanda", "console", "postgres", *DAGSTER_SERVICES} <= set(SERVICES)
     assert 8080 in _published("console")
     assert 3000 in _published("dagster-webserver")
-    assert "--mode=dev-container" in SERVICES["redpanda"]["command"]
+    assert "--smp=1" in SERVICES["redpanda"]["command"]  # one node, one core: the single-host deployment
     image = SERVICES["redpanda"]["image"]
     assert re.search(r":v\d+\.\d+\.\d+$", image), f"redpanda image must be pinned: {image}"
 
@@ -60,7 +60,11 @@ def test_every_cv_queue_variable_in_compose_is_one_the_code_reads(monkeypatch):
     assert str(qs.topics.replication_factor) == env["CVQ_TOPICS__REPLICATION_FACTOR"]
     assert qs.worker.handler == env["CVQ_WORKER__HANDLER"]
     known_top = {f"CVQ_{name.upper()}" for name in QueueSettings.model_fields}
-    for key in [k for k in env if k.startswith("CVQ_")]:
+    # The one CVQ_ variable that is not a queue setting: the production instance's launcher choice.
+    from cv_queue.deploy.run_launcher import CHOICES, LAUNCHER_ENV_VAR
+
+    assert env[LAUNCHER_ENV_VAR] in CHOICES
+    for key in [k for k in env if k.startswith("CVQ_") and k != LAUNCHER_ENV_VAR]:
         assert key.split("__")[0] in known_top, f"{key} is not a cv-queue setting"
         section, _, field = key.removeprefix("CVQ_").lower().partition("__")
         if field:
@@ -89,7 +93,7 @@ def _validate_section(section: dict) -> None:
     assert result.success, result.errors
 
 
-@pytest.mark.parametrize("folder", [PROJECT_ROOT, PROJECT_ROOT / "deploy" / "docker"], ids=["local", "docker"])
+@pytest.mark.parametrize("folder", [PROJECT_ROOT, PROJECT_ROOT / "deploy"], ids=["local", "production"])
 def test_instance_configs_are_valid_and_limit_slots(folder):
     config = _instance(folder)
     _validate_section(config["run_launcher"])
@@ -103,19 +107,19 @@ def test_instance_configs_are_valid_and_limit_slots(folder):
 
 
 def test_local_default_is_sqlite_and_docker_uses_postgres_and_containers():
-    local, docker = _instance(PROJECT_ROOT), _instance(PROJECT_ROOT / "deploy" / "docker")
+    local, docker = _instance(PROJECT_ROOT), _instance(PROJECT_ROOT / "deploy")
     assert "sqlite" in local["storage"] and local["run_launcher"]["class"] == "DefaultRunLauncher"
     from dagster_postgres import DagsterPostgresStorage
 
     assert validate_config(DagsterPostgresStorage.config_type(), docker["storage"]["postgres"]).success
-    launcher = docker["run_launcher"]
-    assert launcher["class"] == "DockerRunLauncher"
-    assert launcher["config"]["network"] == COMPOSE["networks"]["default"]["name"]
-    forwarded = set(launcher["config"]["env_vars"])
+    assert docker["run_launcher"]["class"] == "SelectedRunLauncher"  # DockerRunLauncher when CVQ_RUN_LAUNCHER=docker
+    containers = docker["run_launcher"]["config"]["docker"]
+    assert containers["network"] == COMPOSE["networks"]["default"]["name"]
+    forwarded = set(containers["env_vars"])
     needed = {k for k in _env("user-code") if k.startswith(("CVQ_", "KAFKA_", "DAGSTER_POSTGRES_"))}
     assert needed <= forwarded, f"run containers would miss {needed - forwarded}"
     assert _env("user-code")["DAGSTER_CURRENT_IMAGE"] == SERVICES["user-code"]["image"]
-    assert launcher["config"]["container_kwargs"]["stop_timeout"] >= 30
+    assert containers["container_kwargs"]["stop_timeout"] >= 30
 
 
 def test_dagster_images_are_the_built_user_code_image():
@@ -123,7 +127,7 @@ def test_dagster_images_are_the_built_user_code_image():
     for service in ("dagster-webserver", "dagster-daemon"):
         assert SERVICES[service]["image"] == image
     dockerfile = (PROJECT_ROOT / SERVICES["user-code"]["build"]["dockerfile"]).read_text()
-    assert "deploy/docker/dagster.yaml" in dockerfile
+    assert "deploy/dagster.yaml" in dockerfile
     for service in ("dagster-webserver", "dagster-daemon"):
         workspace = SERVICES[service]["command"][-1]
         assert (PROJECT_ROOT / workspace).is_file()
@@ -227,3 +231,236 @@ def test_prometheus_loads_the_alert_rules_and_expects_every_slot():
              for r in g["rules"]}
     expected = int(re.search(r"<\s*(\d+)\s*$", rules["CvQueueWorkerDown"]["expr"].strip()).group(1))
     assert expected == len(QueueSettings().slots())
+
+
+# ---------------------------------------------------------------- a compose deployment that survives (issue 12)
+
+SCHEMAS = PROJECT_ROOT / "cv_queue_tests" / "schemas"
+LOCAL_IMAGE = SERVICES["user-code"]["image"]
+ONE_SHOT = ("provision",)
+DAGSTER_STORAGE_VOLUME = "dagster-storage"
+
+
+def test_compose_file_is_valid_against_the_compose_specification():
+    """The Compose Specification's own JSON schema (vendored from compose-spec/compose-spec, Apache-2.0)."""
+    import jsonschema
+
+    schema = json.loads((SCHEMAS / "compose-spec.json").read_text())
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+              for e in jsonschema.Draft7Validator(schema).iter_errors(COMPOSE)]
+    assert not errors, errors
+
+
+def test_every_long_running_service_restarts_and_the_one_shot_does_not():
+    for name, service in SERVICES.items():
+        if name in ONE_SHOT:
+            assert service.get("restart") == "no", f"{name} must run once per `up`"
+        else:
+            # unless-stopped also brings a service back after a host or Docker restart (on-failure does not).
+            assert service.get("restart") == "unless-stopped", f"{name} has restart {service.get('restart')!r}"
+
+
+def test_the_locally_built_image_is_built_once_and_never_pulled():
+    users = {name: s for name, s in SERVICES.items() if s.get("image") == LOCAL_IMAGE}
+    assert {"provision", *DAGSTER_SERVICES} <= set(users)
+    builders = [name for name, s in users.items() if "build" in s]
+    assert builders == ["user-code"]
+    for name, service in users.items():
+        assert service["pull_policy"] == ("build" if name in builders else "never"), name
+
+
+def _depends(service: str) -> dict[str, str]:
+    depends = SERVICES[service].get("depends_on", {})
+    assert isinstance(depends, dict), f"{service}: depends_on must name conditions"
+    return {name: spec["condition"] for name, spec in depends.items()}
+
+
+def test_topics_are_provisioned_before_any_dagster_service_starts():
+    assert _depends("provision") == {"redpanda": "service_healthy", "postgres": "service_healthy"}
+    for service in DAGSTER_SERVICES:
+        assert _depends(service)["provision"] == "service_completed_successfully", service
+    command = SERVICES["provision"]["command"]
+    assert command[:3] == ["dagster", "asset", "materialize"]
+    assert command[command.index("-m") + 1] == "cv_queue.definitions"
+
+
+def test_the_provision_selection_is_exactly_the_topic_assets():
+    """Resolved the way `dagster asset materialize --select` resolves it."""
+    import dagster as dg
+
+    from cv_queue.definitions import defs
+    from cv_queue.defs.topics import asset_key
+    from cv_queue.kafka.topics import TopicRole
+
+    command = SERVICES["provision"]["command"]
+    selection = dg.AssetSelection.from_coercible(command[command.index("--select") + 1].split(","))
+    selected = selection.resolve(defs.get_repository_def().asset_graph)
+    assert selected == {asset_key(role) for role in TopicRole}
+
+
+def _dockerfile_steps() -> list[tuple[str, str]]:
+    text = (PROJECT_ROOT / SERVICES["user-code"]["build"]["dockerfile"]).read_text()
+    joined = re.sub(r"\\\n", " ", text)
+    steps = []
+    for line in joined.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            instruction, _, rest = line.strip().partition(" ")
+            steps.append((instruction.upper(), rest.strip()))
+    return steps
+
+
+def _copy_sources() -> list[str]:
+    return [src for kind, rest in _dockerfile_steps() if kind == "COPY" for src in rest.split()[:-1]]
+
+
+def test_dockerfile_installs_the_dependencies_before_it_copies_the_code():
+    steps = _dockerfile_steps()
+    code_copied = next(i for i, (kind, rest) in enumerate(steps) if kind == "COPY" and "cv_queue" in rest.split())
+    deps_at = next(i for i, (kind, rest) in enumerate(steps) if kind == "RUN" and "pip install -r" in rest)
+    assert deps_at < code_copied
+    # Only pyproject.toml reaches the dependency layer: a change anywhere else leaves it cached.
+    assert [rest for kind, rest in steps[:deps_at] if kind == "COPY"] == ["pyproject.toml ./"]
+    deps_step = steps[deps_at][1]
+    project_install = next(rest for kind, rest in steps[code_copied:] if kind == "RUN" and "pip install" in rest)
+    assert "--no-deps" in project_install, "the project install must not reinstall the dependencies"
+    # The requirements the dependency layer installs: run its own extraction against pyproject.toml.
+    script = re.search(r"python -c '([^']+)'", deps_step).group(1)
+    import subprocess
+    import sys
+    import tomllib
+
+    out = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                         check=True, timeout=60).stdout.split()
+    assert out == tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+
+
+def _dockerignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule for a path of the context: matched by a pattern, or inside a folder that is."""
+    from fnmatch import fnmatchcase
+
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    return any(fnmatchcase(prefix, pattern.removeprefix("**/")) or fnmatchcase(prefix, pattern)
+               or (pattern.startswith("**/") and fnmatchcase(part, pattern.removeprefix("**/")))
+               for pattern in patterns for prefix in prefixes for part in [prefix.rsplit("/", 1)[-1]])
+
+
+def test_dockerignore_keeps_local_state_out_and_what_the_build_copies_in():
+    patterns = [line.strip() for line in (PROJECT_ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert not any(p.startswith("!") for p in patterns)  # the matcher above has no exceptions
+    for local in (".venv", ".git", ".dagster_home", ".cvq", ".pytest_cache", ".ruff_cache", ".hypothesis",
+                  "cv_queue/__pycache__", ".venv/lib/python3.11/site-packages"):
+        assert _dockerignored(local, patterns), f"{local} would be sent to the Docker daemon"
+    for source in _copy_sources():
+        assert (PROJECT_ROOT / source).exists(), f"COPY {source}: no such file"
+        assert not _dockerignored(source, patterns), f"COPY {source} is excluded by .dockerignore"
+
+
+def test_redpanda_never_auto_creates_topics():
+    command = SERVICES["redpanda"]["command"]
+    assert not any(arg.startswith("--mode") for arg in command), "dev-container mode turns auto-creation on"
+    assert not any("auto_create_topics_enabled=true" in arg for arg in command)
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in SERVICES["redpanda"]["volumes"]}
+    bootstrap = yaml.safe_load((PROJECT_ROOT / mounts["/etc/redpanda/.bootstrap.yaml"]).read_text())
+    assert bootstrap["auto_create_topics_enabled"] is False
+
+
+def test_the_provision_command_creates_the_topics_on_a_real_broker(bootstrap, tmp_path, namespace):
+    """The `provision` service's own command and environment, against this session's broker (only the address, the
+    namespace and the Dagster instance differ: a SQLite one here; the Postgres one is the production test's)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from cv_queue.kafka.clients import admin_client
+    from cv_queue.kafka.topics import describe_topics, diff_topic, topic_specs
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    env = {**os.environ, **_env("provision"), "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "CVQ_NAMESPACE": namespace,
+           "DAGSTER_HOME": str(home)}
+    command = [str(Path(sys.executable).parent / SERVICES["provision"]["command"][0]),
+               *SERVICES["provision"]["command"][1:]]
+    done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=240,
+                          start_new_session=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    settings = QueueSettings(namespace=namespace)
+    specs = topic_specs(settings)
+    states = describe_topics(admin_client(KafkaConnection(bootstrap_servers=bootstrap)), [s.name for s in specs])
+    for spec in specs:
+        assert not diff_topic(spec, states.get(spec.name)).drifted, spec.name
+
+
+# Run containers: deploy/dagster.yaml's DockerRunLauncher config (run_launcher.config.docker, CVQ_RUN_LAUNCHER=docker).
+# Compose finds a project's containers by label (docker/compose pkg/compose/containers.go, getDefaultFilters):
+# com.docker.compose.project=<name> and a com.docker.compose.config-hash label; `down --remove-orphans` removes those
+# whose com.docker.compose.service is not in the file (isOrphaned) unless com.docker.compose.oneoff is True and
+# they are still running.
+IMAGE_DAGSTER_HOME = "/opt/dagster/dagster_home"
+
+
+def _docker_launcher() -> dict:
+    return _instance(PROJECT_ROOT / "deploy")["run_launcher"]["config"]["docker"]
+
+
+def test_run_containers_are_this_projects_compose_orphans():
+    labels = _docker_launcher()["container_kwargs"]["labels"]
+    assert labels["com.docker.compose.project"] == COMPOSE["name"]
+    assert "com.docker.compose.config-hash" in labels
+    assert labels["com.docker.compose.service"] not in SERVICES  # an orphan: `down --remove-orphans` removes it
+    assert labels["com.docker.compose.oneoff"] == "False"  # a running one-off is never an orphan
+    assert not any(key.startswith("dagster/") for key in labels)  # DockerRunLauncher sets those itself
+
+
+def test_run_container_kwargs_are_what_docker_py_creates_containers_from():
+    """Through docker-py's own conversion of containers.create() arguments (it raises on an unknown one), the way
+    DockerRunLauncher passes them: stop_timeout is taken out (it is used by terminate), labels merged."""
+    from dagster_docker import DockerRunLauncher
+    from docker.models.containers import _create_container_args
+
+    config = _docker_launcher()
+    DockerRunLauncher(**config)  # its own checks of the config (no Docker needed)
+    kwargs = {k: v for k, v in config["container_kwargs"].items() if k != "stop_timeout"}
+    created = _create_container_args({**kwargs, "image": LOCAL_IMAGE, "command": ["dagster", "api"], "detach": True,
+                                      "environment": {}, "network": config["network"], "version": "1.44"})
+    host = created["host_config"]
+    assert host["AutoRemove"] is True, "exited run containers must remove themselves"
+    volume = COMPOSE["volumes"][DAGSTER_STORAGE_VOLUME]["name"]
+    storage = f"{IMAGE_DAGSTER_HOME}/storage"
+    assert f"{volume}:{storage}:rw" in host["Binds"]
+    assert created["labels"]["com.docker.compose.project"] == COMPOSE["name"]
+
+
+def test_run_compute_logs_land_on_the_volume_the_webserver_reads(monkeypatch, tmp_path):
+    """The instance's compute log manager, as the InstanceRef handed to every run container resolves it."""
+    import shutil
+
+    from dagster._core.instance.ref import InstanceRef
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    for key, value in _env("dagster-daemon").items():
+        monkeypatch.setenv(key, value)
+    ref = InstanceRef.from_dir(str(home))
+    logs = ref.compute_logs_data
+    assert logs.class_name == "LocalComputeLogManager"
+    base_dir = Path(yaml.safe_load(logs.config_yaml)["base_dir"])
+    in_image = Path(IMAGE_DAGSTER_HOME) / base_dir.relative_to(home)  # the same path under the image's DAGSTER_HOME
+    mount = f"{DAGSTER_STORAGE_VOLUME}:{in_image}"
+    for service in ("dagster-webserver", "dagster-daemon", "provision"):
+        assert any(v.startswith(mount) for v in SERVICES[service]["volumes"]), f"{service} lacks {mount}"
+    volume = COMPOSE["volumes"][DAGSTER_STORAGE_VOLUME]["name"]
+    assert any(v.startswith(f"{volume}:{in_image}") for v in _docker_launcher()["container_kwargs"]["volumes"])
+    dockerfile = (PROJECT_ROOT / SERVICES["user-code"]["build"]["dockerfile"]).read_text()
+    assert f"DAGSTER_HOME={IMAGE_DAGSTER_HOME}" in dockerfile
+
+
+def test_dagster_services_load_the_production_instance_with_the_docker_launcher():
+    for service in ("provision", *DAGSTER_SERVICES):
+        assert f"./deploy/dagster.yaml:{IMAGE_DAGSTER_HOME}/dagster.yaml:ro" in SERVICES[service]["volumes"]
+        assert _env(service)["CVQ_RUN_LAUNCHER"] == "docker"
+    assert "CVQ_RUN_LAUNCHER" in _docker_launcher()["env_vars"]

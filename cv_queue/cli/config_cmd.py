@@ -1,10 +1,16 @@
-"""`cv-queue config`: every setting with its default and environment variable, as a markdown table."""
+"""`cv-queue config`: every setting with its default and environment variable, as a markdown table.
+
+It prints defaults, never the environment's values, and a secret field (a SecretStr: passwords, API keys, webhook
+URLs) shows only whether it has a default, so the output can be pasted anywhere.
+"""
 
 import argparse
 import json
+import typing
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
 from cv_queue.settings import KafkaConnection, QueueSettings
@@ -17,6 +23,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     cfg.set_defaults(func=cmd_config)
 
 
+def is_secret(field: FieldInfo) -> bool:
+    return field.annotation is SecretStr or SecretStr in typing.get_args(field.annotation)
+
+
 def _rows(model: type[BaseModel], prefix: str, delimiter: str) -> list[tuple[str, str, str]]:
     rows = []
     for name, field in model.model_fields.items():
@@ -26,7 +36,10 @@ def _rows(model: type[BaseModel], prefix: str, delimiter: str) -> list[tuple[str
             rows += _rows(annotation, f"{prefix}{name.upper()}{delimiter}", delimiter)
             continue
         default = field.get_default(call_default_factory=True)
-        shown = json.dumps(default, default=str) if not isinstance(default, str) else (default or "''")
+        if is_secret(field):
+            shown = "null" if default is None else "(secret)"
+        else:
+            shown = json.dumps(default, default=str) if not isinstance(default, str) else (default or "''")
         rows.append((f"{prefix}{name.upper()}", shown, field.description or ""))
     return rows
 

@@ -18,9 +18,10 @@ from pydantic import Field
 
 from cv_queue.defs import tags
 from cv_queue.defs.metrics_port import metrics_endpoint
-from cv_queue.defs.resources import DEFAULTS, KafkaResource, QueueResource
+from cv_queue.defs.resources import DEFAULTS, KafkaResource, Principal, QueueResource, access_failure
 from cv_queue.defs.topics import skip_until_provisioned, unprovisioned
 from cv_queue.errors import CATEGORY_ORDER, DEFAULT_REPLAY_CATEGORIES, ErrorCategory
+from cv_queue.kafka.auth import authorization_code, denied
 from cv_queue.kafka.lag import committed_offsets, end_offsets, offsets_before
 from cv_queue.kafka.replay import ReplayReport, ReplayRequest, replay_dead_letters
 from cv_queue.kafka.transaction import TransactionFatalError, TransactionFencedError
@@ -121,9 +122,15 @@ def _replay(context: dg.OpExecutionContext, config: ReprocessConfig, kafka: Kafk
         context.log.info(f"scanned {report.scanned}: replayed {report.replayed}, parked {report.parked}, "
                          f"skipped {report.skipped}")
 
+    conn = kafka.check_access(Principal.REPLAYER)  # a refused login fails the run within seconds, not retried
     try:
-        report = replay_dead_letters(kafka.connection(), settings, request, on_progress=progress)
+        report = replay_dead_letters(conn, settings, request, on_progress=progress)
     except (KafkaException, TransactionFatalError, TransactionFencedError) as exc:
+        if authorization_code(exc) is not None:  # a missing ACL: retrying cannot grant it
+            names = settings.topic_names
+            used = f"{names.dlq}, {names.main}, {names.parked}, {settings.replay_group_id}, " \
+                   f"{settings.replay_transactional_id}"
+            raise access_failure(denied(exc, conn, used), Principal.REPLAYER) from exc
         # RetryRequested (not a RetryPolicy) so the limits come from this run's config.
         wait = retry_wait_s(config, context.retry_number)
         context.log.warning(f"replay failed ({exc}); retry {context.retry_number + 1}/{config.max_retries} "

@@ -16,7 +16,7 @@ from cv_queue.defs import tags
 from cv_queue.defs.fleet_state import fleet_stopped, set_fleet_stopped
 from cv_queue.defs.resources import KafkaResource, QueueResource
 from cv_queue.defs.slots import set_worker_slots
-from cv_queue.defs.workers import active_worker_runs
+from cv_queue.defs.workers import wait_for_fleet_to_end
 from cv_queue.kafka.relayout import RelayoutRefusedError, relayout
 
 RELAYOUT_JOB = "relayout_worker_fleet"
@@ -33,11 +33,8 @@ class RelayoutConfig(dg.Config):
 
 def wait_for_worker_runs_to_end(context: dg.OpExecutionContext, deadline: float) -> None:
     """Wait until no partition_worker run is active (each commits and ends SUCCESS on the stop flag)."""
-    runs = active_worker_runs(context.instance)
-    context.log.info(f"step 2: waiting for {len(runs)} worker run(s) to commit and end")
-    while runs and time.monotonic() < deadline:
-        time.sleep(RUNS_POLL_S)
-        runs = active_worker_runs(context.instance)
+    context.log.info("step 2: waiting for the worker runs to commit and end")
+    runs = wait_for_fleet_to_end(context.instance, max(0.0, deadline - time.monotonic()), context.log, RUNS_POLL_S)
     if runs:
         slots = ", ".join(sorted(r.tags.get(tags.WORKER_SLOT, r.run_id) for r in runs))
         raise RelayoutRefusedError(f"{len(runs)} worker run(s) still active after the wait (slots {slots}); "

@@ -7,6 +7,7 @@ value is documented once, in cv_queue/settings.py.
 
 import json
 import os
+from enum import StrEnum
 from typing import Any
 
 import dagster as dg
@@ -14,6 +15,8 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 from pydantic import Field, SecretStr
 
+from cv_queue.kafka.auth import KafkaAuthError, KafkaAuthorizationError, check_access
+from cv_queue.kafka.client_log import CLIENT_LOG
 from cv_queue.kafka.clients import admin_client, assigned_consumer, job_producer
 from cv_queue.settings import KafkaConnection, QueueSettings
 
@@ -25,11 +28,31 @@ def _field(model: type, name: str, default: Any) -> Any:
     return Field(default=default, description=model.model_fields[name].description)
 
 
+class Principal(StrEnum):
+    """Who a Dagster client acts as: each kind of run gets its own least-privilege credentials."""
+
+    ADMIN = "admin"  # topic assets, checks and sensors: provisioning, ACLs, offsets
+    WORKER = "worker"  # partition_worker runs
+    REPLAYER = "replayer"  # reprocess_dlq runs
+
+
+#: The environment variables of each principal's SASL credentials. The admin's are the CLI's own variables, so a
+#: deployment with a single principal sets only those; a principal whose username is unset uses the admin's.
+SASL_ENV = {
+    Principal.ADMIN: ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"),
+    Principal.WORKER: ("KAFKA_WORKER_SASL_USERNAME", "KAFKA_WORKER_SASL_PASSWORD"),
+    Principal.REPLAYER: ("KAFKA_REPLAYER_SASL_USERNAME", "KAFKA_REPLAYER_SASL_PASSWORD"),
+}
+SECRET_FIELDS = ("sasl_password", "worker_sasl_password", "replayer_sasl_password", "ssl_key_password")
+_SECRET_NOTE = " Secret: set it only as a dg.EnvVar, so the UI and run config show the variable's name."
+
+
 class KafkaResource(dg.ConfigurableResource):
     """The broker connection: bootstrap servers, client id, topic namespace and security settings.
 
-    Secrets (SASL password, key password) are meant to come from `dg.EnvVar`, so the UI shows only
-    the variable's name.
+    SASL credentials are per principal: `sasl_*` (the admin: topic assets, checks, sensors), `worker_sasl_*`
+    (worker runs) and `replayer_sasl_*` (reprocess_dlq runs). Secrets (the passwords, the key password) come only
+    as `dg.EnvVar`, so the UI, the Launchpad and the run config show the variable's name, never the value.
     """
 
     bootstrap_servers: str = Field(description=_CONN["bootstrap_servers"].description)
@@ -37,32 +60,59 @@ class KafkaResource(dg.ConfigurableResource):
     namespace: str = Field("", description=QueueSettings.model_fields["namespace"].description)
     security_protocol: str = Field("PLAINTEXT", description=_CONN["security_protocol"].description)
     sasl_mechanism: str | None = Field(None, description=_CONN["sasl_mechanism"].description)
-    sasl_username: str | None = Field(None, description=_CONN["sasl_username"].description)
-    sasl_password: str | None = Field(None, description=_CONN["sasl_password"].description)
+    sasl_username: str | None = Field(None, description="SASL username of the admin principal (topic assets, "
+                                                        "checks, sensors), and of any principal without its own.")
+    sasl_password: str | None = Field(None, description="SASL password of the admin principal." + _SECRET_NOTE)
+    worker_sasl_username: str | None = Field(None, description="SASL username of worker runs (unset: the admin's).")
+    worker_sasl_password: str | None = Field(None, description="SASL password of worker runs." + _SECRET_NOTE)
+    replayer_sasl_username: str | None = Field(None, description="SASL username of reprocess_dlq runs (unset: the "
+                                                                 "admin's).")
+    replayer_sasl_password: str | None = Field(None, description="SASL password of reprocess_dlq runs." + _SECRET_NOTE)
     ssl_ca_location: str | None = Field(None, description=_CONN["ssl_ca_location"].description)
     ssl_certificate_location: str | None = Field(None, description=_CONN["ssl_certificate_location"].description)
     ssl_key_location: str | None = Field(None, description=_CONN["ssl_key_location"].description)
-    ssl_key_password: str | None = Field(None, description=_CONN["ssl_key_password"].description)
+    ssl_key_password: str | None = Field(None, description=_CONN["ssl_key_password"].description + _SECRET_NOTE)
 
-    def connection(self) -> KafkaConnection:
+    def _credentials(self, principal: Principal) -> tuple[str | None, str | None]:
+        own = {Principal.WORKER: (self.worker_sasl_username, self.worker_sasl_password),
+               Principal.REPLAYER: (self.replayer_sasl_username, self.replayer_sasl_password)}.get(principal)
+        if own is not None and own[0]:
+            return own
+        return self.sasl_username, self.sasl_password
+
+    def connection(self, principal: Principal = Principal.ADMIN) -> KafkaConnection:
+        """The broker layer's connection settings, authenticated as `principal`."""
+        username, password = self._credentials(principal)
+        for secret in (password, self.ssl_key_password):
+            if secret:
+                CLIENT_LOG.add_secret(secret)  # redacted from any client log line that might echo it
         return KafkaConnection(
             bootstrap_servers=self.bootstrap_servers, client_id=self.client_id,
             security_protocol=self.security_protocol, sasl_mechanism=self.sasl_mechanism,
-            sasl_username=self.sasl_username,
-            sasl_password=SecretStr(self.sasl_password) if self.sasl_password else None,
+            sasl_username=username, sasl_password=SecretStr(password) if password else None,
             ssl_ca_location=self.ssl_ca_location, ssl_certificate_location=self.ssl_certificate_location,
             ssl_key_location=self.ssl_key_location,
             ssl_key_password=SecretStr(self.ssl_key_password) if self.ssl_key_password else None,
         )
 
+    def check_access(self, principal: Principal) -> KafkaConnection:
+        """The principal's connection, once the broker accepted its login and TLS (a dg.Failure naming the cause and
+        the variables to fix within seconds otherwise, instead of librdkafka retrying for ever)."""
+        conn = self.connection(principal)
+        try:
+            check_access(conn)
+        except KafkaAuthError as exc:
+            raise access_failure(exc, principal) from exc
+        return conn
+
     def admin(self) -> AdminClient:
-        return admin_client(self.connection())
+        return admin_client(self.connection(Principal.ADMIN))
 
     def producer(self) -> Producer:
-        return job_producer(self.connection())
+        return job_producer(self.connection(Principal.ADMIN))
 
     def consumer(self, settings: QueueSettings, group_id: str, role: str) -> Consumer:
-        return assigned_consumer(self.connection(), settings, group_id, role)
+        return assigned_consumer(self.connection(Principal.ADMIN), settings, group_id, role)
 
     @classmethod
     def from_env(cls) -> "KafkaResource":
@@ -75,14 +125,31 @@ class KafkaResource(dg.ConfigurableResource):
             "bootstrap_servers": os.environ.get("KAFKA_BOOTSTRAP_SERVERS", _CONN["bootstrap_servers"].default),
             "namespace": DEFAULTS.namespace,
         }
-        for name in ("security_protocol", "sasl_mechanism", "sasl_username", "ssl_ca_location",
-                     "ssl_certificate_location", "ssl_key_location"):
+        for name in ("security_protocol", "sasl_mechanism", "ssl_ca_location", "ssl_certificate_location",
+                     "ssl_key_location"):
             if os.environ.get(f"KAFKA_{name.upper()}"):
                 kwargs[name] = os.environ[f"KAFKA_{name.upper()}"]
-        for secret in ("sasl_password", "ssl_key_password"):
-            if os.environ.get(f"KAFKA_{secret.upper()}"):
-                kwargs[secret] = dg.EnvVar(f"KAFKA_{secret.upper()}")
+        for principal, (user_var, password_var) in SASL_ENV.items():
+            prefix = "" if principal == Principal.ADMIN else f"{principal.value}_"
+            if os.environ.get(user_var):
+                kwargs[f"{prefix}sasl_username"] = os.environ[user_var]
+            if os.environ.get(password_var):
+                kwargs[f"{prefix}sasl_password"] = dg.EnvVar(password_var)
+        if os.environ.get("KAFKA_SSL_KEY_PASSWORD"):
+            kwargs["ssl_key_password"] = dg.EnvVar("KAFKA_SSL_KEY_PASSWORD")
         return cls(**kwargs)
+
+
+def access_failure(exc: KafkaAuthError | KafkaAuthorizationError, principal: Principal) -> dg.Failure:
+    """A run's failure for a refused login, TLS handshake or ACL: the broker layer's message, which names the cause,
+    and the variables this kind of run logs in with (Dagster's differ from the CLI's for workers and replays)."""
+    user_var, password_var = SASL_ENV[principal]
+    return dg.Failure(
+        description=f"{exc} In Dagster this run logs in as the {principal.value} principal: {user_var} and "
+                    f"{password_var} (the kafka resource), over KAFKA_SECURITY_PROTOCOL with KAFKA_SSL_CA_LOCATION.",
+        metadata={"cause": type(exc).__name__, "principal": principal.value, "username_variable": user_var},
+        allow_retries=False,
+    )
 
 
 _W, _R, _P, _T, _L = (type(DEFAULTS.worker), type(DEFAULTS.retry), type(DEFAULTS.replay), type(DEFAULTS.topics),
@@ -96,6 +163,7 @@ class QueueResource(dg.ConfigurableResource):
     partitions: int = _field(_T, "partitions", DEFAULTS.topics.partitions)
     replication_factor: int = _field(_T, "replication_factor", DEFAULTS.topics.replication_factor)
     partitions_per_worker: int = _field(_T, "partitions_per_worker", DEFAULTS.topics.partitions_per_worker)
+    apply_acls: bool = _field(_T, "apply_acls", DEFAULTS.topics.apply_acls)
     max_in_flight: int = _field(_W, "max_in_flight", DEFAULTS.worker.max_in_flight)
     commit_interval_ms: int = _field(_W, "commit_interval_ms", DEFAULTS.worker.commit_interval_ms)
     handler: str = _field(_W, "handler", DEFAULTS.worker.handler)
@@ -128,7 +196,7 @@ class QueueResource(dg.ConfigurableResource):
         merged = QueueSettings().model_dump()
         merged["namespace"] = kafka.namespace
         merged["topics"].update(partitions=self.partitions, replication_factor=self.replication_factor,
-                                partitions_per_worker=self.partitions_per_worker)
+                                partitions_per_worker=self.partitions_per_worker, apply_acls=self.apply_acls)
         merged["worker"].update(max_in_flight=self.max_in_flight, commit_interval_ms=self.commit_interval_ms,
                                 handler=self.handler, handler_options=json.loads(self.handler_options_json or "{}"))
         merged["retry"].update(inprocess_tries=self.inprocess_tries, base_delay_ms=self.retry_base_delay_ms,

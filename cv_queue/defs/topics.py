@@ -2,12 +2,21 @@
 
 Each asset has a `config_drift` check that fails, with the diff, when the live topic no longer matches
 its spec. Depth observations and the queue health checks are in checks.py.
+
+With `topics.apply_acls` on (CVQ_TOPICS__APPLY_ACLS, off by default) an asset first applies the principals' ACLs
+on its topic (the main topic's asset also those on the groups, transactional ids and cluster) and then provisions
+it: a topic that exists has its ACLs, so a worker the fleet sensor starts once every topic exists is allowed in.
 """
 
 import dagster as dg
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from cv_queue.defs.resources import KafkaResource, QueueResource
+from cv_queue.defs.resources import KafkaResource, Principal, QueueResource, access_failure
+from cv_queue.kafka.acls import AclRule, acl_rules, apply_acls
+from cv_queue.kafka.auth import authorization_code, denied
+from cv_queue.kafka.clients import admin_client
+from cv_queue.kafka.fleet_layout import adopt_recorded_layout
 from cv_queue.kafka.topics import TopicRole, TopicSpec, describe_topics, diff_topic, provision_topic, topic_specs
 from cv_queue.settings import QueueSettings
 
@@ -43,8 +52,36 @@ def asset_key(role: TopicRole) -> dg.AssetKey:
     return dg.AssetKey([GROUP, ASSET_NAMES[role]])
 
 
+def layout_settings(kafka: KafkaResource, queue: QueueResource) -> QueueSettings:
+    """The queue's settings with the recorded layout's partition count, once one is recorded: after a re-layout
+    (relayout.py) the specs follow the grown topics, so the drift checks pass and a materialization never asks
+    to shrink them back to CVQ_TOPICS__PARTITIONS."""
+    return adopt_recorded_layout(kafka.connection(), kafka.admin(), queue.settings(kafka))
+
+
 def _spec(role: TopicRole, kafka: KafkaResource, queue: QueueResource) -> TopicSpec:
-    return next(s for s in topic_specs(queue.settings(kafka)) if s.role == role)
+    return next(s for s in topic_specs(layout_settings(kafka, queue)) if s.role == role)
+
+
+def _acl_rules_of(role: TopicRole, settings: QueueSettings, topic: str) -> list[AclRule]:
+    """The ACLs this asset applies: its topic's, and for the main topic the rest (groups, transactional ids)."""
+    rules = acl_rules(settings)
+    if role == TopicRole.MAIN:
+        return [r for r in rules if r.resource != "TOPIC" or r.name == topic]
+    return [r for r in rules if r.resource == "TOPIC" and r.name == topic]
+
+
+def _acl_metadata(admin: AdminClient, role: TopicRole, settings: QueueSettings, topic: str) -> dict:
+    """Apply this asset's ACLs; the metadata records counts and rules (principals and operations, never a secret)."""
+    rules = _acl_rules_of(role, settings, topic)
+    report = apply_acls(admin, rules)
+    return {
+        "acls_applied": len(rules),
+        "acls_created": report.created,
+        "acls": _table([{"principal": r.principal, "resource": r.resource, "name": r.name, "pattern": r.pattern,
+                         "operation": r.operation} for r in rules],
+                       ["principal", "resource", "name", "pattern", "operation"]),
+    }
 
 
 def _table(rows: list[dict], columns: list[str]) -> dg.MetadataValue:
@@ -58,9 +95,18 @@ def _topic_asset(role: TopicRole) -> tuple[dg.AssetsDefinition, dg.AssetChecksDe
     @dg.asset(key=asset_key(role), group_name=GROUP, kinds={"kafka"}, description=DESCRIPTIONS[role],
               metadata={"role": role.value})
     def topic(context: dg.AssetExecutionContext, kafka: KafkaResource, queue: QueueResource) -> dg.MaterializeResult:
-        spec = _spec(role, kafka, queue)
-        admin = kafka.admin()
-        report = provision_topic(admin, spec)
+        conn = kafka.check_access(Principal.ADMIN)  # a refused login fails within seconds, naming the cause
+        settings = layout_settings(kafka, queue)
+        spec = next(s for s in topic_specs(settings) if s.role == role)
+        admin = admin_client(conn)
+        try:
+            acls = _acl_metadata(admin, role, settings, spec.name) if settings.topics.apply_acls else {}
+            report = provision_topic(admin, spec)
+        except KafkaException as exc:
+            if authorization_code(exc) is None:
+                raise
+            raise access_failure(denied(exc, conn, spec.name, "DESCRIBE, CREATE, ALTER or create ACLs on"),
+                                 Principal.ADMIN) from exc
         state = describe_topics(admin, [spec.name])[spec.name]
         for key, reason in report.dropped_configs.items():
             context.log.warning(f"{spec.name}: config {key} was not applied: {reason}")
@@ -78,6 +124,7 @@ def _topic_asset(role: TopicRole) -> tuple[dg.AssetsDefinition, dg.AssetChecksDe
                                for p, b in state.leaders.items()], ["partition", "leader", "replicas", "isr"]),
             "changes": _table(changes, ["key", "before", "after"]),
             "dropped_configs": dg.MetadataValue.json(report.dropped_configs),
+            **acls,
         })
 
     @dg.asset_check(asset=topic, name="config_drift", description="The live topic matches its spec.")

@@ -8,6 +8,7 @@
 - `stop_worker_fleet` / `start_worker_fleet` stop or resume the whole fleet in one action.
 """
 
+import logging
 import os
 import queue as queue_lib
 import threading
@@ -20,10 +21,13 @@ from pydantic import Field
 
 from cv_queue.defs import tags
 from cv_queue.defs.fleet_state import fleet_stopped, set_fleet_stopped
+from cv_queue.defs.k8s_config import worker_pod_tag
 from cv_queue.defs.metrics_port import metrics_endpoint, worker_metrics_port
-from cv_queue.defs.resources import DEFAULTS, KafkaResource, QueueResource
+from cv_queue.defs.resources import DEFAULTS, KafkaResource, Principal, QueueResource, access_failure
 from cv_queue.defs.slots import WORKER_SLOTS, fleet_layout, slot_partition_requests
 from cv_queue.defs.topics import skip_until_provisioned, unprovisioned
+from cv_queue.kafka.auth import KafkaAuthError, KafkaAuthorizationError
+from cv_queue.kafka.clients import admin_client
 from cv_queue.kafka.fleet_layout import adopt_recorded_layout
 from cv_queue.kafka.worker import PartitionWorker, WorkerStartError, WorkerStats
 from cv_queue.settings import QueueSettings, Slot
@@ -75,7 +79,8 @@ def refuse_without_slot(config_slot: str, run_tags: Mapping[str, str]) -> None:
 
 
 def _slot_tags(slot: str) -> dict[str, str]:
-    return {tags.WORKER_SLOT: slot, tags.ROLE: tags.ROLE_WORKER}
+    # The pod tag sizes worker runs on Kubernetes (K8sRunLauncher); other launchers ignore it.
+    return {tags.WORKER_SLOT: slot, tags.ROLE: tags.ROLE_WORKER, **worker_pod_tag(DEFAULTS.k8s)}
 
 
 def _slot_run_config(partition_key: str) -> dict:
@@ -116,20 +121,22 @@ def run_partition_worker(context: dg.OpExecutionContext, config: WorkerRunConfig
                          queue: QueueResource) -> dg.Output[dict]:
     refuse_without_slot(config.slot, context.run.tags)
     # The recorded layout, not the code location's settings: a re-layout needs no reload (slots.py).
-    settings = adopt_recorded_layout(kafka.connection(), kafka.admin(), queue.settings(kafka))
+    # Read as the worker principal: a worker run needs no admin rights (its ACLs cover the layout record).
+    worker_conn = kafka.connection(Principal.WORKER)
+    settings = adopt_recorded_layout(worker_conn, admin_client(worker_conn), queue.settings(kafka))
     settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={
         "progress_interval_s": config.progress_interval_s,
         "shutdown_grace_ms": int(config.shutdown_grace_s * 1000)})})
     slot = Slot.parse(config.slot)
-    with metrics_endpoint(settings.metrics, worker_metrics_port(settings, slot), context.log, kafka.connection(),
-                          settings):
+    with metrics_endpoint(settings.metrics, worker_metrics_port(settings, slot), context.log,
+                          kafka.connection(Principal.WORKER), settings):
         return _run_worker(context, config, kafka, settings, slot)
 
 
 def _run_worker(context: dg.OpExecutionContext, config: WorkerRunConfig, kafka: KafkaResource,
                 settings: QueueSettings, slot: Slot) -> dg.Output[dict]:
     progress: queue_lib.SimpleQueue[WorkerStats] = queue_lib.SimpleQueue()
-    worker = PartitionWorker(kafka.connection(), settings, slot, on_progress=progress.put)
+    worker = PartitionWorker(kafka.connection(Principal.WORKER), settings, slot, on_progress=progress.put)
     stop = threading.Event()
     outcome: dict = {}
 
@@ -156,6 +163,8 @@ def _run_worker(context: dg.OpExecutionContext, config: WorkerRunConfig, kafka: 
         error = outcome["error"]
         if isinstance(error, WorkerStartError):
             raise dg.Failure(description=str(error)) from error
+        if isinstance(error, KafkaAuthError | KafkaAuthorizationError):  # named, not retried: credentials or ACLs
+            raise access_failure(error, Principal.WORKER) from error
         raise error
     stats: WorkerStats = outcome["stats"]
     if stats.stop_reason == "fenced":
@@ -225,10 +234,31 @@ def worker_fleet_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResourc
                            dynamic_partitions_requests=slot_requests)
 
 
+def wait_for_fleet_to_end(instance: dg.DagsterInstance, timeout_s: float, log: logging.Logger | dg.DagsterLogManager,
+                          poll_s: float = 2.0) -> list[dg.DagsterRun]:
+    """Wait until no worker run is active: each has seen the stop flag, committed what completed and ended.
+
+    Call it with the fleet stopped (set_fleet_stopped), or runs the fleet sensor launches meanwhile keep it waiting.
+    Returns the worker runs still active after timeout_s (empty when the whole fleet ended). It terminates nothing:
+    only the flag stops workers, so no run ever terminates another (a run container cannot reach the launcher).
+    """
+    deadline = time.monotonic() + timeout_s
+    remaining = active_worker_runs(instance)
+    log.info(f"waiting up to {timeout_s:.0f}s for {len(remaining)} worker run(s) to commit and end")
+    while remaining and time.monotonic() < deadline:
+        time.sleep(poll_s)
+        remaining = active_worker_runs(instance)
+    return remaining
+
+
+def describe_runs(runs: list[dg.DagsterRun]) -> str:
+    """Run ids with their slot and status, for messages that ask an operator to look at them."""
+    return ", ".join(f"{run.run_id} (slot {run.tags.get(tags.WORKER_SLOT)}, {run.status.value})" for run in runs)
+
+
 class StopFleetConfig(dg.Config):
-    wait_s: float = Field(120.0, description="How long to wait for the worker runs to finish.")
-    terminate_after_wait: bool = Field(
-        True, description="Terminate runs still going after wait_s (they then end CANCELED).")
+    wait_s: float = Field(120.0, description="How long to wait for every worker run to commit and end. Runs still "
+                                             "going then fail this run, which names them; nothing is terminated.")
 
 
 @dg.op
@@ -236,17 +266,20 @@ def stop_fleet(context: dg.OpExecutionContext, config: StopFleetConfig) -> dg.Ou
     instance = context.instance
     set_fleet_stopped(instance, True, context.run_id)
     runs = active_worker_runs(instance)
-    context.log.info(f"fleet stopped; waiting for {len(runs)} worker run(s) to commit and end")
-    deadline = time.monotonic() + config.wait_s
-    remaining = runs
-    while remaining and time.monotonic() < deadline:
-        time.sleep(2)
-        remaining = [r for r in active_worker_runs(instance) if r.run_id in {x.run_id for x in runs}]
-    if remaining and config.terminate_after_wait:
-        for run in remaining:
-            context.log.warning(f"terminating {run.run_id} (slot {run.tags.get(tags.WORKER_SLOT)})")
-            instance.run_coordinator.cancel_run(run.run_id)
-    return dg.Output(len(runs), metadata={"worker_runs": len(runs), "still_running": len(remaining)})
+    context.log.info(f"fleet stopped: the fleet sensor launches nothing and {len(runs)} worker run(s) end on the "
+                     "stop flag")
+    still_running = wait_for_fleet_to_end(instance, config.wait_s, context.log)
+    if still_running:
+        raise dg.Failure(description=(
+            f"{len(still_running)} worker run(s) still active {config.wait_s:.0f}s after the fleet was stopped: "
+            f"{describe_runs(still_running)}. The fleet stays stopped and they were not terminated: they end when "
+            "they see the stop flag (a stuck one can be terminated by hand in the UI)."))
+    ended = [r for r in (instance.get_run_by_id(run.run_id) for run in runs) if r is not None]
+    unclean = [r for r in ended if r.status != dg.DagsterRunStatus.SUCCESS]
+    if unclean:
+        context.log.warning(f"worker run(s) that ended other than SUCCESS: {describe_runs(unclean)}")
+    context.log.info(f"every worker run ended ({len(ended) - len(unclean)} of {len(ended)} SUCCESS)")
+    return dg.Output(len(runs), metadata={"worker_runs": len(runs), "ended_success": len(ended) - len(unclean)})
 
 
 @dg.job(executor_def=dg.in_process_executor,

@@ -5,9 +5,14 @@ dozens of identical lines a second per worker. Here the first report of a kind i
 counted and summarised at most every `summary_interval_s` ("broker unreachable for 30 s, 412 client errors
 suppressed"), and the end of the trouble is logged once ("kafka client errors stopped after 71 s"). Fatal errors
 are always logged.
+
+Nothing secret is logged: librdkafka already prints `sasl.password = [redacted]` in its `debug=conf` dump, and every
+line is redacted again here (any `*password*`, `*secret*` or private-key property, and every secret value a client
+was built with), so a librdkafka that forgets, or a broker error that echoes a credential, cannot leak one.
 """
 
 import logging
+import re
 import threading
 import time
 from collections import Counter
@@ -15,6 +20,20 @@ from collections import Counter
 from confluent_kafka import KafkaError
 
 QUIET_S = 5.0  # no report for this long: the trouble is over
+REDACTED = "[redacted]"
+# librdkafka's config dump spells properties `name = value`; a dict's repr `'name': 'value'`. Sensitive ones are
+# passwords, secrets, PEM keys and JAAS configs.
+_SENSITIVE_PROPERTY = re.compile(
+    r"(?P<name>[\w.]*(?:password|secret|key\.pem|private\.key|jaas\.config)[\w.]*)(?P<sep>['\"]?\s*[=:]\s*)"
+    r"(?:'[^']*'|\"[^\"]*\"|\S+)", re.IGNORECASE)
+
+
+def redact(text: str, secrets: frozenset[str] = frozenset()) -> str:
+    """`text` without the values of sensitive properties and without any of `secrets`."""
+    text = _SENSITIVE_PROPERTY.sub(lambda m: f"{m['name']}{m['sep']}{REDACTED}", text)
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    return text
 
 
 class ClientLog:
@@ -29,10 +48,17 @@ class ClientLog:
         self._last_summary = 0.0
         self._seen: set[str] = set()  # kinds already logged in this run of trouble
         self._suppressed: Counter[str] = Counter()
+        self._secrets: frozenset[str] = frozenset()
+
+    def add_secret(self, value: str) -> None:
+        """A credential some client of this process uses: redacted from every line logged from now on."""
+        if value and value not in self._secrets:
+            with self._lock:
+                self._secrets = self._secrets | {value}
 
     # librdkafka's `logger` interface: clients call logger.log(level, fmt, *args)
     def log(self, level: int, msg: str, *args: object) -> None:
-        text = msg % args if args else msg
+        text = redact(msg % args if args else msg, self._secrets)
         if level < logging.WARNING:
             self._log.log(level, "%s", text)
             return
@@ -42,10 +68,11 @@ class ClientLog:
         self._report(f"log:{kind}", level, text)
 
     def error_cb(self, err: KafkaError) -> None:
+        text = redact(str(err), self._secrets)
         if err.fatal():
-            self._log.error("kafka client fatal error: %s", err)
+            self._log.error("kafka client fatal error: %s", text)
             return
-        self._report(f"error:{err.code()}", logging.WARNING, f"kafka client error: {err}")
+        self._report(f"error:{err.code()}", logging.WARNING, f"kafka client error: {text}")
 
     def _report(self, kind: str, level: int, text: str) -> None:
         now = time.monotonic()

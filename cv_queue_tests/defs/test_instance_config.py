@@ -1,4 +1,4 @@
-"""Both instance configs (local and Docker) make the `cv_queue` logger a managed Python logger and bound tick
+"""Both instance configs (local and production) make the `cv_queue` logger a managed Python logger and bound tick
 retention, and Dagster's own schema accepts them. (That the managed logger reaches a run's event log is shown
 by the fencing test in test_alerts_daemon.py.)"""
 
@@ -8,7 +8,7 @@ from dagster._core.instance.config import dagster_instance_config
 from cv_queue_tests.conftest import PROJECT_ROOT
 
 
-@pytest.mark.parametrize("folder", [PROJECT_ROOT, PROJECT_ROOT / "deploy" / "docker"], ids=["local", "docker"])
+@pytest.mark.parametrize("folder", [PROJECT_ROOT, PROJECT_ROOT / "deploy"], ids=["local", "production"])
 def test_worker_logs_reach_the_event_log_and_ticks_are_bounded(folder):
     config, _ = dagster_instance_config(str(folder), "dagster.yaml")  # raises on anything the schema rejects
     assert config["python_logs"]["managed_python_loggers"] == ["cv_queue"]

@@ -7,13 +7,14 @@ import dagster as dg
 from cv_queue.defs.fleet_state import fleet_stopped
 from cv_queue.defs.relayout import relayout_worker_fleet
 from cv_queue.defs.slots import WORKER_SLOTS
-from cv_queue.defs.topics import topic_assets
+from cv_queue.defs.topics import topic_assets, topic_checks
 from cv_queue.defs.workers import SLOTS, worker_fleet_sensor
 from cv_queue.kafka.clients import admin_client
 from cv_queue.kafka.fleet_layout import Layout, read_layout
+from cv_queue.kafka.presence import live_workers
 from cv_queue.kafka.topics import describe_topics
 from cv_queue.settings import KafkaConnection, QueueSettings, Slot
-from cv_queue_tests.support import start_worker
+from cv_queue_tests.support import start_worker, wait_for
 
 NEW_SLOTS = [f"{p}-{p + 1}" for p in range(0, 16, 2)]
 
@@ -44,6 +45,8 @@ def test_relayout_job_refuses_while_a_worker_lives_then_grows_and_the_sensor_fol
 
     worker = start_worker(conn, settings, Slot.parse("0-1"))  # a worker outside Dagster: only the broker sees it
     try:
+        # start_worker returns at once; the worker is alive for a re-layout once it is in the presence group.
+        wait_for(lambda: bool(live_workers(admin_client(conn), settings)), 60, "the worker to join the presence group")
         refused = _relayout(instance, resources, wait_s=2)
     finally:
         worker.join()
@@ -69,3 +72,9 @@ def test_relayout_job_refuses_while_a_worker_lives_then_grows_and_the_sensor_fol
 
     after = _tick(instance, resources)
     assert [r.partition_key for r in after.run_requests] == NEW_SLOTS
+
+    # The topic assets follow the recorded layout: materializing them again neither drifts nor tries to shrink.
+    again = dg.materialize([*topic_assets, *topic_checks], resources=resources, instance=instance)
+    assert again.success
+    checks = again.get_asset_check_evaluations()
+    assert checks and all(c.passed for c in checks), [(c.asset_key, c.metadata) for c in checks if not c.passed]

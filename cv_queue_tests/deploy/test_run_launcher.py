@@ -1,0 +1,60 @@
+"""The production instance's one launcher setting: deploy/dagster.yaml's run_launcher section, loaded the way Dagster
+loads it, builds DefaultRunLauncher or DockerRunLauncher (with the file's Docker config) from CVQ_RUN_LAUNCHER, refuses
+anything else by naming the setting, and passes every RunLauncher method through."""
+
+import inspect
+
+import dagster as dg
+import pytest
+import yaml
+from dagster._core.instance.config import dagster_instance_config
+from dagster._core.launcher import RunLauncher
+from dagster._serdes import ConfigurableClassData
+from dagster_docker import DockerRunLauncher
+
+from cv_queue.deploy.run_launcher import LAUNCHER_ENV_VAR, SelectedRunLauncher
+from cv_queue_tests.conftest import PROJECT_ROOT
+
+SECTION = dagster_instance_config(str(PROJECT_ROOT / "deploy"), "dagster.yaml")[0]["run_launcher"]
+
+
+def _load(monkeypatch: pytest.MonkeyPatch, choice: str) -> SelectedRunLauncher:
+    monkeypatch.setenv(LAUNCHER_ENV_VAR, choice)
+    data = ConfigurableClassData(SECTION["module"], SECTION["class"], yaml.safe_dump(SECTION["config"]))
+    launcher = data.rehydrate(as_type=RunLauncher)
+    assert isinstance(launcher, SelectedRunLauncher)
+    return launcher
+
+
+def test_the_file_names_the_setting():
+    assert SECTION["config"]["launcher"] == {"env": LAUNCHER_ENV_VAR}
+
+
+def test_default_is_dagsters_process_launcher(monkeypatch):
+    launcher = _load(monkeypatch, "default")
+    assert type(launcher.selected) is dg.DefaultRunLauncher
+    assert not launcher.supports_check_run_worker_health and not launcher.supports_resume_run
+
+
+def test_docker_is_dockerrunlauncher_with_the_files_config(monkeypatch):
+    launcher = _load(monkeypatch, "docker")
+    docker = launcher.selected
+    assert type(docker) is DockerRunLauncher
+    assert docker.networks == [SECTION["config"]["docker"]["network"]]
+    assert docker.env_vars == SECTION["config"]["docker"]["env_vars"]
+    assert docker.container_kwargs == SECTION["config"]["docker"]["container_kwargs"]
+    # Run monitoring asks the container runtime about a run's container through the selected launcher.
+    assert launcher.supports_check_run_worker_health and launcher.supports_resume_run
+
+
+def test_anything_else_is_refused_naming_the_setting(monkeypatch):
+    with pytest.raises(dg.DagsterInvalidConfigError, match=f"{LAUNCHER_ENV_VAR}.*'k8s'.*default, docker"):
+        _load(monkeypatch, "k8s")
+
+
+def test_every_run_launcher_method_is_passed_through():
+    """A method left to RunLauncher's defaults would answer for every launcher alike (no health checks, no resume)."""
+    public = {name for name, _ in inspect.getmembers(RunLauncher) if not name.startswith("_")}
+    instance_plumbing = {"register_instance", "has_instance"}  # SelectedRunLauncher registers both launchers
+    missing = {name for name in public - instance_plumbing if name not in vars(SelectedRunLauncher)}
+    assert not missing, f"SelectedRunLauncher does not pass these through: {sorted(missing)}"
