@@ -91,9 +91,16 @@ def _login_failure(err: KafkaError, conn: KafkaConnection) -> str | None:
                     "which). Check KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD.")
         return (f"SASL authentication as {conn.sasl_username!r} failed: {text}. Check KAFKA_SASL_MECHANISM, "
                 "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD.")
-    if code == KafkaError._SSL or (code == KafkaError._TRANSPORT and "SSL" in text):
+    # librdkafka reports a connection dropped during the handshake as "SSL handshake failed: Disconnected"
+    # (_TRANSPORT): a broker restarting or a proxy without a backend, not a certificate problem.
+    if code == KafkaError._SSL or (code == KafkaError._TRANSPORT and "SSL" in text and not _is_disconnect(text)):
         return "TLS"
     return None
+
+
+def _is_disconnect(text: str) -> bool:
+    lowered = text.lower()
+    return any(sign in lowered for sign in ("disconnected", "connection refused", "connection reset", "timed out"))
 
 
 def _first_host(bootstrap: str) -> tuple[str, int]:
@@ -116,8 +123,9 @@ def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     return True
 
 
-def diagnose_tls(conn: KafkaConnection, timeout_s: float = 5.0) -> str:  # noqa: PLR0911 - one return per cause
-    """Why the broker's certificate is refused, read from the certificate itself (fetched without verifying it)."""
+def diagnose_tls(conn: KafkaConnection, timeout_s: float = 5.0) -> str | None:  # noqa: PLR0911 - one per cause
+    """Why the broker's certificate is refused, read from the certificate itself (fetched without verifying it);
+    None when the broker could not be reached to tell (then it is not known to be a TLS problem)."""
     ca_setting = conn.ssl_ca_location
     if ca_setting and not Path(ca_setting).is_file():
         return f"the CA file {ca_setting} does not exist. Check KAFKA_SSL_CA_LOCATION."
@@ -129,9 +137,11 @@ def diagnose_tls(conn: KafkaConnection, timeout_s: float = 5.0) -> str:  # noqa:
         with socket.create_connection((host, port), timeout=timeout_s) as raw, \
                 context.wrap_socket(raw, server_hostname=host) as tls:
             der = tls.getpeercert(binary_form=True)
-    except OSError as exc:
+    except ssl.SSLError as exc:  # reachable, but no TLS there at all (a plaintext listener, another protocol)
         return f"the TLS handshake with {host}:{port} failed ({exc}). Check KAFKA_SECURITY_PROTOCOL and " \
                "KAFKA_SSL_CA_LOCATION."
+    except OSError:  # refused, reset, timed out: a broker restarting looks like this too
+        return None
     assert der is not None
     cert = x509.load_der_x509_certificate(der)
     now = datetime.now(UTC)
@@ -190,7 +200,10 @@ def check_access(conn: KafkaConnection, timeout_s: float = CHECK_TIMEOUT_S) -> N
             for err in reports:
                 failure = _login_failure(err, conn)
                 if failure == "TLS":
-                    raise KafkaAuthError(f"TLS with {conn.bootstrap_servers} failed: {diagnose_tls(conn)}")
+                    cause = diagnose_tls(conn)
+                    if cause is None:  # not reachable now: keep probing until the deadline, as for any outage
+                        continue
+                    raise KafkaAuthError(f"TLS with {conn.bootstrap_servers} failed: {cause}")
                 if failure is not None:
                     raise KafkaAuthError(failure)
             reports.clear()

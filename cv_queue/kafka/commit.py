@@ -8,6 +8,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from cv_queue.kafka.inflight import PartitionTracker
 from cv_queue.kafka.metrics import WorkerMetrics
 from cv_queue.kafka.records import OutputRecord
+from cv_queue.kafka.stall import WATCHDOG
 from cv_queue.kafka.transaction import commit_atomically
 
 Trackers = dict[tuple[str, int], PartitionTracker[OutputRecord]]
@@ -63,7 +64,8 @@ class WatermarkCommitter:
             return None
         self.in_transaction = False
         try:
-            self.producer.abort_transaction(timeout_s)
+            with WATCHDOG.watch("abort_transaction on close", timeout_s + self.stall_limit_s):
+                self.producer.abort_transaction(timeout_s)
         except KafkaException as exc:
             return str(exc)
         self.metrics.count_abort()

@@ -6,7 +6,7 @@ Cheap enough for a sensor tick: a few metadata-sized requests, no message bodies
 
 import time
 
-from confluent_kafka import ConsumerGroupTopicPartitions, IsolationLevel, KafkaException, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, IsolationLevel, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 from pydantic import BaseModel
 
@@ -78,7 +78,8 @@ def committed_offsets(admin: AdminClient, group: str, topic: str, partitions: li
         failed = [tp for tp in result.topic_partitions if tp.error is not None]
         if not failed:
             return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in result.topic_partitions}
-        if time.monotonic() >= give_up:
+        settling = all(tp.error.code() == KafkaError.UNSTABLE_OFFSET_COMMIT for tp in failed)
+        if not settling or time.monotonic() >= give_up:  # any other error is not going to settle by waiting
             raise KafkaException(failed[0].error)
         time.sleep(0.2)
 

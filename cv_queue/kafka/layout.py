@@ -3,7 +3,7 @@
 Fencing by transactional id only works between workers that share an id, i.e. the same slot of the same layout.
 When `partitions_per_worker` changes while workers run (say 2 -> 4), the worker for `0-3` and the old one for `0-1`
 have different ids and would both process partitions 0 and 1. So before a worker reads its committed offsets, it
-initialises a transactional producer under the id of every slot, in every layout that tiles the topic, that shares
+initialises a transactional producer under the id of every slot, of every layout the topic could have had, that shares
 a partition with its own. That bumps each id's epoch and aborts its open transaction: a live worker of another
 layout is fenced on its next commit and exits without committing, exactly as a same-slot duplicate is. The worker
 that started last owns the partitions; output stays exactly-once whatever the order.
@@ -13,24 +13,33 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from cv_queue.kafka.clients import transactional_producer
+from cv_queue.kafka.stall import WATCHDOG
 from cv_queue.settings import KafkaConnection, QueueSettings, Slot
 
 log = logging.getLogger("cv_queue.worker")
 
-
-def layouts(partitions: int) -> list[int]:
-    """Every partitions-per-worker value that tiles `partitions` (the layouts a deployment could be using)."""
-    return [n for n in range(1, partitions + 1) if partitions % n == 0]
+#: Fences run in parallel, each a producer and a coordinator round trip; bounded for large partition counts.
+MAX_PARALLEL_FENCES = 16
+#: init_transactions past its own timeout by this much is stuck in the client (stall.py).
+FENCE_STALL_MARGIN_S = 60.0
 
 
 def overlapping_slots(settings: QueueSettings, slot: Slot) -> list[Slot]:
-    """The slots of every layout, other than `slot` itself, that share a partition with it."""
+    """Every slot, other than `slot` itself, that a worker of any layout could hold over `slot`'s partitions.
+
+    A layout is `partitions_per_worker` = w over a partition count that w divides; the topic only grows
+    (`cv-queue fleet relayout`), so every earlier layout's slots are aligned runs [k*w, (k+1)*w) that end within the
+    current count, for some w, though w need not divide the current count (12 partitions in threes, grown to 16 in
+    fours). All such runs that share a partition with `slot` are returned: a few per width.
+    """
     mine = set(slot.partitions)
+    partitions = settings.topics.partitions
     found = []
-    for per_worker in layouts(settings.topics.partitions):
-        for start in range(0, settings.topics.partitions, per_worker):
-            other = Slot(partitions=tuple(range(start, start + per_worker)))
-            if other != slot and mine & set(other.partitions):
+    for width in range(1, partitions + 1):
+        first = (min(mine) // width) * width
+        for start in range(first, max(mine) + 1, width):
+            other = Slot(partitions=tuple(range(start, start + width)))
+            if start + width <= partitions and other != slot:
                 found.append(other)
     return found
 
@@ -38,7 +47,8 @@ def overlapping_slots(settings: QueueSettings, slot: Slot) -> list[Slot]:
 def _fence(conn: KafkaConnection, txn_id: str, timeout_s: float) -> str:
     producer = transactional_producer(conn, txn_id)
     try:
-        producer.init_transactions(timeout_s)
+        with WATCHDOG.watch(f"init_transactions of {txn_id} (fencing)", timeout_s + FENCE_STALL_MARGIN_S):
+            producer.init_transactions(timeout_s)
     finally:
         producer.flush(0)
     return txn_id
@@ -50,7 +60,7 @@ def fence_overlapping_slots(conn: KafkaConnection, settings: QueueSettings, slot
     ids = [settings.transactional_id(other) for other in overlapping_slots(settings, slot)]
     if not ids:
         return []
-    with ThreadPoolExecutor(max_workers=len(ids), thread_name_prefix="cvq-fence") as pool:
+    with ThreadPoolExecutor(max_workers=min(len(ids), MAX_PARALLEL_FENCES), thread_name_prefix="cvq-fence") as pool:
         fenced = list(pool.map(lambda txn_id: _fence(conn, txn_id, timeout_s), ids))
     if fenced:
         log.info("slot %s: fenced any worker of another layout on its partitions (%s)", slot.name, ", ".join(fenced))

@@ -8,9 +8,10 @@ stalls for the whole outage.
 
 A blocked C call cannot be interrupted from Python, and a producer that is inside one cannot be trusted to go on.
 So the transactional calls run under `watch()`: if one outlasts its limit, the process logs what was stuck and
-every thread's stack, and exits at once with code EXIT_CLIENT_STALLED. That is safe for exactly-once: the open
-transaction is never committed, the broker aborts it when the restarted worker's init_transactions() fences this
-one (or after transaction.timeout.ms), and the restarted process looks its coordinators up afresh. Its supervisor
+every thread's stack, and exits at once with code EXIT_CLIENT_STALLED. That is safe for exactly-once: the broker
+settles the open transaction when the restarted worker's init_transactions() fences this one (committed if the
+commit had reached the coordinator, else aborted; outputs and offsets alike), and the restarted process looks its
+coordinators up afresh and resumes from the committed offsets. Its supervisor
 (the Dagster fleet sensor, or systemd/Kubernetes for `cv-queue worker`) restarts it.
 """
 
@@ -30,14 +31,21 @@ EXIT_CLIENT_STALLED = 8
 
 
 def _exit_stalled(what: str, elapsed_s: float) -> None:
-    log.critical("%s has been blocked for %.0fs, past its own timeout (a librdkafka client stall, e.g. a cached "
-                 "coordinator on a node that left the cluster): exiting with code %d without committing; the "
-                 "restarted worker resumes from the last commit", what, elapsed_s, EXIT_CLIENT_STALLED)
-    for handler in logging.getLogger().handlers + log.handlers:
-        handler.flush()
-    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-    sys.stderr.flush()
-    os._exit(EXIT_CLIENT_STALLED)
+    """Say what was stuck and exit. The exit must happen whatever the reporting does (a logging handler that
+    raises or waits on a lock held by the stuck thread), so the report is best effort and the exit is in finally."""
+    try:
+        os.write(2, f"cv-queue: {what} blocked for {elapsed_s:.0f}s; exiting with code {EXIT_CLIENT_STALLED}\n"
+                    .encode())
+        log.critical("%s has been blocked for %.0fs, past its own timeout (a librdkafka client stall, e.g. a cached "
+                     "coordinator on a node that left the cluster): exiting with code %d. What the broker holds of "
+                     "the open transaction is settled by the restarted worker's init_transactions (committed if "
+                     "the commit had reached the coordinator, else aborted); it resumes from the committed offsets",
+                     what, elapsed_s, EXIT_CLIENT_STALLED)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    except BaseException:
+        pass
+    finally:
+        os._exit(EXIT_CLIENT_STALLED)
 
 
 class StallWatchdog:
@@ -68,7 +76,7 @@ class StallWatchdog:
                 self._watched.pop(token, None)
 
     def _run(self) -> None:
-        while True:
+        while True:  # never ends: an exception in on_stall is the callback's (the default one exits in finally)
             time.sleep(self._tick_s)
             now = time.monotonic()
             with self._lock:

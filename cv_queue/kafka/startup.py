@@ -24,8 +24,20 @@ class LayoutMismatchError(WorkerStartError):
 
 def check_layout(conn: KafkaConnection, settings: QueueSettings) -> LayoutRecord:
     """Refuse to run a layout other than the recorded one (recording the settings' layout on the first start)."""
-    recorded = record_first_layout(conn, admin_client(conn), settings)
+    admin = admin_client(conn)
+    recorded = record_first_layout(conn, admin, settings)
     mine = Layout.of(settings)
+    # The record and the topics must agree: a re-layout that failed between growing the topics and recording, or
+    # a topic grown outside it, would leave partitions that no slot of the recorded layout reads.
+    metadata = admin.list_topics(timeout=START_TIMEOUT_S)
+    for topic in (settings.topic_names.main, settings.topic_names.retry):
+        live = metadata.topics.get(topic)
+        if live is not None and live.error is None and len(live.partitions) != recorded.layout.partitions:
+            raise LayoutMismatchError(
+                f"{topic} has {len(live.partitions)} partitions but the recorded layout (generation "
+                f"{recorded.generation}) is {recorded.layout.describe()}: a re-layout did not finish, or the topic was "
+                f"grown outside one. Run `cv-queue fleet relayout --partitions {len(live.partitions)}` (or the "
+                "relayout_worker_fleet job) to record the layout the topics have.")
     if recorded.layout != mine:
         raise LayoutMismatchError(
             f"this worker's settings give {mine.describe()}, but the queue's recorded layout (generation "

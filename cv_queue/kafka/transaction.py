@@ -145,10 +145,16 @@ def commit_atomically(
             raise
 
 
+def _watched_abort(producer: Producer, timeout_s: float) -> None:
+    """abort_transaction can block on a dead coordinator like the commit can (stall.py)."""
+    with WATCHDOG.watch("abort_transaction", DEFAULT_STALL_LIMIT_S):
+        producer.abort_transaction(timeout_s)
+
+
 def _abort(producer: Producer) -> None:
     """Abort so the whole transaction can be redone; an abort that fails ends the producer."""
     try:
-        _step(lambda: producer.abort_transaction(ABORT_TIMEOUT_S))
+        _step(lambda: _watched_abort(producer, ABORT_TIMEOUT_S))
     except KafkaException as exc:
         err = exc.args[0]
         if _is_fenced(err):
@@ -164,7 +170,7 @@ def _give_up(producer: Producer, in_transaction: bool, reason: str,
     if not in_transaction:
         return TransactionFatalError(reason)
     try:
-        _step(lambda: producer.abort_transaction(GIVE_UP_ABORT_TIMEOUT_S), attempts=GIVE_UP_ABORT_ATTEMPTS)
+        _step(lambda: _watched_abort(producer, GIVE_UP_ABORT_TIMEOUT_S), attempts=GIVE_UP_ABORT_ATTEMPTS)
     except KafkaException as exc:
         err = exc.args[0]
         # Expected when the producer itself is in a fatal state: librdkafka refuses every call but close.

@@ -34,11 +34,12 @@ from cv_queue.kafka.async_pool import AsyncHandlerPool
 from cv_queue.kafka.auth import authorization_code, denied
 from cv_queue.kafka.classify import ErrorClassifier
 from cv_queue.kafka.client_log import CLIENT_LOG
-from cv_queue.kafka.clients import assigned_consumer, poll_batch, transactional_producer
+from cv_queue.kafka.clients import admin_client, assigned_consumer, poll_batch, transactional_producer
 from cv_queue.kafka.commit import WatermarkCommitter
 from cv_queue.kafka.envelope import now_ms
 from cv_queue.kafka.execution import AsyncJobRunner, Completion, JobRunner, is_async_handler
 from cv_queue.kafka.fit import OutputLimits
+from cv_queue.kafka.fleet_layout import ensure_layout_topic
 from cv_queue.kafka.flow import FlowControl
 from cv_queue.kafka.inflight import PartitionTracker
 from cv_queue.kafka.inline_pool import InlinePool
@@ -46,9 +47,10 @@ from cv_queue.kafka.intake import Intake
 from cv_queue.kafka.layout import fence_overlapping_slots
 from cv_queue.kafka.metrics import worker_metrics
 from cv_queue.kafka.pool import HandlerPool
-from cv_queue.kafka.presence import FleetPresence
+from cv_queue.kafka.presence import FleetPresence, presence_group
 from cv_queue.kafka.records import Failure, OutputRecord, SourceRecord
 from cv_queue.kafka.routing import Router
+from cv_queue.kafka.stall import WATCHDOG
 from cv_queue.kafka.startup import (
     START_TIMEOUT_S,
     LayoutMismatchError,
@@ -144,8 +146,15 @@ class PartitionWorker:
         self._consumer = assigned_consumer(self.conn, self.settings, self.settings.group_id,
                                            role=f"worker-{self.slot.name}")
         check_topics(self._consumer, self.conn, self.settings, self.slot)
+        # Seen alive by a re-layout *before* reading the layout: a re-layout that checks liveness after this point
+        # sees this worker and refuses; one that checked before has recorded its layout before this reads it.
+        ensure_layout_topic(admin_client(self.conn), self.settings)  # what the presence consumer subscribes to
+        self._presence = FleetPresence(self.conn, self.settings, self.slot)
+        if not self._presence.wait_joined(START_TIMEOUT_S):
+            raise WorkerStartError(f"worker for slot {self.slot.name} could not join the presence group "
+                                   f"{presence_group(self.settings)} within {START_TIMEOUT_S:.0f}s (a re-layout "
+                                   "could not see it); check the broker and the worker's group ACLs")
         check_layout(self.conn, self.settings)  # before fencing anyone: a refused worker must leave no trace
-        self._presence = FleetPresence(self.conn, self.settings, self.slot)  # seen alive by a re-layout
         limits = output_limits(self.conn, self.settings)
         self._router = self._intake.router = Router(self.settings, self.worker_id, limits, self.stats, self._metrics)
         fence_overlapping_slots(self.conn, self.settings, self.slot, START_TIMEOUT_S)
@@ -154,7 +163,8 @@ class PartitionWorker:
                                                 max_message_bytes=limits.producer_max_bytes)
         # init_transactions fences any older producer with this id and aborts its open transaction, so the
         # committed offsets read next are final.
-        self._producer.init_transactions(START_TIMEOUT_S)
+        with WATCHDOG.watch("init_transactions", START_TIMEOUT_S + self.settings.worker.client_stall_s):
+            self._producer.init_transactions(START_TIMEOUT_S)
         assignment = []
         for tp in committed_offsets(self._consumer, self._source_partitions()):
             start = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
@@ -165,7 +175,6 @@ class PartitionWorker:
                                              self._metrics, self.settings.worker.client_stall_s)
         self._pool.start()
         self._metrics.running = 1
-        self._presence.wait_joined(START_TIMEOUT_S)
         log.info("worker %s started on %s partitions %s (group %s, transactional id %s)", self.worker_id,
                  self.names.main, list(self.slot.partitions), self.settings.group_id,
                  self.settings.transactional_id(self.slot))

@@ -126,3 +126,28 @@ def test_workers_are_seen_alive_through_the_presence_group_not_the_worker_group(
         for worker in running:
             worker.join()
     assert live_workers(admin, settings) == []  # a stopped worker leaves at once, not at its session timeout
+
+
+def test_topics_grown_outside_a_relayout_are_refused_until_one_records_them(conn, provisioned, tmp_path: Path):
+    """A re-layout that died between growing the topics and recording the layout (simulated: the topics grown by
+    hand) leaves partitions no recorded slot reads: a worker refuses, and a relayout to that count repairs it."""
+    from confluent_kafka.admin import NewPartitions
+
+    settings = provisioned
+    first = spawn_worker(settings, settings.slots()[0].name, tmp_path / "first.log")
+    try:
+        wait_for(lambda: started(tmp_path / "first.log"), 90, "the first worker to record the 8-partition layout")
+    finally:
+        _stop([first])
+    admin = admin_client(conn)
+    for topic in (settings.topic_names.main, settings.topic_names.retry):
+        admin.create_partitions([NewPartitions(topic, 12)])[topic].result()
+    refused = spawn_worker(settings, settings.slots()[0].name, tmp_path / "refused.log")
+    assert refused.wait(90) == LAYOUT_MISMATCH_EXIT
+    message = (tmp_path / "refused.log").read_text()
+    assert "has 12 partitions but the recorded layout" in message and "relayout --partitions 12" in message
+
+    repaired = _cli(settings, "fleet", "relayout", "--partitions", "12", "--per-worker", "2")
+    assert repaired.returncode == 0, repaired.stderr
+    recorded = read_layout(conn, settings)
+    assert recorded is not None and recorded.layout == Layout(partitions=12, partitions_per_worker=2)
