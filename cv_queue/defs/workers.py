@@ -122,7 +122,8 @@ def run_partition_worker(context: dg.OpExecutionContext, config: WorkerRunConfig
     refuse_without_slot(config.slot, context.run.tags)
     # The recorded layout, not the code location's settings: a re-layout needs no reload (slots.py).
     # Read as the worker principal: a worker run needs no admin rights (its ACLs cover the layout record).
-    worker_conn = kafka.connection(Principal.WORKER)
+    # The login is checked first, so a refused one fails the run within seconds, naming the cause.
+    worker_conn = kafka.check_access(Principal.WORKER)
     settings = adopt_recorded_layout(worker_conn, admin_client(worker_conn), queue.settings(kafka))
     settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={
         "progress_interval_s": config.progress_interval_s,

@@ -10,6 +10,7 @@ import pytest
 
 from cv_queue.defs.dlq import reprocess_dlq
 from cv_queue.defs.resources import KafkaResource, QueueResource
+from cv_queue.defs.slots import WORKER_SLOTS
 from cv_queue.defs.topics import topic_assets
 from cv_queue.defs.workers import partition_worker
 from cv_queue.kafka.acls import ADMIN, PRODUCER, REPLAYER, WORKER
@@ -61,6 +62,7 @@ def _timed(run) -> tuple[dg.ExecuteInProcessResult, float]:
 @pytest.fixture
 def instance():
     with dg.instance_for_test() as inst:
+        inst.add_dynamic_partitions(WORKER_SLOTS.name, ["0-1"])  # as the fleet sensor's first tick does
         yield inst
 
 
