@@ -278,3 +278,31 @@ def test_the_chart_instance_settings_mirror_the_production_instance_file():
     assert DAGSTER["retention"]["schedule"]["purgeAfterDays"] == production["retention"]["schedule"][
         "purge_after_days"]
     assert DAGSTER["telemetry"]["enabled"] is production["telemetry"]["enabled"]
+
+
+def chart_postgres_storage(values: dict) -> dict:
+    """The postgres_db storage config the Dagster chart writes into the instance from `values` (a transcription of
+    the chart's templates/helpers/instance/_postgresql.tpl: `scheme` only when postgresql.postgresqlScheme is set)."""
+    pg = values["postgresql"]
+    config = {"username": pg["postgresqlUsername"], "password": {"env": "DAGSTER_PG_PASSWORD"},
+              "hostname": pg.get("postgresqlHost") or f"{DAGSTER_RELEASE}-postgresql",
+              "db_name": pg["postgresqlDatabase"], "port": pg.get("service", {}).get("port", 5432),
+              "params": pg.get("postgresqlParams", {})}
+    if pg.get("postgresqlScheme"):
+        config["scheme"] = pg["postgresqlScheme"]
+    return {"postgres_db": config}
+
+
+def test_the_charts_postgres_storage_opens_with_the_installed_driver():
+    """Without a scheme dagster-postgres says `postgresql://`, for which SQLAlchemy 2.1 loads psycopg 3: not
+    installed, so every pod that opens the storage would fail. The chart's scheme is the production file's."""
+    from dagster_postgres import DagsterPostgresStorage
+    from dagster_postgres.utils import pg_url_from_config
+    from sqlalchemy.engine import make_url
+
+    chart = chart_postgres_storage(DAGSTER)
+    assert validate_config(DagsterPostgresStorage.config_type(), chart).success
+    production, _ = dagster_instance_config(str(PROJECT_ROOT / "deploy"), "dagster.yaml")
+    assert chart["postgres_db"].get("scheme") == production["storage"]["postgres"]["postgres_db"]["scheme"]
+    url = pg_url_from_config({"postgres_db": {**chart["postgres_db"], "password": "unused"}})
+    make_url(url).get_dialect().import_dbapi()  # ModuleNotFoundError for a driver the image does not have

@@ -71,7 +71,7 @@ def relayout_fleet(context: dg.OpExecutionContext, config: RelayoutConfig, kafka
                                "generation": recorded.generation})
 
 
-@dg.job(name=RELAYOUT_JOB, executor_def=dg.in_process_executor,
+@dg.job(name=RELAYOUT_JOB, executor_def=dg.in_process_executor, tags={tags.ROLE: tags.ROLE_FLEET_CONTROL},
         description="Scale out: stop the fleet, wait for every slot to commit and end, grow the topics, record the "
                     "new layout and start the fleet on its slots. Refuses while a worker of the old layout lives.")
 def relayout_worker_fleet() -> None:
