@@ -169,7 +169,7 @@ def _k8s(model: type, manifest: dict) -> object:
 def test_manifests_are_valid_kubernetes_objects():
     models = {"Job": kubernetes.client.V1Job, "ConfigMap": kubernetes.client.V1ConfigMap,
               "Secret": kubernetes.client.V1Secret}
-    for path in sorted(K8S.glob("*.yaml")):
+    for path in sorted([*K8S.glob("*.yaml"), *K8S.glob("*.yaml.example")]):
         manifest = yaml.safe_load(path.read_text())
         if "kind" not in manifest:
             continue  # Helm values
@@ -177,6 +177,20 @@ def test_manifests_are_valid_kubernetes_objects():
         assert manifest["metadata"]["namespace"] == NAMESPACE, path.name
     with pytest.raises(Exception, match="Unexpected keys"):
         _k8s(kubernetes.client.V1Job, {"spec": {"backofLimit": 1}})
+
+
+def test_kubectl_apply_of_the_folder_applies_no_example_secret():
+    """`kubectl apply -f deploy/k8s/` reads .yaml, .yml and .json files: the example Secret, with its placeholder
+    passwords, must not be one of them; the real Secret comes from the operator's secret store."""
+    applied = [p for p in K8S.iterdir() if p.suffix in {".yaml", ".yml", ".json"}]
+    kinds = {p.name: (yaml.safe_load(p.read_text()) or {}).get("kind") for p in applied}
+    assert "Secret" not in kinds.values(), kinds
+    example = yaml.safe_load((K8S / "cv-queue-kafka.yaml.example").read_text())
+    assert example["kind"] == "Secret"
+    assert _names(USER_CODE["envSecrets"]) == _names(LAUNCHER_VALUES["envSecrets"]) == [example["metadata"]["name"]]
+    from cv_queue.defs.resources import SASL_ENV
+
+    assert set(example["stringData"]) == {name for pair in SASL_ENV.values() for name in pair}
 
 
 def test_the_chart_values_kubernetes_fields_are_valid_kubernetes_objects():
