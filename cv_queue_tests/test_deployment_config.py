@@ -104,6 +104,9 @@ def test_instance_configs_are_valid_and_limit_slots(folder):
     limits = {(lim["key"], str(lim.get("value"))): lim["limit"] for lim in tag_limits}
     assert limits[(tags.WORKER_SLOT, str({"applyLimitPerUniqueValue": True}))] == 1
     assert limits[(tags.ROLE, tags.ROLE_DLQ_REPLAY)] == 1
+    assert limits[(tags.ROLE, tags.ROLE_FLEET_CONTROL)] == 1
+    # Worker runs never end: any overall cap lets a big enough fleet queue the jobs that stop it behind it.
+    assert config["concurrency"]["runs"]["max_concurrent_runs"] == -1
 
 
 def test_local_default_is_sqlite_and_docker_uses_postgres_and_containers():
@@ -451,7 +454,8 @@ def test_run_compute_logs_land_on_the_volume_the_webserver_reads(monkeypatch, tm
     base_dir = Path(yaml.safe_load(logs.config_yaml)["base_dir"])
     in_image = Path(IMAGE_DAGSTER_HOME) / base_dir.relative_to(home)  # the same path under the image's DAGSTER_HOME
     mount = f"{DAGSTER_STORAGE_VOLUME}:{in_image}"
-    for service in ("dagster-webserver", "dagster-daemon", "provision"):
+    # user-code too: the code server writes the sensor tick logs (worker_fleet_sensor's context.log) there.
+    for service in ("dagster-webserver", "dagster-daemon", "provision", "user-code"):
         assert any(v.startswith(mount) for v in SERVICES[service]["volumes"]), f"{service} lacks {mount}"
     volume = COMPOSE["volumes"][DAGSTER_STORAGE_VOLUME]["name"]
     assert any(v.startswith(f"{volume}:{in_image}") for v in _docker_launcher()["container_kwargs"]["volumes"])
@@ -464,3 +468,41 @@ def test_dagster_services_load_the_production_instance_with_the_docker_launcher(
         assert f"./deploy/dagster.yaml:{IMAGE_DAGSTER_HOME}/dagster.yaml:ro" in SERVICES[service]["volumes"]
         assert _env(service)["CVQ_RUN_LAUNCHER"] == "docker"
     assert "CVQ_RUN_LAUNCHER" in _docker_launcher()["env_vars"]
+
+
+def _read_by_the_code(name: str) -> bool:
+    """Whether a cv-queue process reads this environment variable (a setting, a principal's credentials, the
+    launcher choice, the instance's Postgres storage)."""
+    from cv_queue.defs.resources import SASL_ENV
+    from cv_queue.deploy.run_launcher import LAUNCHER_ENV_VAR
+
+    storage = _instance(PROJECT_ROOT / "deploy")["storage"]["postgres"]["postgres_db"]
+    if name in {LAUNCHER_ENV_VAR, *(v for pair in SASL_ENV.values() for v in pair),
+                *(ref["env"] for ref in storage.values() if isinstance(ref, dict))}:
+        return True
+    if name.startswith("KAFKA_"):
+        return name.removeprefix("KAFKA_").lower() in KafkaConnection.model_fields
+    if not name.startswith("CVQ_"):
+        return False
+    section, _, field = name.removeprefix("CVQ_").lower().partition("__")
+    if section not in QueueSettings.model_fields:
+        return False
+    return not field or field in getattr(QueueSettings.model_fields[section].annotation, "model_fields", {})
+
+
+def test_every_setting_compose_names_reaches_the_run_containers():
+    """A run container re-imports cv_queue.definitions and rebuilds its settings from the variables the launcher
+    forwards: any the compose file sets (or its comments tell the operator to set) but the launcher drops would
+    give runs other settings than the code server's (another namespace; the admin principal for workers)."""
+    text = (PROJECT_ROOT / "docker-compose.yml").read_text()
+    named = set(re.findall(r"\b(?:KAFKA|CVQ|DAGSTER_POSTGRES)_[A-Z0-9_]+\b", text))
+    read = {name for name in named if _read_by_the_code(name)}
+    per_principal = {"KAFKA_WORKER_SASL_USERNAME", "KAFKA_WORKER_SASL_PASSWORD", "KAFKA_REPLAYER_SASL_USERNAME",
+                     "KAFKA_REPLAYER_SASL_PASSWORD", "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM"}
+    assert per_principal <= read, "the SASL comment must name each principal's variables"
+    forwarded = set(_docker_launcher()["env_vars"])
+    assert read - forwarded == set(), f"run containers would not get {sorted(read - forwarded)}"
+    assert all(_read_by_the_code(name) for name in forwarded), "the launcher forwards a variable nothing reads"
+    # Passwords are interpolated from the shell or an .env file, never written into the compose file.
+    for value in re.findall(r"KAFKA_\w*SASL_PASSWORD:\s*(\S+)", text):
+        assert value.startswith("${"), f"a SASL password is written into docker-compose.yml: {value}"

@@ -169,7 +169,7 @@ def _k8s(model: type, manifest: dict) -> object:
 def test_manifests_are_valid_kubernetes_objects():
     models = {"Job": kubernetes.client.V1Job, "ConfigMap": kubernetes.client.V1ConfigMap,
               "Secret": kubernetes.client.V1Secret}
-    for path in sorted(K8S.glob("*.yaml")):
+    for path in sorted([*K8S.glob("*.yaml"), *K8S.glob("*.yaml.example")]):
         manifest = yaml.safe_load(path.read_text())
         if "kind" not in manifest:
             continue  # Helm values
@@ -177,6 +177,20 @@ def test_manifests_are_valid_kubernetes_objects():
         assert manifest["metadata"]["namespace"] == NAMESPACE, path.name
     with pytest.raises(Exception, match="Unexpected keys"):
         _k8s(kubernetes.client.V1Job, {"spec": {"backofLimit": 1}})
+
+
+def test_kubectl_apply_of_the_folder_applies_no_example_secret():
+    """`kubectl apply -f deploy/k8s/` reads .yaml, .yml and .json files: the example Secret, with its placeholder
+    passwords, must not be one of them; the real Secret comes from the operator's secret store."""
+    applied = [p for p in K8S.iterdir() if p.suffix in {".yaml", ".yml", ".json"}]
+    kinds = {p.name: (yaml.safe_load(p.read_text()) or {}).get("kind") for p in applied}
+    assert "Secret" not in kinds.values(), kinds
+    example = yaml.safe_load((K8S / "cv-queue-kafka.yaml.example").read_text())
+    assert example["kind"] == "Secret"
+    assert _names(USER_CODE["envSecrets"]) == _names(LAUNCHER_VALUES["envSecrets"]) == [example["metadata"]["name"]]
+    from cv_queue.defs.resources import SASL_ENV
+
+    assert set(example["stringData"]) == {name for pair in SASL_ENV.values() for name in pair}
 
 
 def test_the_chart_values_kubernetes_fields_are_valid_kubernetes_objects():
@@ -278,3 +292,31 @@ def test_the_chart_instance_settings_mirror_the_production_instance_file():
     assert DAGSTER["retention"]["schedule"]["purgeAfterDays"] == production["retention"]["schedule"][
         "purge_after_days"]
     assert DAGSTER["telemetry"]["enabled"] is production["telemetry"]["enabled"]
+
+
+def chart_postgres_storage(values: dict) -> dict:
+    """The postgres_db storage config the Dagster chart writes into the instance from `values` (a transcription of
+    the chart's templates/helpers/instance/_postgresql.tpl: `scheme` only when postgresql.postgresqlScheme is set)."""
+    pg = values["postgresql"]
+    config = {"username": pg["postgresqlUsername"], "password": {"env": "DAGSTER_PG_PASSWORD"},
+              "hostname": pg.get("postgresqlHost") or f"{DAGSTER_RELEASE}-postgresql",
+              "db_name": pg["postgresqlDatabase"], "port": pg.get("service", {}).get("port", 5432),
+              "params": pg.get("postgresqlParams", {})}
+    if pg.get("postgresqlScheme"):
+        config["scheme"] = pg["postgresqlScheme"]
+    return {"postgres_db": config}
+
+
+def test_the_charts_postgres_storage_opens_with_the_installed_driver():
+    """Without a scheme dagster-postgres says `postgresql://`, for which SQLAlchemy 2.1 loads psycopg 3: not
+    installed, so every pod that opens the storage would fail. The chart's scheme is the production file's."""
+    from dagster_postgres import DagsterPostgresStorage
+    from dagster_postgres.utils import pg_url_from_config
+    from sqlalchemy.engine import make_url
+
+    chart = chart_postgres_storage(DAGSTER)
+    assert validate_config(DagsterPostgresStorage.config_type(), chart).success
+    production, _ = dagster_instance_config(str(PROJECT_ROOT / "deploy"), "dagster.yaml")
+    assert chart["postgres_db"].get("scheme") == production["storage"]["postgres"]["postgres_db"]["scheme"]
+    url = pg_url_from_config({"postgres_db": {**chart["postgres_db"], "password": "unused"}})
+    make_url(url).get_dialect().import_dbapi()  # ModuleNotFoundError for a driver the image does not have

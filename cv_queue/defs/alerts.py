@@ -1,5 +1,6 @@
 """The run-failure alert: a worker or replay run that fails (a crash, a killed process, fencing, a replay that
-exhausted its retries) is sent to the notifiers (a log line; the webhook when CVQ_ALERTS__WEBHOOK_URL is set).
+exhausted its retries) is sent to the notifiers (a log line; the webhook when CVQ_ALERTS__WEBHOOK_URL is set), and
+so is a failed relayout_worker_fleet (which leaves the fleet stopped) or stop_worker_fleet.
 
 The fleet sensor replaces a failed worker run on its own; the alert says that it had to.
 """
@@ -9,8 +10,9 @@ import dagster as dg
 from cv_queue.defs import tags
 from cv_queue.defs.dlq import reprocess_dlq
 from cv_queue.defs.notify import Alert, AlertsResource
+from cv_queue.defs.relayout import relayout_worker_fleet
 from cv_queue.defs.resources import DEFAULTS
-from cv_queue.defs.workers import partition_worker
+from cv_queue.defs.workers import partition_worker, stop_worker_fleet
 
 MAX_MESSAGE_CHARS = 2000  # a stack trace can be long; the run's page has the whole of it
 
@@ -53,10 +55,12 @@ def failure_cause(instance: dg.DagsterInstance, run_id: str) -> str | None:
 
 @dg.run_failure_sensor(
     name="worker_and_replay_failure_alert",
-    monitored_jobs=[partition_worker, reprocess_dlq],
+    # The fleet jobs too: a failed relayout_worker_fleet leaves the fleet stopped, a failed stop leaves it running.
+    monitored_jobs=[partition_worker, reprocess_dlq, relayout_worker_fleet, stop_worker_fleet],
     minimum_interval_seconds=DEFAULTS.alerts.sensor_interval_s,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Sends each failed partition_worker or reprocess_dlq run to the alert notifiers (log, webhook).",
+    description="Sends each failed partition_worker, reprocess_dlq, relayout_worker_fleet or stop_worker_fleet run "
+                "to the alert notifiers (log, webhook).",
 )
 def worker_and_replay_failure_alert(context: dg.RunFailureSensorContext, alerts: AlertsResource) -> None:
     run = context.dagster_run

@@ -4,7 +4,8 @@ grow the topics, record the new layout, set the `worker_slots` partitions to its
 The broker-side steps (refusing while any worker is alive, growing through the provisioning code, recording the
 layout) are cv_queue/kafka/relayout.py's, shared with `cv-queue fleet relayout`; this job adds what only Dagster
 can do: the fleet's stop flag around them, and waiting for the worker *runs* to end. A refusal restores the flag
-as it was, so the old fleet resumes unchanged.
+as it was, so the old fleet resumes unchanged. Any other failure leaves the fleet stopped (the topics may have
+grown under it) and says so, with what to run next; the failure alert reports it.
 """
 
 import time
@@ -42,6 +43,15 @@ def wait_for_worker_runs_to_end(context: dg.OpExecutionContext, deadline: float)
     context.log.info("step 2: every worker run has ended")
 
 
+def left_stopped_message(exc: BaseException) -> str:
+    """What an operator must know when a re-layout failed part-way: the fleet is stopped, and how to go on."""
+    return (f"re-layout failed: {type(exc).__name__}: {exc}. The worker fleet was left STOPPED: the topics may "
+            f"already have grown, and the old fleet must not resume on them. Re-run {RELAYOUT_JOB} with the same "
+            "config to complete it (growing again changes nothing; the layout is then recorded and the fleet "
+            "started), or run start_worker_fleet if nothing changed (the topics and the recorded layout are as "
+            "before).")
+
+
 @dg.op
 def relayout_fleet(context: dg.OpExecutionContext, config: RelayoutConfig, kafka: KafkaResource,
                    queue: QueueResource) -> dg.Output[dict]:
@@ -55,13 +65,16 @@ def relayout_fleet(context: dg.OpExecutionContext, config: RelayoutConfig, kafka
         recorded = relayout(kafka.connection(), kafka.admin(), queue.settings(kafka), config.partitions,
                             config.partitions_per_worker, max(0.0, deadline - time.monotonic()),
                             lambda message: context.log.info(f"step 3: {message}"))
+        slots = [slot.name for slot in recorded.layout.slots()]
+        set_worker_slots(instance, slots)
     except RelayoutRefusedError as exc:
         if not was_stopped:
             set_fleet_stopped(instance, False, context.run_id)
         raise dg.Failure(description=f"re-layout refused: {exc}"
                                      f"{'' if was_stopped else ' The fleet was started again as it was.'}") from exc
-    slots = [slot.name for slot in recorded.layout.slots()]
-    set_worker_slots(instance, slots)
+    except Exception as exc:
+        # The topics may already have grown: the old fleet must not resume on them, so the flag stays set.
+        raise dg.Failure(description=left_stopped_message(exc)) from exc
     context.log.info(f"step 4: worker_slots partitions set to {slots}")
     set_fleet_stopped(instance, False, context.run_id)
     context.log.info("step 5: fleet started: the fleet sensor launches the new layout's slots on its next tick")
@@ -71,7 +84,7 @@ def relayout_fleet(context: dg.OpExecutionContext, config: RelayoutConfig, kafka
                                "generation": recorded.generation})
 
 
-@dg.job(name=RELAYOUT_JOB, executor_def=dg.in_process_executor,
+@dg.job(name=RELAYOUT_JOB, executor_def=dg.in_process_executor, tags={tags.ROLE: tags.ROLE_FLEET_CONTROL},
         description="Scale out: stop the fleet, wait for every slot to commit and end, grow the topics, record the "
                     "new layout and start the fleet on its slots. Refuses while a worker of the old layout lives.")
 def relayout_worker_fleet() -> None:

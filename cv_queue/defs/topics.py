@@ -4,8 +4,9 @@ Each asset has a `config_drift` check that fails, with the diff, when the live t
 its spec. Depth observations and the queue health checks are in checks.py.
 
 With `topics.apply_acls` on (CVQ_TOPICS__APPLY_ACLS, off by default) an asset first applies the principals' ACLs
-on its topic (the main topic's asset also those on the groups, transactional ids and cluster) and then provisions
-it: a topic that exists has its ACLs, so a worker the fleet sensor starts once every topic exists is allowed in.
+on its topic (the main topic's asset also those on the groups, transactional ids, cluster and layout topic) and
+then provisions it: a topic that exists has its ACLs, so a worker the fleet sensor starts once every topic exists
+is allowed in.
 """
 
 import dagster as dg
@@ -64,10 +65,13 @@ def _spec(role: TopicRole, kafka: KafkaResource, queue: QueueResource) -> TopicS
 
 
 def _acl_rules_of(role: TopicRole, settings: QueueSettings, topic: str) -> list[AclRule]:
-    """The ACLs this asset applies: its topic's, and for the main topic the rest (groups, transactional ids)."""
+    """The ACLs this asset applies: its topic's, and for the main topic every rule no other asset applies (groups,
+    transactional ids, the cluster, and topics that are not one of the queue's five, such as the layout topic every
+    worker reads at start). Over the five assets each rule of acl_rules() is applied exactly once."""
     rules = acl_rules(settings)
     if role == TopicRole.MAIN:
-        return [r for r in rules if r.resource != "TOPIC" or r.name == topic]
+        others = set(settings.topic_names.all()) - {topic}
+        return [r for r in rules if r.resource != "TOPIC" or r.name not in others]
     return [r for r in rules if r.resource == "TOPIC" and r.name == topic]
 
 

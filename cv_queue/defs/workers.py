@@ -283,7 +283,7 @@ def stop_fleet(context: dg.OpExecutionContext, config: StopFleetConfig) -> dg.Ou
     return dg.Output(len(runs), metadata={"worker_runs": len(runs), "ended_success": len(ended) - len(unclean)})
 
 
-@dg.job(executor_def=dg.in_process_executor,
+@dg.job(executor_def=dg.in_process_executor, tags={tags.ROLE: tags.ROLE_FLEET_CONTROL},
         description="Stop the worker fleet: the fleet sensor launches nothing and every worker run ends.")
 def stop_worker_fleet() -> None:
     stop_fleet()
@@ -295,6 +295,7 @@ def start_fleet(context: dg.OpExecutionContext) -> None:
     context.log.info("fleet started: the fleet sensor launches the missing slots on its next tick")
 
 
-@dg.job(executor_def=dg.in_process_executor, description="Resume the worker fleet after stop_worker_fleet.")
+@dg.job(executor_def=dg.in_process_executor, tags={tags.ROLE: tags.ROLE_FLEET_CONTROL},
+        description="Resume the worker fleet after stop_worker_fleet.")
 def start_worker_fleet() -> None:
     start_fleet()

@@ -9,7 +9,8 @@ Every RunLauncher method is passed through, so run monitoring, termination and r
 launcher's own. Kubernetes does not use this file: the Helm chart writes its own instance with K8sRunLauncher.
 """
 
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
 import dagster as dg
@@ -21,6 +22,13 @@ DEFAULT, DOCKER = "default", "docker"
 CHOICES = (DEFAULT, DOCKER)
 
 
+def forwarded_env_vars(entries: Sequence[str]) -> list[str]:
+    """The `env_vars` entries to pass on: `NAME=value` ones, and bare names set in this process. DockerRunLauncher
+    raises at every launch on a bare name that is unset, so the file can list the optional ones (SASL, namespace)
+    that only some deployments set."""
+    return [entry for entry in entries if "=" in entry or entry in os.environ]
+
+
 def build_launcher(choice: str, docker_config: Mapping[str, Any] | None) -> RunLauncher:
     """The launcher `choice` names, or a clear error naming the setting and what it accepts."""
     if choice == DEFAULT:
@@ -28,7 +36,10 @@ def build_launcher(choice: str, docker_config: Mapping[str, Any] | None) -> RunL
     if choice == DOCKER:
         from dagster_docker import DockerRunLauncher  # imports the Docker SDK: only where runs are containers
 
-        return DockerRunLauncher(**(docker_config or {}))
+        config = dict(docker_config or {})
+        if config.get("env_vars"):
+            config["env_vars"] = forwarded_env_vars(config["env_vars"])
+        return DockerRunLauncher(**config)
     raise dg.DagsterInvalidConfigError(
         f"run_launcher.config.launcher ({LAUNCHER_ENV_VAR} in deploy/dagster.yaml) is {choice!r}; it must be one "
         f"of {', '.join(CHOICES)}", [], choice)

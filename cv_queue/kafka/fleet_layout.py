@@ -17,6 +17,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka.admin import AdminClient, NewTopic
 from pydantic import BaseModel, Field
 
+from cv_queue.kafka.auth import authorization_code, denied
 from cv_queue.kafka.client_log import CLIENT_LOG
 from cv_queue.kafka.topics import ADMIN_TIMEOUT_S, wait_until_served
 from cv_queue.settings import KafkaConnection, QueueSettings, Slot
@@ -127,7 +128,7 @@ def read_layout(conn: KafkaConnection, settings: QueueSettings) -> LayoutRecord 
             if msg.error() is not None:
                 if msg.error().code() == KafkaError._PARTITION_EOF:
                     return latest
-                raise LayoutError(f"reading {name}: {msg.error().str()}")
+                raise LayoutError(f"reading {name}: {msg.error().str()}") from KafkaException(msg.error())
             if msg.key() == LAYOUT_KEY and msg.value():
                 latest = LayoutRecord.model_validate_json(msg.value())
         raise LayoutError(f"could not read the layout record from {name} within {READ_TIMEOUT_S:.0f}s")
@@ -153,7 +154,8 @@ def write_layout(conn: KafkaConnection, settings: QueueSettings, layout: Layout,
     producer.flush(READ_TIMEOUT_S)
     if errors or not done.is_set():
         raise LayoutError(f"could not record the layout {layout.describe()}: "
-                          f"{errors[0].str() if errors else 'no acknowledgement'}")
+                          f"{errors[0].str() if errors else 'no acknowledgement'}"
+                          ) from (KafkaException(errors[0]) if errors else None)
     return record
 
 
@@ -162,12 +164,21 @@ def record_first_layout(conn: KafkaConnection, admin: AdminClient, settings: Que
 
     Two first starts racing write the same generation; the latest record wins, and a worker whose layout lost
     is refused by the check that follows, like any worker of another layout.
+
+    A principal without the layout topic's ACLs gets KafkaAuthorizationError naming the topic (the CLI's exit 7,
+    Dagster's access failure), not a LayoutError that says nothing of ACLs.
     """
-    ensure_layout_topic(admin, settings)
-    recorded = read_layout(conn, settings)
-    if recorded is not None:
-        return recorded
-    write_layout(conn, settings, Layout.of(settings), generation=1)
+    try:
+        ensure_layout_topic(admin, settings)
+        recorded = read_layout(conn, settings)
+        if recorded is not None:
+            return recorded
+        write_layout(conn, settings, Layout.of(settings), generation=1)
+    except (KafkaException, LayoutError) as exc:
+        cause = exc if isinstance(exc, KafkaException) else exc.__cause__
+        if not isinstance(cause, KafkaException) or authorization_code(cause) is None:
+            raise
+        raise denied(cause, conn, layout_topic(settings), "DESCRIBE, CREATE, READ or WRITE") from exc
     recorded = read_layout(conn, settings)
     if recorded is None:
         raise LayoutError(f"the layout record written to {layout_topic(settings)} cannot be read back")

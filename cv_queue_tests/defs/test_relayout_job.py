@@ -3,14 +3,16 @@ alive; otherwise it grows the topics, records the layout, sets the worker_slots 
 whose sensor then launches the new slots."""
 
 import dagster as dg
+from confluent_kafka import Producer
 
+from cv_queue.defs.alerts import worker_and_replay_failure_alert
 from cv_queue.defs.fleet_state import fleet_stopped
-from cv_queue.defs.relayout import relayout_worker_fleet
+from cv_queue.defs.relayout import RELAYOUT_JOB, relayout_worker_fleet
 from cv_queue.defs.slots import WORKER_SLOTS
 from cv_queue.defs.topics import topic_assets, topic_checks
-from cv_queue.defs.workers import SLOTS, worker_fleet_sensor
+from cv_queue.defs.workers import SLOTS, stop_worker_fleet, worker_fleet_sensor
 from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.fleet_layout import Layout, read_layout
+from cv_queue.kafka.fleet_layout import LAYOUT_KEY, Layout, ensure_layout_topic, read_layout
 from cv_queue.kafka.presence import live_workers
 from cv_queue.kafka.topics import describe_topics
 from cv_queue.settings import KafkaConnection, QueueSettings, Slot
@@ -78,3 +80,26 @@ def test_relayout_job_refuses_while_a_worker_lives_then_grows_and_the_sensor_fol
     assert again.success
     checks = again.get_asset_check_evaluations()
     assert checks and all(c.passed for c in checks), [(c.asset_key, c.metadata) for c in checks if not c.passed]
+
+
+def test_a_relayout_that_fails_part_way_leaves_the_fleet_stopped_and_says_what_to_run(bootstrap, namespace,
+                                                                                     resources, instance):
+    """Not a refusal (here an unreadable layout record): the flag stays set, since the topics may have grown, and
+    the failure says so and names the way out; the failure alert watches this job and stop_worker_fleet."""
+    conn = KafkaConnection(bootstrap_servers=bootstrap)
+    settings = QueueSettings(namespace=namespace)
+    name = ensure_layout_topic(admin_client(conn), settings)
+    producer = Producer(conn.client_config())
+    producer.produce(name, key=LAYOUT_KEY, value=b"not a layout record")
+    assert producer.flush(30) == 0
+
+    failed = _relayout(instance, resources, wait_s=5)
+    assert not failed.success
+    message = next(e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"
+                   ).event_specific_data.user_failure_data.description
+    assert "left STOPPED" in message and f"Re-run {RELAYOUT_JOB} with the same config" in message
+    assert "start_worker_fleet if nothing changed" in message
+    assert fleet_stopped(instance) is not None, "the fleet must stay stopped after a part-way failure"
+    assert _tick(instance, resources).run_requests in (None, []), "the sensor launched workers of a stopped fleet"
+    monitored = {job.name for job in worker_and_replay_failure_alert._monitored_jobs}
+    assert {RELAYOUT_JOB, stop_worker_fleet.name} <= monitored

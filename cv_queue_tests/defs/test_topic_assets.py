@@ -1,10 +1,16 @@
 """Topic assets on a real instance and broker: metadata, drift detected by the check, repair by re-materializing."""
 
+from collections import Counter
+
 import dagster as dg
+import pytest
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
-from cv_queue.defs.topics import asset_key, topic_assets, topic_checks
-from cv_queue.kafka.topics import TopicRole
+from cv_queue.defs.topics import _acl_rules_of, asset_key, topic_assets, topic_checks
+from cv_queue.kafka.acls import acl_rules
+from cv_queue.kafka.fleet_layout import layout_topic
+from cv_queue.kafka.topics import TopicRole, topic_specs
+from cv_queue.settings import QueueSettings, TopicSettings
 
 
 def _materializations(result) -> dict:
@@ -72,3 +78,16 @@ def test_queue_depth_sensor_records_observations(resources, instance, settings, 
     assert {p: main[f"depth_p{p}"].value for p in range(8)} == per_partition
     assert observed[asset_key(TopicRole.DLQ)]["depth"].value == 0
     assert "depth_transient_p0" in observed[asset_key(TopicRole.DLQ)]
+
+
+@pytest.mark.parametrize("queue", [
+    QueueSettings(),
+    QueueSettings(namespace="team-a"),
+    QueueSettings(namespace="big", topics=TopicSettings(partitions=12, partitions_per_worker=3)),
+], ids=["default", "namespaced", "twelve-partitions"])
+def test_the_topic_assets_together_apply_every_acl_exactly_once(queue: QueueSettings):
+    """With CVQ_TOPICS__APPLY_ACLS each asset applies a share of acl_rules(); a rule no asset takes (the layout
+    topic's, which every worker needs at start) would leave a Dagster-provisioned fleet unable to start."""
+    applied = Counter(rule for spec in topic_specs(queue) for rule in _acl_rules_of(spec.role, queue, spec.name))
+    assert sorted(applied.elements()) == sorted(acl_rules(queue))
+    assert any(rule.name == layout_topic(queue) for rule in applied)

@@ -12,8 +12,12 @@ import pytest
 from cv_queue.broker.cluster import start_cluster, stop_cluster
 from cv_queue.broker.security import OwnTls, SecurityMode, security_of
 from cv_queue.broker.tls import generate_tls
-from cv_queue.kafka.acls import ADMIN, PRODUCER, WORKER
+from cv_queue.kafka.acls import ADMIN, PRODUCER, WORKER, acl_rules, apply_acls
 from cv_queue.kafka.auth import EXIT_AUTH, EXIT_DENIED
+from cv_queue.kafka.clients import admin_client
+from cv_queue.kafka.fleet_layout import layout_topic
+from cv_queue.kafka.topics import provision, topic_specs
+from cv_queue.settings import QueueSettings
 from cv_queue_tests.conftest import CV_QUEUE
 from cv_queue_tests.security.conftest import SecureCluster
 from cv_queue_tests.support import free_port_block, unique
@@ -112,3 +116,19 @@ def test_a_missing_acl_names_the_operation_and_resource(secure_cluster, secure_s
     assert "may not DESCRIBE on TOPIC" in worker.stderr and names.retry in worker.stderr
     assert secure_cluster.passwords[PRODUCER] not in provision.stderr + worker.stderr
     assert secure_cluster.passwords[ADMIN] not in provision.stderr + worker.stderr
+
+
+def test_a_worker_denied_the_layout_topic_exits_7_naming_it(secure_cluster):
+    """Every ACL but the layout topic's: the worker's first start cannot create or read the layout record, and
+    says so as an authorization failure (exit 7, the topic named), not as a layout error."""
+    settings = QueueSettings(namespace=unique("s"))
+    layout = layout_topic(settings)
+    admin = admin_client(secure_cluster.connection(ADMIN))
+    provision(admin, topic_specs(settings))
+    apply_acls(admin, [rule for rule in acl_rules(settings) if rule.name != layout])
+    worker = subprocess.run([CV_QUEUE, "worker", "--partitions", "0,1"],
+                            env=secure_cluster.env(WORKER, CVQ_NAMESPACE=settings.namespace),
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert worker.returncode == EXIT_DENIED, worker.stderr[-3000:]
+    assert f"User:{WORKER} may not" in worker.stderr and f"TOPIC {layout!r}" in worker.stderr, worker.stderr[-3000:]
+    assert secure_cluster.passwords[WORKER] not in worker.stderr
