@@ -8,7 +8,7 @@ import subprocess
 from cv_queue.evaluation.samples import sample_jobs
 from cv_queue.evaluation.simulated import SimulatedLLM
 from cv_queue_tests.conftest import CV_QUEUE
-from cv_queue_tests.support import read_topic, running_workers, tuned
+from cv_queue_tests.support import read_topic, running_workers, tuned, wait_for
 
 
 def cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -54,7 +54,10 @@ def test_enqueue_status_peek_and_replay(conn, provisioned):
     assert "enqueued 43 record(s)" in sent.stdout
     settings = tuned(provisioned, retry={"inprocess_tries": 1})
     with running_workers(conn, settings, handler=SimulatedLLM(latency_ms=0)):
-        results = read_topic(conn, settings.topic_names.results, idle_s=2.0, timeout_s=60)
+        # Workers take a few seconds to start: wait for every record to settle somewhere, then read both ends.
+        wait_for(lambda: len(read_topic(conn, settings.topic_names.results, idle_s=0.3))
+                 + len(read_topic(conn, settings.topic_names.dlq, idle_s=0.3)) >= 43, 90, "all 43 records to settle")
+        results = read_topic(conn, settings.topic_names.results, idle_s=0.5)
         letters = read_topic(conn, settings.topic_names.dlq, idle_s=0.5)
     assert len(results) + len(letters) == 43 and len(letters) >= 3
 
