@@ -9,8 +9,10 @@ refuses to run a layout other than the recorded one; `cv-queue fleet relayout` /
 only writers after the first start, which records the settings it finds (`record_first_layout`).
 """
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -19,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from cv_queue.kafka.auth import authorization_code, denied
 from cv_queue.kafka.client_log import CLIENT_LOG
+from cv_queue.kafka.clients import admin_client
 from cv_queue.kafka.topics import ADMIN_TIMEOUT_S, wait_until_served
 from cv_queue.settings import KafkaConnection, QueueSettings, Slot
 
@@ -159,6 +162,24 @@ def write_layout(conn: KafkaConnection, settings: QueueSettings, layout: Layout,
     return record
 
 
+@contextlib.contextmanager
+def _denials_named(conn: KafkaConnection, settings: QueueSettings) -> Iterator[None]:
+    """An authorization error on the layout topic becomes KafkaAuthorizationError naming it."""
+    try:
+        yield
+    except (KafkaException, LayoutError) as exc:
+        cause = exc if isinstance(exc, KafkaException) else exc.__cause__
+        if not isinstance(cause, KafkaException) or authorization_code(cause) is None:
+            raise
+        raise denied(cause, conn, layout_topic(settings), "DESCRIBE, CREATE, READ or WRITE") from exc
+
+
+def ensure_layout_topic_as(conn: KafkaConnection, settings: QueueSettings) -> str:
+    """ensure_layout_topic with `conn`'s principal, a missing ACL named."""
+    with _denials_named(conn, settings):
+        return ensure_layout_topic(admin_client(conn), settings)
+
+
 def record_first_layout(conn: KafkaConnection, admin: AdminClient, settings: QueueSettings) -> LayoutRecord:
     """The recorded layout; on the very first start (nothing recorded) the settings' layout is recorded first.
 
@@ -168,17 +189,12 @@ def record_first_layout(conn: KafkaConnection, admin: AdminClient, settings: Que
     A principal without the layout topic's ACLs gets KafkaAuthorizationError naming the topic (the CLI's exit 7,
     Dagster's access failure), not a LayoutError that says nothing of ACLs.
     """
-    try:
+    with _denials_named(conn, settings):
         ensure_layout_topic(admin, settings)
         recorded = read_layout(conn, settings)
         if recorded is not None:
             return recorded
         write_layout(conn, settings, Layout.of(settings), generation=1)
-    except (KafkaException, LayoutError) as exc:
-        cause = exc if isinstance(exc, KafkaException) else exc.__cause__
-        if not isinstance(cause, KafkaException) or authorization_code(cause) is None:
-            raise
-        raise denied(cause, conn, layout_topic(settings), "DESCRIBE, CREATE, READ or WRITE") from exc
     recorded = read_layout(conn, settings)
     if recorded is None:
         raise LayoutError(f"the layout record written to {layout_topic(settings)} cannot be read back")

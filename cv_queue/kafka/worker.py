@@ -34,12 +34,12 @@ from cv_queue.kafka.async_pool import AsyncHandlerPool
 from cv_queue.kafka.auth import authorization_code, denied
 from cv_queue.kafka.classify import ErrorClassifier
 from cv_queue.kafka.client_log import CLIENT_LOG
-from cv_queue.kafka.clients import admin_client, assigned_consumer, poll_batch, transactional_producer
+from cv_queue.kafka.clients import assigned_consumer, poll_batch, transactional_producer
 from cv_queue.kafka.commit import WatermarkCommitter
 from cv_queue.kafka.envelope import now_ms
 from cv_queue.kafka.execution import AsyncJobRunner, Completion, JobRunner, is_async_handler
 from cv_queue.kafka.fit import OutputLimits
-from cv_queue.kafka.fleet_layout import ensure_layout_topic
+from cv_queue.kafka.fleet_layout import ensure_layout_topic_as
 from cv_queue.kafka.flow import FlowControl
 from cv_queue.kafka.inflight import PartitionTracker
 from cv_queue.kafka.inline_pool import InlinePool
@@ -148,7 +148,7 @@ class PartitionWorker:
         check_topics(self._consumer, self.conn, self.settings, self.slot)
         # Seen alive by a re-layout *before* reading the layout: a re-layout that checks liveness after this point
         # sees this worker and refuses; one that checked before has recorded its layout before this reads it.
-        ensure_layout_topic(admin_client(self.conn), self.settings)  # what the presence consumer subscribes to
+        ensure_layout_topic_as(self.conn, self.settings)  # what the presence consumer subscribes to
         self._presence = FleetPresence(self.conn, self.settings, self.slot)
         if not self._presence.wait_joined(START_TIMEOUT_S):
             raise WorkerStartError(f"worker for slot {self.slot.name} could not join the presence group "
