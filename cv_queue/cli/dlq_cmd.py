@@ -10,6 +10,7 @@ from cv_queue.cli.context import connection, settings
 from cv_queue.cli.queue_cmd import start_cli_metrics
 from cv_queue.cli.tables import render
 from cv_queue.errors import CATEGORY_ORDER, DEFAULT_REPLAY_CATEGORIES, ErrorCategory, InvalidPayloadError
+from cv_queue.kafka.auth import check_access
 from cv_queue.kafka.clients import admin_client, assigned_consumer, message_headers, poll_batch
 from cv_queue.kafka.envelope import read_dead_letter
 from cv_queue.kafka.lag import committed_offsets, end_offsets
@@ -112,7 +113,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if metrics is not None:
         print(f"serving metrics on {metrics.url}", file=sys.stderr, flush=True)
     try:
-        report = replay_dead_letters(connection(args), qs, request, on_progress=progress)
+        conn = connection(args)
+        check_access(conn)  # a refused login or TLS handshake: exit 6 within seconds, not librdkafka's timeouts
+        report = replay_dead_letters(conn, qs, request, on_progress=progress)
         print(file=sys.stderr)
         _print_report(report)
         if metrics is not None:

@@ -1,6 +1,6 @@
-"""A wrong password, an unknown user, a wrong CA and an expired certificate each end `cv-queue worker`, `enqueue` and
-`topics provision` within 30 s, with exit code 6 and a message naming the cause and the setting to fix, and
-never the password. A principal without an ACL gets exit code 7 naming what was denied."""
+"""A wrong password, an unknown user, a wrong CA and an expired certificate each end `cv-queue worker`, `enqueue`,
+`topics provision` and `dlq replay` within 30 s, with exit code 6 and a message naming the cause and the setting
+to fix, and never the password. A principal without an ACL gets exit code 7 naming what was denied."""
 
 import subprocess
 import time
@@ -27,6 +27,7 @@ COMMANDS = {
     "worker": ["worker", "--partitions", "0,1"],
     "enqueue": ["enqueue", "--count", "3"],
     "topics provision": ["topics", "provision"],
+    "dlq replay": ["dlq", "replay"],
 }
 
 
