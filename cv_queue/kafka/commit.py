@@ -9,7 +9,7 @@ from cv_queue.kafka.inflight import PartitionTracker
 from cv_queue.kafka.metrics import WorkerMetrics
 from cv_queue.kafka.records import OutputRecord
 from cv_queue.kafka.stall import WATCHDOG
-from cv_queue.kafka.transaction import commit_atomically
+from cv_queue.kafka.transaction import TransactionFencedError, commit_atomically
 
 Trackers = dict[tuple[str, int], PartitionTracker[OutputRecord]]
 
@@ -70,3 +70,17 @@ class WatermarkCommitter:
             return str(exc)
         self.metrics.count_abort()
         return None
+
+
+def check_still_owner(consumer: Consumer, trackers: Trackers) -> None:
+    """An idle worker never touches its producer, so it would not learn that a worker of another layout fenced it;
+    the group's committed offsets tell: if one of our partitions was committed past our own watermark, someone else
+    owns it now (TransactionFencedError)."""
+    try:
+        remote = consumer.committed([TopicPartition(t, p) for t, p in trackers], timeout=5)
+    except KafkaException:
+        return  # the broker is away: the next transaction will tell
+    for tp in remote:
+        ours = trackers[(tp.topic, tp.partition)].committed
+        if tp.offset > ours >= 0 or (tp.offset >= 0 and ours < 0):
+            raise TransactionFencedError(f"{tp.topic}[{tp.partition}] was committed to {tp.offset} by another worker")

@@ -8,7 +8,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from cv_queue.kafka.auth import KafkaAuthorizationError, authorization_code, check_access
 from cv_queue.kafka.clients import admin_client
 from cv_queue.kafka.fit import KAFKA_DEFAULT_MAX_MESSAGE_BYTES, OutputLimits, read_output_limits
-from cv_queue.kafka.fleet_layout import Layout, LayoutRecord, layout_topic, record_first_layout
+from cv_queue.kafka.fleet_layout import Layout, LayoutRecord, ensure_layout_topic_as, layout_topic, record_first_layout
+from cv_queue.kafka.presence import FleetPresence, presence_group
 from cv_queue.settings import KafkaConnection, QueueSettings, Slot
 
 START_TIMEOUT_S = 60.0
@@ -96,3 +97,36 @@ def output_limits(conn: KafkaConnection, settings: QueueSettings) -> OutputLimit
     main_limit = int(topics.main_config.get("max.message.bytes", KAFKA_DEFAULT_MAX_MESSAGE_BYTES))
     fallback = {names.results: main_limit, names.retry: main_limit, names.dlq: topics.max_message_bytes}
     return read_output_limits(admin_client(conn), list(fallback), fallback)
+
+
+def join_fleet(conn: KafkaConnection, settings: QueueSettings, slot: Slot) -> FleetPresence:
+    """Join the presence group, then check the layout; returns the membership, which the caller closes (closed
+    here when the layout check refuses).
+
+    Seen alive by a re-layout *before* reading the layout: a re-layout that checks liveness after this point sees
+    this worker and refuses; one that checked before has recorded its layout before this reads it.
+    """
+    ensure_layout_topic_as(conn, settings)  # what the presence consumer subscribes to
+    presence = FleetPresence(conn, settings, slot)
+    try:
+        if not presence.wait_joined(START_TIMEOUT_S):
+            raise WorkerStartError(f"worker for slot {slot.name} could not join the presence group "
+                                   f"{presence_group(settings)} within {START_TIMEOUT_S:.0f}s (a re-layout could not "
+                                   "see it); check the broker and the worker's group ACLs")
+        check_layout(conn, settings)
+    except BaseException:
+        presence.close()
+        raise
+    return presence
+
+
+def denied_resource(settings: QueueSettings, slot: Slot, code: int) -> str:
+    """The resource of a start-up authorization failure, by its code: the one of that type the worker uses."""
+    if code == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+        return settings.transactional_id(slot)
+    if code == KafkaError.GROUP_AUTHORIZATION_FAILED:
+        return settings.group_id
+    if code == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+        names = settings.topic_names
+        return ", ".join([names.main, names.retry, names.results, names.dlq])
+    return "kafka-cluster"

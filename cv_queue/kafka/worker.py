@@ -30,24 +30,21 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from cv_queue.errors import ErrorCategory
 from cv_queue.evaluation.handler import JobHandler, load_handler
-from cv_queue.kafka.async_pool import AsyncHandlerPool
 from cv_queue.kafka.auth import authorization_code, denied
 from cv_queue.kafka.classify import ErrorClassifier
 from cv_queue.kafka.client_log import CLIENT_LOG
 from cv_queue.kafka.clients import assigned_consumer, poll_batch, transactional_producer
-from cv_queue.kafka.commit import WatermarkCommitter
+from cv_queue.kafka.commit import WatermarkCommitter, check_still_owner
 from cv_queue.kafka.envelope import now_ms
-from cv_queue.kafka.execution import AsyncJobRunner, Completion, JobRunner, is_async_handler
+from cv_queue.kafka.execution import Completion
 from cv_queue.kafka.fit import OutputLimits
-from cv_queue.kafka.fleet_layout import ensure_layout_topic_as
 from cv_queue.kafka.flow import FlowControl
 from cv_queue.kafka.inflight import PartitionTracker
-from cv_queue.kafka.inline_pool import InlinePool
 from cv_queue.kafka.intake import Intake
 from cv_queue.kafka.layout import fence_overlapping_slots
 from cv_queue.kafka.metrics import worker_metrics
-from cv_queue.kafka.pool import HandlerPool
-from cv_queue.kafka.presence import FleetPresence, presence_group
+from cv_queue.kafka.pools import handler_pool
+from cv_queue.kafka.presence import FleetPresence
 from cv_queue.kafka.records import Failure, OutputRecord, SourceRecord
 from cv_queue.kafka.routing import Router
 from cv_queue.kafka.stall import WATCHDOG
@@ -55,9 +52,10 @@ from cv_queue.kafka.startup import (
     START_TIMEOUT_S,
     LayoutMismatchError,
     WorkerStartError,
-    check_layout,
     check_topics,
     committed_offsets,
+    denied_resource,
+    join_fleet,
     output_limits,
 )
 from cv_queue.kafka.stats import WorkerStats
@@ -109,20 +107,7 @@ class PartitionWorker:
         self._classifier = ErrorClassifier(settings.retry.rules)
         self._metrics = worker_metrics(slot.name, self._source_partitions())
         self._consumed = self._metrics.consumed
-        worker = settings.worker
-        self._pool: HandlerPool | AsyncHandlerPool | InlinePool
-        if getattr(self.handler, "inline", False) is True:
-            self._pool = InlinePool(JobRunner(self.handler, settings.retry, self._classifier, self.worker_id))
-        elif is_async_handler(self.handler):
-            self._pool = AsyncHandlerPool(
-                AsyncJobRunner(self.handler, settings.retry, self._classifier, self.worker_id),
-                size=worker.max_in_flight, job_timeout_s=worker.job_timeout_s,
-                thread_prefix=f"cvq-handler-{slot.name}", on_close=getattr(self.handler, "aclose", None))
-        else:
-            self._pool = HandlerPool(
-                lambda: JobRunner(self.handler, settings.retry, self._classifier, self.worker_id),
-                size=worker.max_in_flight, job_timeout_s=worker.job_timeout_s,
-                max_abandoned=worker.max_abandoned_handlers, thread_prefix=f"cvq-handler-{slot.name}")
+        self._pool = handler_pool(self.handler, settings, self._classifier, self.worker_id, slot)
         self._router = Router(settings, self.worker_id, OutputLimits(), self.stats, self._metrics)
         self._flow = FlowControl(settings, self._source_partitions(), self.names.retry)
         self._trackers: dict[tuple[str, int], PartitionTracker[OutputRecord]] = {}
@@ -146,15 +131,8 @@ class PartitionWorker:
         self._consumer = assigned_consumer(self.conn, self.settings, self.settings.group_id,
                                            role=f"worker-{self.slot.name}")
         check_topics(self._consumer, self.conn, self.settings, self.slot)
-        # Seen alive by a re-layout *before* reading the layout: a re-layout that checks liveness after this point
-        # sees this worker and refuses; one that checked before has recorded its layout before this reads it.
-        ensure_layout_topic_as(self.conn, self.settings)  # what the presence consumer subscribes to
-        self._presence = FleetPresence(self.conn, self.settings, self.slot)
-        if not self._presence.wait_joined(START_TIMEOUT_S):
-            raise WorkerStartError(f"worker for slot {self.slot.name} could not join the presence group "
-                                   f"{presence_group(self.settings)} within {START_TIMEOUT_S:.0f}s (a re-layout "
-                                   "could not see it); check the broker and the worker's group ACLs")
-        check_layout(self.conn, self.settings)  # before fencing anyone: a refused worker must leave no trace
+        # Before fencing anyone: a worker refused for its layout must leave no trace.
+        self._presence = join_fleet(self.conn, self.settings, self.slot)
         limits = output_limits(self.conn, self.settings)
         self._router = self._intake.router = Router(self.settings, self.worker_id, limits, self.stats, self._metrics)
         fence_overlapping_slots(self.conn, self.settings, self.slot, START_TIMEOUT_S)
@@ -307,7 +285,7 @@ class PartitionWorker:
         except KafkaException as exc:
             self._close()
             if (code := authorization_code(exc)) is not None:  # a missing ACL: CLI exit code 7, with what was denied
-                raise denied(exc, self.conn, self._denied_resource(code)) from exc
+                raise denied(exc, self.conn, denied_resource(self.settings, self.slot, code)) from exc
             raise WorkerStartError(f"worker for slot {self.slot.name} could not start: {exc}") from exc
         except BaseException:
             self._close()
@@ -339,16 +317,6 @@ class PartitionWorker:
         self._refresh_gauges_safe()
         log.info("worker %s stopped (%s): %s", self.worker_id, self.stats.stop_reason, self.stats.summary())
         return self.stats
-
-    def _denied_resource(self, code: int) -> str:
-        """The resource of a start-up authorization failure, by its code: the one of that type the worker uses."""
-        if code == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
-            return self.settings.transactional_id(self.slot)
-        if code == KafkaError.GROUP_AUTHORIZATION_FAILED:
-            return self.settings.group_id
-        if code == KafkaError.TOPIC_AUTHORIZATION_FAILED:
-            return ", ".join([self.names.main, self.names.retry, self.names.results, self.names.dlq])
-        return "kafka-cluster"
 
     def _loop(self, stop: threading.Event) -> None:
         assert self._consumer is not None
@@ -388,24 +356,9 @@ class PartitionWorker:
             if now - last_progress >= worker.progress_interval_s:
                 last_progress = now
                 self._commit()  # offsets-only when idle: moves committed offsets past transaction markers
-                self._check_still_owner()
+                check_still_owner(self._consumer, self._trackers)
                 self._report()
                 CLIENT_LOG.tick()
-
-    def _check_still_owner(self) -> None:
-        """An idle worker never touches its producer, so it would not learn that a worker of another layout fenced
-        it; the group's committed offsets tell: if one of our partitions was committed past our own watermark,
-        someone else owns it now."""
-        assert self._consumer is not None
-        try:
-            remote = self._consumer.committed([TopicPartition(t, p) for t, p in self._trackers], timeout=5)
-        except KafkaException:
-            return  # the broker is away: the next transaction will tell
-        for tp in remote:
-            if tp.offset > self._trackers[(tp.topic, tp.partition)].committed >= 0 or (
-                    tp.offset >= 0 and self._trackers[(tp.topic, tp.partition)].committed < 0):
-                raise TransactionFencedError(f"{tp.topic}[{tp.partition}] was committed to {tp.offset} by another "
-                                             "worker")
 
     def _report(self) -> None:
         """Report progress when something changed, and otherwise every IDLE_REPORT_EVERY intervals."""

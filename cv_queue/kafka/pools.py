@@ -1,0 +1,29 @@
+"""Which pool runs a worker's jobs, chosen by the handler: inline on the poll thread, an event loop, or threads."""
+
+from cv_queue.evaluation.handler import JobHandler
+from cv_queue.kafka.async_pool import AsyncHandlerPool
+from cv_queue.kafka.classify import ErrorClassifier
+from cv_queue.kafka.execution import AsyncJobRunner, JobRunner, is_async_handler
+from cv_queue.kafka.inline_pool import InlinePool
+from cv_queue.kafka.pool import HandlerPool
+from cv_queue.settings import QueueSettings, Slot
+
+AnyPool = HandlerPool | AsyncHandlerPool | InlinePool
+
+
+def handler_pool(handler: JobHandler, settings: QueueSettings, classifier: ErrorClassifier, worker_id: str,
+                 slot: Slot) -> AnyPool:
+    """A handler that says `inline = True` runs on the poll thread (no hand-off: the no-op's case); an async one on
+    one event loop with up to `max_in_flight` jobs; any other on `max_in_flight` threads."""
+    worker = settings.worker
+    if getattr(handler, "inline", False) is True:
+        return InlinePool(JobRunner(handler, settings.retry, classifier, worker_id))
+    if is_async_handler(handler):
+        return AsyncHandlerPool(
+            AsyncJobRunner(handler, settings.retry, classifier, worker_id),
+            size=worker.max_in_flight, job_timeout_s=worker.job_timeout_s,
+            thread_prefix=f"cvq-handler-{slot.name}", on_close=getattr(handler, "aclose", None))
+    return HandlerPool(
+        lambda: JobRunner(handler, settings.retry, classifier, worker_id),
+        size=worker.max_in_flight, job_timeout_s=worker.job_timeout_s,
+        max_abandoned=worker.max_abandoned_handlers, thread_prefix=f"cvq-handler-{slot.name}")
