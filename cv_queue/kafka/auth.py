@@ -91,11 +91,16 @@ def _login_failure(err: KafkaError, conn: KafkaConnection) -> str | None:
                     "which). Check KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD.")
         return (f"SASL authentication as {conn.sasl_username!r} failed: {text}. Check KAFKA_SASL_MECHANISM, "
                 "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD.")
+    if code == KafkaError._SSL:
+        return TLS_REFUSED
     # librdkafka reports a connection dropped during the handshake as "SSL handshake failed: Disconnected"
-    # (_TRANSPORT): a broker restarting or a proxy without a backend, not a certificate problem.
-    if code == KafkaError._SSL or (code == KafkaError._TRANSPORT and "SSL" in text and not _is_disconnect(text)):
-        return "TLS"
+    # (_TRANSPORT): a plaintext listener does that, but so does a broker restarting. diagnose_tls tells them apart.
+    if code == KafkaError._TRANSPORT and "SSL" in text:
+        return TLS_DROPPED if _is_disconnect(text) else TLS_REFUSED
     return None
+
+
+TLS_REFUSED, TLS_DROPPED = "TLS", "TLS dropped"
 
 
 def _is_disconnect(text: str) -> bool:
@@ -123,9 +128,11 @@ def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     return True
 
 
-def diagnose_tls(conn: KafkaConnection, timeout_s: float = 5.0) -> str | None:  # noqa: PLR0911 - one per cause
+def diagnose_tls(conn: KafkaConnection, timeout_s: float = 5.0,  # noqa: PLR0911 - one return per cause
+                 dropped: bool = False) -> str | None:
     """Why the broker's certificate is refused, read from the certificate itself (fetched without verifying it);
-    None when the broker could not be reached to tell (then it is not known to be a TLS problem)."""
+    None when nothing definite was found: the broker could not be reached, or (`dropped`: librdkafka only saw the
+    connection drop) its certificate looks fine, so it is not known to be a TLS problem."""
     ca_setting = conn.ssl_ca_location
     if ca_setting and not Path(ca_setting).is_file():
         return f"the CA file {ca_setting} does not exist. Check KAFKA_SSL_CA_LOCATION."
@@ -163,6 +170,8 @@ def diagnose_tls(conn: KafkaConnection, timeout_s: float = 5.0) -> str | None:  
     else:
         return (f"the broker's certificate (issuer {cert.issuer.rfc4514_string()}) is not trusted by the system CAs. "
                 "Set KAFKA_SSL_CA_LOCATION to the broker's CA file.")
+    if dropped:
+        return None
     return (f"the broker's certificate (subject {cert.subject.rfc4514_string()}) was refused: it may not name the host "
             f"{host}. Use a bootstrap address the certificate names, or check KAFKA_SSL_CA_LOCATION.")
 
@@ -199,8 +208,8 @@ def check_access(conn: KafkaConnection, timeout_s: float = CHECK_TIMEOUT_S) -> N
             probe.poll(0)  # serves error_cb
             for err in reports:
                 failure = _login_failure(err, conn)
-                if failure == "TLS":
-                    cause = diagnose_tls(conn)
+                if failure in (TLS_REFUSED, TLS_DROPPED):
+                    cause = diagnose_tls(conn, dropped=failure == TLS_DROPPED)
                     if cause is None:  # not reachable now: keep probing until the deadline, as for any outage
                         continue
                     raise KafkaAuthError(f"TLS with {conn.bootstrap_servers} failed: {cause}")

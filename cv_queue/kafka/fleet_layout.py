@@ -180,8 +180,15 @@ def ensure_layout_topic_as(conn: KafkaConnection, settings: QueueSettings) -> st
         return ensure_layout_topic(admin_client(conn), settings)
 
 
-def record_first_layout(conn: KafkaConnection, admin: AdminClient, settings: QueueSettings) -> LayoutRecord:
-    """The recorded layout; on the very first start (nothing recorded) the settings' layout is recorded first.
+class FirstLayoutConflictError(LayoutError):
+    """Nothing is recorded yet, and the settings' partition count is not the topics': nothing was recorded."""
+
+
+def record_first_layout(conn: KafkaConnection, admin: AdminClient, settings: QueueSettings,
+                        live_partitions: int | None = None) -> LayoutRecord:
+    """The recorded layout; on the very first start (nothing recorded) the settings' layout is recorded first,
+    unless the topics' `live_partitions` says otherwise (then FirstLayoutConflictError, and nothing is written: a
+    worker started with wrong settings must not record them for everyone).
 
     Two first starts racing write the same generation; the latest record wins, and a worker whose layout lost
     is refused by the check that follows, like any worker of another layout.
@@ -194,7 +201,13 @@ def record_first_layout(conn: KafkaConnection, admin: AdminClient, settings: Que
         recorded = read_layout(conn, settings)
         if recorded is not None:
             return recorded
-        write_layout(conn, settings, Layout.of(settings), generation=1)
+        mine = Layout.of(settings)
+        if live_partitions is not None and live_partitions != mine.partitions:
+            raise FirstLayoutConflictError(
+                f"no layout is recorded yet and this worker's settings give {mine.describe()}, but the topics have "
+                f"{live_partitions} partitions; nothing was recorded. Start the workers with "
+                f"CVQ_TOPICS__PARTITIONS={live_partitions}.")
+        write_layout(conn, settings, mine, generation=1)
     recorded = read_layout(conn, settings)
     if recorded is None:
         raise LayoutError(f"the layout record written to {layout_topic(settings)} cannot be read back")

@@ -10,6 +10,7 @@ that started last owns the partitions; output stays exactly-once whatever the or
 """
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from cv_queue.kafka.clients import transactional_producer
@@ -60,8 +61,19 @@ def fence_overlapping_slots(conn: KafkaConnection, settings: QueueSettings, slot
     ids = [settings.transactional_id(other) for other in overlapping_slots(settings, slot)]
     if not ids:
         return []
-    with ThreadPoolExecutor(max_workers=min(len(ids), MAX_PARALLEL_FENCES), thread_name_prefix="cvq-fence") as pool:
-        fenced = list(pool.map(lambda txn_id: _fence(conn, txn_id, timeout_s), ids))
+    deadline = time.monotonic() + timeout_s  # one budget for all of them, however many run at a time
+
+    def fence(txn_id: str) -> str:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"fencing {txn_id}: no time left of the {timeout_s:.0f}s start-up budget")
+        return _fence(conn, txn_id, remaining)
+
+    pool = ThreadPoolExecutor(max_workers=min(len(ids), MAX_PARALLEL_FENCES), thread_name_prefix="cvq-fence")
+    try:
+        fenced = list(pool.map(fence, ids))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # after a failure, the queued fences are not started
     if fenced:
         log.info("slot %s: fenced any worker of another layout on its partitions (%s)", slot.name, ", ".join(fenced))
     return fenced

@@ -12,11 +12,13 @@ the slot and layout, so a refusal can say which worker is in the way.
 
 import logging
 import threading
+import time
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from pydantic import BaseModel
 
+from cv_queue.kafka.auth import authorization_code
 from cv_queue.kafka.client_log import CLIENT_LOG
 from cv_queue.kafka.fleet_layout import Layout, layout_topic
 from cv_queue.settings import KafkaConnection, QueueSettings, Slot
@@ -56,10 +58,11 @@ class FleetPresence:
             "auto.offset.reset": "latest",
             "session.timeout.ms": SESSION_TIMEOUT_MS,
             "heartbeat.interval.ms": HEARTBEAT_INTERVAL_MS,
-            "error_cb": CLIENT_LOG.error_cb,
+            "error_cb": self._on_error,
             "logger": CLIENT_LOG,
         })
         self._group = presence_group(settings)
+        self.denial: KafkaError | None = None  # an authorization error: joining will never succeed
         self._consumer = Consumer(conf)
         self._joined = threading.Event()
         self._closing = threading.Event()
@@ -67,13 +70,20 @@ class FleetPresence:
         self._thread = threading.Thread(target=self._keep, name=f"cvq-presence-{slot.name}", daemon=True)
         self._thread.start()
 
+    def _on_error(self, err: KafkaError) -> None:
+        if authorization_code(err) is not None and self.denial is None:
+            self.denial = err
+        CLIENT_LOG.error_cb(err)
+
     def _on_assign(self, _consumer: Consumer, _partitions: list[TopicPartition]) -> None:
         self._joined.set()  # every member is called, with or without the topic's one partition
 
     def _keep(self) -> None:
         try:
             while not self._closing.is_set():
-                self._consumer.poll(POLL_S)  # serves heartbeats' rebalances; the records themselves are not needed
+                msg = self._consumer.poll(POLL_S)  # serves heartbeats and rebalances; the records are not needed
+                if msg is not None and msg.error() is not None and authorization_code(msg.error()) is not None:
+                    self.denial = self.denial or msg.error()
         except (KafkaException, RuntimeError) as exc:
             log.warning("presence consumer stopped: %s", exc)
         finally:
@@ -83,8 +93,13 @@ class FleetPresence:
                 log.debug("presence consumer close: %s", exc)
 
     def wait_joined(self, timeout_s: float) -> bool:
-        joined = self._joined.wait(timeout_s)
-        if not joined:
+        """True once in the group; False after `timeout_s`, or at once when the broker denied the group or topic
+        (then `denial` holds the error)."""
+        deadline = time.monotonic() + timeout_s
+        while not self._joined.wait(0.2) and self.denial is None and time.monotonic() < deadline:
+            pass
+        joined = self._joined.is_set()
+        if not joined and self.denial is None:
             log.warning("presence group %s not joined within %.0fs; a re-layout may not see this worker yet",
                         self._group, timeout_s)
         return joined

@@ -28,11 +28,17 @@ log = logging.getLogger("cv_queue.worker")
 
 #: `cv-queue worker` exit code when a client call stayed blocked past its limit.
 EXIT_CLIENT_STALLED = 8
+#: How long the report of a stall (log line, thread stacks) may take before the process exits regardless.
+REPORT_GRACE_S = 5.0
 
 
 def _exit_stalled(what: str, elapsed_s: float) -> None:
     """Say what was stuck and exit. The exit must happen whatever the reporting does (a logging handler that
     raises or waits on a lock held by the stuck thread), so the report is best effort and the exit is in finally."""
+    # A backstop for a report that blocks (a logging handler waiting on a lock, a log shipped to a database).
+    backstop = threading.Timer(REPORT_GRACE_S, os._exit, args=(EXIT_CLIENT_STALLED,))
+    backstop.daemon = True
+    backstop.start()
     try:
         os.write(2, f"cv-queue: {what} blocked for {elapsed_s:.0f}s; exiting with code {EXIT_CLIENT_STALLED}\n"
                     .encode())

@@ -4,15 +4,24 @@ committed offsets."""
 import time
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 
-from cv_queue.kafka.auth import KafkaAuthorizationError, authorization_code, check_access
+from cv_queue.kafka.auth import KafkaAuthorizationError, authorization_code, check_access, denied
 from cv_queue.kafka.clients import admin_client
 from cv_queue.kafka.fit import KAFKA_DEFAULT_MAX_MESSAGE_BYTES, OutputLimits, read_output_limits
-from cv_queue.kafka.fleet_layout import Layout, LayoutRecord, ensure_layout_topic_as, layout_topic, record_first_layout
+from cv_queue.kafka.fleet_layout import (
+    FirstLayoutConflictError,
+    Layout,
+    LayoutRecord,
+    ensure_layout_topic_as,
+    layout_topic,
+    record_first_layout,
+)
 from cv_queue.kafka.presence import FleetPresence, presence_group
 from cv_queue.settings import KafkaConnection, QueueSettings, Slot
 
 START_TIMEOUT_S = 60.0
+METADATA_RETRIES = 3  # a partition count that disagrees with the layout record is read again this often
 
 
 class WorkerStartError(RuntimeError):
@@ -23,21 +32,38 @@ class LayoutMismatchError(WorkerStartError):
     """The worker's settings describe another layout than the recorded one (`cv-queue worker` exits with 9)."""
 
 
-def check_layout(conn: KafkaConnection, settings: QueueSettings) -> LayoutRecord:
-    """Refuse to run a layout other than the recorded one (recording the settings' layout on the first start)."""
-    admin = admin_client(conn)
-    recorded = record_first_layout(conn, admin, settings)
-    mine = Layout.of(settings)
-    # The record and the topics must agree: a re-layout that failed between growing the topics and recording, or
-    # a topic grown outside it, would leave partitions that no slot of the recorded layout reads.
+def _live_partitions(admin: AdminClient, settings: QueueSettings) -> dict[str, int]:
+    """Partition counts of the main and retry topics, as the metadata gives them."""
     metadata = admin.list_topics(timeout=START_TIMEOUT_S)
-    for topic in (settings.topic_names.main, settings.topic_names.retry):
-        live = metadata.topics.get(topic)
-        if live is not None and live.error is None and len(live.partitions) != recorded.layout.partitions:
+    names = (settings.topic_names.main, settings.topic_names.retry)
+    return {t: len(m.partitions) for t in names if (m := metadata.topics.get(t)) is not None and m.error is None}
+
+
+def check_layout(conn: KafkaConnection, settings: QueueSettings) -> LayoutRecord:
+    """Refuse to run a layout other than the recorded one (recording the settings' layout on the first start, if the
+    topics agree with it)."""
+    admin = admin_client(conn)
+    mine = Layout.of(settings)
+    live = _live_partitions(admin, settings)
+    try:
+        recorded = record_first_layout(conn, admin, settings, live.get(settings.topic_names.main))
+    except FirstLayoutConflictError as exc:
+        raise LayoutMismatchError(str(exc)) from exc
+    # The record and the topics must agree: a re-layout that failed between growing the topics and recording, or
+    # a topic grown outside it, would leave partitions that no slot of the recorded layout reads. A broker whose
+    # metadata lags a moment behind a grow is asked again before refusing.
+    for _ in range(METADATA_RETRIES):
+        wrong = {t: n for t, n in live.items() if n != recorded.layout.partitions}
+        if not wrong:
+            break
+        time.sleep(1.0)
+        live = _live_partitions(admin, settings)
+    for topic, count in live.items():
+        if count != recorded.layout.partitions:
             raise LayoutMismatchError(
-                f"{topic} has {len(live.partitions)} partitions but the recorded layout (generation "
+                f"{topic} has {count} partitions but the recorded layout (generation "
                 f"{recorded.generation}) is {recorded.layout.describe()}: a re-layout did not finish, or the topic was "
-                f"grown outside one. Run `cv-queue fleet relayout --partitions {len(live.partitions)}` (or the "
+                f"grown outside one. Run `cv-queue fleet relayout --partitions {count}` (or the "
                 "relayout_worker_fleet job) to record the layout the topics have.")
     if recorded.layout != mine:
         raise LayoutMismatchError(
@@ -110,6 +136,9 @@ def join_fleet(conn: KafkaConnection, settings: QueueSettings, slot: Slot) -> Fl
     presence = FleetPresence(conn, settings, slot)
     try:
         if not presence.wait_joined(START_TIMEOUT_S):
+            if presence.denial is not None:
+                raise denied(presence.denial, conn, f"{presence_group(settings)} (group) or {layout_topic(settings)}",
+                             "READ")
             raise WorkerStartError(f"worker for slot {slot.name} could not join the presence group "
                                    f"{presence_group(settings)} within {START_TIMEOUT_S:.0f}s (a re-layout could not "
                                    "see it); check the broker and the worker's group ACLs")

@@ -126,12 +126,13 @@ def commit_atomically(
             if _is_fenced(err):
                 raise TransactionFencedError(err.str()) from exc
             if err.fatal():
-                raise _give_up(producer, in_transaction, f"fatal producer error: {err.str()}", on_abort) from exc
+                raise _give_up(producer, in_transaction, f"fatal producer error: {err.str()}", on_abort,
+                               stall_limit_s) from exc
             if not (err.txn_requires_abort() or err.retriable()):
                 raise _give_up(producer, in_transaction, f"unexpected transaction error: {err.str()}",
-                               on_abort) from exc
+                               on_abort, stall_limit_s) from exc
             if in_transaction:
-                _abort(producer)
+                _abort(producer, stall_limit_s)
                 on_abort()
             if stopping():
                 raise TransactionAbandonedError(err.str()) from exc
@@ -141,20 +142,20 @@ def commit_atomically(
         except Exception as exc:
             # Not a Kafka error (a bug, a bad record): still close the transaction before it propagates.
             if in_transaction:
-                _give_up(producer, in_transaction, f"{type(exc).__name__}: {exc}", on_abort)
+                _give_up(producer, in_transaction, f"{type(exc).__name__}: {exc}", on_abort, stall_limit_s)
             raise
 
 
-def _watched_abort(producer: Producer, timeout_s: float) -> None:
+def _watched_abort(producer: Producer, timeout_s: float, stall_limit_s: float) -> None:
     """abort_transaction can block on a dead coordinator like the commit can (stall.py)."""
-    with WATCHDOG.watch("abort_transaction", DEFAULT_STALL_LIMIT_S):
+    with WATCHDOG.watch("abort_transaction", stall_limit_s):
         producer.abort_transaction(timeout_s)
 
 
-def _abort(producer: Producer) -> None:
+def _abort(producer: Producer, stall_limit_s: float = DEFAULT_STALL_LIMIT_S) -> None:
     """Abort so the whole transaction can be redone; an abort that fails ends the producer."""
     try:
-        _step(lambda: _watched_abort(producer, ABORT_TIMEOUT_S))
+        _step(lambda: _watched_abort(producer, ABORT_TIMEOUT_S, stall_limit_s))
     except KafkaException as exc:
         err = exc.args[0]
         if _is_fenced(err):
@@ -164,13 +165,13 @@ def _abort(producer: Producer) -> None:
         raise TransactionFatalError(f"could not abort a failed transaction: {err.str()}") from exc
 
 
-def _give_up(producer: Producer, in_transaction: bool, reason: str,
-             on_abort: Callable[[], None]) -> TransactionFatalError:
+def _give_up(producer: Producer, in_transaction: bool, reason: str, on_abort: Callable[[], None],
+             stall_limit_s: float = DEFAULT_STALL_LIMIT_S) -> TransactionFatalError:
     """Abort the open transaction, if any, on the way out; returns the error for the caller to raise."""
     if not in_transaction:
         return TransactionFatalError(reason)
     try:
-        _step(lambda: _watched_abort(producer, GIVE_UP_ABORT_TIMEOUT_S), attempts=GIVE_UP_ABORT_ATTEMPTS)
+        _step(lambda: _watched_abort(producer, GIVE_UP_ABORT_TIMEOUT_S, stall_limit_s), attempts=GIVE_UP_ABORT_ATTEMPTS)
     except KafkaException as exc:
         err = exc.args[0]
         # Expected when the producer itself is in a fatal state: librdkafka refuses every call but close.

@@ -151,3 +151,21 @@ def test_topics_grown_outside_a_relayout_are_refused_until_one_records_them(conn
     assert repaired.returncode == 0, repaired.stderr
     recorded = read_layout(conn, settings)
     assert recorded is not None and recorded.layout == Layout(partitions=12, partitions_per_worker=2)
+
+
+def test_a_first_worker_with_wrong_settings_records_nothing(conn, provisioned, tmp_path: Path):
+    """No layout recorded yet, 8-partition topics, a worker configured for 4: it refuses and leaves no record, so the
+    correctly configured workers that follow are not refused for its mistake."""
+    settings = provisioned
+    wrong = spawn_worker(settings, "0-1", tmp_path / "wrong.log", extra_env={"CVQ_TOPICS__PARTITIONS": "4"})
+    assert wrong.wait(90) == LAYOUT_MISMATCH_EXIT
+    assert "nothing was recorded" in (tmp_path / "wrong.log").read_text()
+    assert read_layout(conn, settings) is None
+    right = spawn_worker(settings, "0-1", tmp_path / "right.log")
+    try:
+        wait_for(lambda: started(tmp_path / "right.log") or right.poll() is not None, 90, "the right worker to start")
+        assert right.poll() is None, (tmp_path / "right.log").read_text()[-2000:]
+    finally:
+        _stop([right])
+    recorded = read_layout(conn, settings)
+    assert recorded is not None and recorded.layout == Layout(partitions=8, partitions_per_worker=2)

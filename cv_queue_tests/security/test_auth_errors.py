@@ -16,6 +16,7 @@ from cv_queue.kafka.acls import ADMIN, PRODUCER, WORKER, acl_rules, apply_acls
 from cv_queue.kafka.auth import EXIT_AUTH, EXIT_DENIED
 from cv_queue.kafka.clients import admin_client
 from cv_queue.kafka.fleet_layout import layout_topic
+from cv_queue.kafka.presence import presence_group
 from cv_queue.kafka.topics import provision, topic_specs
 from cv_queue.settings import QueueSettings
 from cv_queue_tests.conftest import CV_QUEUE
@@ -133,3 +134,29 @@ def test_a_worker_denied_the_layout_topic_exits_7_naming_it(secure_cluster):
     assert worker.returncode == EXIT_DENIED, worker.stderr[-3000:]
     assert f"User:{WORKER} may not" in worker.stderr and f"TOPIC {layout!r}" in worker.stderr, worker.stderr[-3000:]
     assert secure_cluster.passwords[WORKER] not in worker.stderr
+
+
+def test_tls_settings_pointed_at_a_plaintext_listener_end_every_command_with_code_6(secure_cluster, bootstrap):
+    """The commonest TLS mistake: librdkafka only sees the connection drop ("SSL handshake failed: Disconnected"),
+    the same words as a broker restarting; reading the listener itself tells them apart."""
+    env = secure_cluster.env(WORKER, CVQ_NAMESPACE=unique("e"), KAFKA_BOOTSTRAP_SERVERS=bootstrap)
+    results = _run_all(env)
+    _assert_each(results, EXIT_AUTH, "TLS handshake", "KAFKA_SECURITY_PROTOCOL",
+                 secret=secure_cluster.passwords[WORKER])
+
+
+def test_a_worker_denied_the_presence_group_exits_7_naming_it_at_once(secure_cluster):
+    """Every ACL but the presence group's: the worker cannot be seen alive by a re-layout, so it refuses to start,
+    by name and within the limit, instead of waiting out the join."""
+    settings = QueueSettings(namespace=unique("s"))
+    group = presence_group(settings)
+    admin = admin_client(secure_cluster.connection(ADMIN))
+    provision(admin, topic_specs(settings))
+    apply_acls(admin, [rule for rule in acl_rules(settings) if rule.name != group])
+    started = time.monotonic()
+    worker = subprocess.run([CV_QUEUE, "worker", "--partitions", "0,1"],
+                            env=secure_cluster.env(WORKER, CVQ_NAMESPACE=settings.namespace),
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert worker.returncode == EXIT_DENIED, worker.stderr[-3000:]
+    assert time.monotonic() - started < LIMIT_S
+    assert f"User:{WORKER} may not" in worker.stderr and group in worker.stderr, worker.stderr[-3000:]
