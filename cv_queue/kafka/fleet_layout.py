@@ -71,6 +71,9 @@ class LayoutRecord(Layout, frozen=True):
 
     generation: int = Field(ge=1)
     at: datetime
+    # Every layout recorded before this one: a worker fences the slots of these (layout.py), not of every layout
+    # the topic could have had. Records written before this field existed read as "unknown history" (None).
+    earlier: list[Layout] | None = None
 
     @property
     def layout(self) -> Layout:
@@ -139,10 +142,12 @@ def read_layout(conn: KafkaConnection, settings: QueueSettings) -> LayoutRecord 
         consumer.close()
 
 
-def write_layout(conn: KafkaConnection, settings: QueueSettings, layout: Layout, generation: int) -> LayoutRecord:
-    """Append a layout record (idempotent producer, acks=all: written once, durable, or an error)."""
+def write_layout(conn: KafkaConnection, settings: QueueSettings, layout: Layout, generation: int,
+                 earlier: list[Layout] | None = None) -> LayoutRecord:
+    """Append a layout record (idempotent producer, acks=all: written once, durable, or an error). `earlier`: the
+    layouts recorded before it (None: not known)."""
     record = LayoutRecord(partitions=layout.partitions, partitions_per_worker=layout.partitions_per_worker,
-                          generation=generation, at=datetime.now(UTC).replace(microsecond=0))
+                          generation=generation, at=datetime.now(UTC).replace(microsecond=0), earlier=earlier)
     producer = Producer({**_client_config(conn, "layout-writer"), "enable.idempotence": True, "acks": "all"})
     errors: list[KafkaError] = []
     done = threading.Event()
@@ -207,7 +212,7 @@ def record_first_layout(conn: KafkaConnection, admin: AdminClient, settings: Que
                 f"no layout is recorded yet and this worker's settings give {mine.describe()}, but the topics have "
                 f"{live_partitions} partitions; nothing was recorded. Start the workers with "
                 f"CVQ_TOPICS__PARTITIONS={live_partitions}.")
-        write_layout(conn, settings, mine, generation=1)
+        write_layout(conn, settings, mine, generation=1, earlier=[])
     recorded = read_layout(conn, settings)
     if recorded is None:
         raise LayoutError(f"the layout record written to {layout_topic(settings)} cannot be read back")

@@ -14,6 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from cv_queue.kafka.clients import transactional_producer
+from cv_queue.kafka.fleet_layout import Layout
 from cv_queue.kafka.stall import WATCHDOG
 from cv_queue.settings import KafkaConnection, QueueSettings, Slot
 
@@ -25,24 +26,30 @@ MAX_PARALLEL_FENCES = 16
 FENCE_STALL_MARGIN_S = 60.0
 
 
-def overlapping_slots(settings: QueueSettings, slot: Slot) -> list[Slot]:
-    """Every slot, other than `slot` itself, that a worker of any layout could hold over `slot`'s partitions.
+def overlapping_slots(settings: QueueSettings, slot: Slot, earlier: list[Layout] | None = None) -> list[Slot]:
+    """Every slot, other than `slot` itself, that a worker of another layout could hold over `slot`'s partitions.
 
-    A layout is `partitions_per_worker` = w over a partition count that w divides; the topic only grows
-    (`cv-queue fleet relayout`), so every earlier layout's slots are aligned runs [k*w, (k+1)*w) that end within the
-    current count, for some w, though w need not divide the current count (12 partitions in threes, grown to 16 in
-    fours). All such runs that share a partition with `slot` are returned: a few per width.
+    With the recorded history (`earlier`, from the layout record): the slots of those layouts, and of every
+    `partitions_per_worker` that tiles the current count (a worker started with another width before any layout
+    was recorded). Without it (None: a record from before the history was kept), every aligned run
+    [k*w, (k+1)*w) that ends within the current count, for every width w: the topic only grows, so that covers any
+    earlier layout (12 partitions in threes, grown to 16 in fours, included).
     """
-    mine = set(slot.partitions)
     partitions = settings.topics.partitions
-    found = []
-    for width in range(1, partitions + 1):
+    if earlier is None:
+        widths = [(w, partitions) for w in range(1, partitions + 1)]
+    else:
+        widths = [(w, partitions) for w in range(1, partitions + 1) if partitions % w == 0]
+        widths += [(old.partitions_per_worker, old.partitions) for old in earlier]
+    mine = set(slot.partitions)
+    found: dict[Slot, None] = {}  # ordered and without repeats
+    for width, within in widths:
         first = (min(mine) // width) * width
         for start in range(first, max(mine) + 1, width):
             other = Slot(partitions=tuple(range(start, start + width)))
-            if start + width <= partitions and other != slot:
-                found.append(other)
-    return found
+            if start + width <= min(within, partitions) and other != slot:
+                found[other] = None
+    return list(found)
 
 
 def _fence(conn: KafkaConnection, txn_id: str, timeout_s: float) -> str:
@@ -55,10 +62,11 @@ def _fence(conn: KafkaConnection, txn_id: str, timeout_s: float) -> str:
     return txn_id
 
 
-def fence_overlapping_slots(conn: KafkaConnection, settings: QueueSettings, slot: Slot, timeout_s: float) -> list[str]:
+def fence_overlapping_slots(conn: KafkaConnection, settings: QueueSettings, slot: Slot, timeout_s: float,
+                            earlier: list[Layout] | None = None) -> list[str]:
     """Fence the transactional ids of overlapping slots, all at once (each takes a coordinator round trip of a
     few hundred ms); returns the ids fenced."""
-    ids = [settings.transactional_id(other) for other in overlapping_slots(settings, slot)]
+    ids = [settings.transactional_id(other) for other in overlapping_slots(settings, slot, earlier)]
     if not ids:
         return []
     deadline = time.monotonic() + timeout_s  # one budget for all of them, however many run at a time

@@ -92,7 +92,9 @@ def relayout(conn: KafkaConnection, admin: AdminClient, settings: QueueSettings,
     progress(f"target layout: {target.describe()}")
     wait_until_no_worker_alive(admin, settings, wait_s, progress)
     grow_topics(admin, settings, target, progress)
-    write_layout(conn, settings, target, current.generation + 1)
+    # The history that lets workers fence only the slots that existed; unknown stays unknown (fence every width).
+    earlier = None if current.earlier is None else [*current.earlier, current.layout]
+    write_layout(conn, settings, target, current.generation + 1, earlier)
     recorded = read_layout(conn, settings)
     if recorded is None or recorded.layout != target:
         raise RelayoutRefusedError(f"the layout record was overwritten meanwhile (now {recorded}); run it again")

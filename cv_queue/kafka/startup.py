@@ -125,12 +125,14 @@ def output_limits(conn: KafkaConnection, settings: QueueSettings) -> OutputLimit
     return read_output_limits(admin_client(conn), list(fallback), fallback)
 
 
-def join_fleet(conn: KafkaConnection, settings: QueueSettings, slot: Slot) -> FleetPresence:
+def join_fleet(conn: KafkaConnection, settings: QueueSettings,
+               slot: Slot) -> tuple[FleetPresence, LayoutRecord]:
     """Join the presence group, then check the layout; returns the membership, which the caller closes (closed
-    here when the layout check refuses).
+    here when the layout check refuses), and the layout record.
 
     Seen alive by a re-layout *before* reading the layout: a re-layout that checks liveness after this point sees
-    this worker and refuses; one that checked before has recorded its layout before this reads it.
+    this worker and refuses. One that checked before may still be growing the topics; a worker of the old layout
+    that starts then runs until a worker of the new one fences it (the old layout is in the record's history).
     """
     ensure_layout_topic_as(conn, settings)  # what the presence consumer subscribes to
     presence = FleetPresence(conn, settings, slot)
@@ -142,11 +144,11 @@ def join_fleet(conn: KafkaConnection, settings: QueueSettings, slot: Slot) -> Fl
             raise WorkerStartError(f"worker for slot {slot.name} could not join the presence group "
                                    f"{presence_group(settings)} within {START_TIMEOUT_S:.0f}s (a re-layout could not "
                                    "see it); check the broker and the worker's group ACLs")
-        check_layout(conn, settings)
+        recorded = check_layout(conn, settings)
     except BaseException:
         presence.close()
         raise
-    return presence
+    return presence, recorded
 
 
 def denied_resource(settings: QueueSettings, slot: Slot, code: int) -> str:

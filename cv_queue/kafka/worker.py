@@ -132,10 +132,10 @@ class PartitionWorker:
                                            role=f"worker-{self.slot.name}")
         check_topics(self._consumer, self.conn, self.settings, self.slot)
         # Before fencing anyone: a worker refused for its layout must leave no trace.
-        self._presence = join_fleet(self.conn, self.settings, self.slot)
+        self._presence, recorded = join_fleet(self.conn, self.settings, self.slot)
         limits = output_limits(self.conn, self.settings)
         self._router = self._intake.router = Router(self.settings, self.worker_id, limits, self.stats, self._metrics)
-        fence_overlapping_slots(self.conn, self.settings, self.slot, START_TIMEOUT_S)
+        fence_overlapping_slots(self.conn, self.settings, self.slot, START_TIMEOUT_S, recorded.earlier)
         self._producer = transactional_producer(self.conn, self.settings.transactional_id(self.slot),
                                                 self.settings.worker.transaction_timeout_ms,
                                                 max_message_bytes=limits.producer_max_bytes)

@@ -76,6 +76,7 @@ def test_grow_8_to_16_with_jobs_in_flight(conn, provisioned, tmp_path: Path):
         recorded = read_layout(conn, settings)
         assert recorded is not None and recorded.generation == 2
         assert recorded.layout == Layout(partitions=16, partitions_per_worker=2)
+        assert recorded.earlier == [Layout(partitions=8, partitions_per_worker=2)]  # what workers fence
 
         stale_log = tmp_path / "stale.log"
         stale = spawn_worker(settings, "0-1", stale_log)
