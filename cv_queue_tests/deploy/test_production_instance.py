@@ -134,6 +134,11 @@ def test_production_instance_with_three_processes(conn, settings, postgres, tmp_
         _exactly_once(conn, settings, enqueued, timeout_s=RUN_TIMEOUT_S)
         letters = read_topic(conn, settings.topic_names.dlq, expect=len(until_replay))
         assert sorted(m.key() for m in letters) == sorted(j.key for j in until_replay)
+        # Letters reach the DLQ at different moments, so the sensor may ask for a second batch, which waits for the
+        # first (one replay at a time) and then finds its letters already moved: wait until every replay ended.
+        finished = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+        wait_for(lambda: all(r.status in finished for r in instance.get_runs(
+            filters=dg.RunsFilter(job_name=REPLAY_JOB))), RUN_TIMEOUT_S, "every replay run to end")
         replays = instance.get_runs(filters=dg.RunsFilter(job_name=REPLAY_JOB))
         assert replays, "no reprocess_dlq run"
         assert {r.tags.get("cv-queue/trigger") for r in replays} == {"dlq_sensor"}
