@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -30,3 +31,18 @@ def spawn_worker(settings: QueueSettings, slot: str, log: Path, latency_ms: floa
 
 def started(log: Path) -> bool:
     return log.exists() and "started on" in log.read_text(errors="replace")
+
+
+def stop_all(*procs: subprocess.Popen | None) -> None:
+    """SIGTERM every process still running, then wait for each; one that outstays 60 s is SIGKILLed."""
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        if proc is None:
+            continue
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)

@@ -27,7 +27,7 @@ from cv_queue.kafka.producer import JobProducer
 from cv_queue.kafka.stall import EXIT_CLIENT_STALLED
 from cv_queue.messages import EvaluationResult
 from cv_queue.settings import KafkaConnection, QueueSettings
-from cv_queue_tests.kafka.procs import spawn_worker, started
+from cv_queue_tests.kafka.procs import spawn_worker, started, stop_all
 from cv_queue_tests.support import read_topic, wait_for
 
 JOBS = 800  # about 200 land on the slot under test
@@ -47,18 +47,18 @@ def enqueue_for_slot(conn: KafkaConnection, settings: QueueSettings, seed: int) 
     return mine
 
 
-def stop_all(*procs: subprocess.Popen | None) -> None:
-    for proc in procs:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        if proc is None:
-            continue
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+def restart_and_read(conn: KafkaConnection, settings: QueueSettings, failed: subprocess.Popen,
+                     log: Path) -> tuple[subprocess.Popen, list]:
+    """Start the slot's worker again (after `failed` ended), wait until every offset is committed and read every
+    committed result; both processes are stopped whatever happens."""
+    restarted = None
+    try:
+        restarted = spawn_worker(settings, settings.slots()[0].name, log, latency_ms=20, in_flight=4,
+                                 extra_env=SMALL_TRANSACTIONS)
+        wait_for_offsets_at_end(conn, settings)
+        return restarted, read_all(conn, settings)
+    finally:
+        stop_all(failed, restarted)
 
 
 def result_workers(results: list) -> Counter:
@@ -101,18 +101,14 @@ def test_sigkill_at_each_commit_point_then_restart_is_exactly_once(conn, provisi
     fault = f"{point}@{FAULT_ON_TRANSACTION}:kill"
     victim = spawn_worker(settings, slot.name, tmp_path / "victim.log", latency_ms=20, in_flight=4,
                           extra_env={**SMALL_TRANSACTIONS, "CVQ_FAULT": fault})
-    restarted = None
     try:
         assert victim.wait(120) == -signal.SIGKILL
         victim_log = (tmp_path / "victim.log").read_text(errors="replace")
         assert f"CVQ_FAULT={fault}: injecting it now" in victim_log  # the fault, not something else, killed it
-
-        restarted = spawn_worker(settings, slot.name, tmp_path / "restarted.log", latency_ms=20, in_flight=4,
-                                 extra_env=SMALL_TRANSACTIONS)
-        wait_for_offsets_at_end(conn, settings)
-        results = read_all(conn, settings)
-    finally:
-        stop_all(victim, restarted)
+    except BaseException:
+        stop_all(victim)
+        raise
+    restarted, results = restart_and_read(conn, settings, victim, tmp_path / "restarted.log")
 
     per_job = Counter(m.key().decode() for m in results)
     assert set(per_job) == expected, f"lost {len(expected - set(per_job))} job(s)"
@@ -181,20 +177,16 @@ def test_a_client_call_blocked_past_its_limit_exits_8_and_the_restart_is_exactly
     fault = f"in_send_offsets@{FAULT_ON_TRANSACTION}:hang"
     stuck = spawn_worker(settings, slot.name, tmp_path / "stuck.log", latency_ms=20, in_flight=4,
                          extra_env={**SMALL_TRANSACTIONS, "CVQ_FAULT": fault, "CVQ_WORKER__CLIENT_STALL_S": "3"})
-    restarted = None
     try:
         assert stuck.wait(120) == EXIT_CLIENT_STALLED
         stuck_log = (tmp_path / "stuck.log").read_text(errors="replace")
         assert f"CVQ_FAULT={fault}: injecting it now" in stuck_log
         assert "send_offsets_to_transaction has been blocked for" in stuck_log
         assert "Thread 0x" in stuck_log  # every thread's stack, for the operator
-
-        restarted = spawn_worker(settings, slot.name, tmp_path / "restarted.log", latency_ms=20, in_flight=4,
-                                 extra_env=SMALL_TRANSACTIONS)
-        wait_for_offsets_at_end(conn, settings)
-        results = read_all(conn, settings)
-    finally:
-        stop_all(stuck, restarted)
+    except BaseException:
+        stop_all(stuck)
+        raise
+    restarted, results = restart_and_read(conn, settings, stuck, tmp_path / "restarted.log")
 
     per_job = Counter(m.key().decode() for m in results)
     assert set(per_job) == expected

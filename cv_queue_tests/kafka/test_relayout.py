@@ -3,7 +3,6 @@ processes: refused while an old worker lives, nothing lost or duplicated after i
 worker still configured for the old layout refuses to start."""
 
 import os
-import signal
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -18,7 +17,7 @@ from cv_queue.kafka.topics import describe_topics
 from cv_queue.messages import EvaluationResult
 from cv_queue.settings import QueueSettings
 from cv_queue_tests.conftest import CV_QUEUE
-from cv_queue_tests.kafka.procs import spawn_worker, started
+from cv_queue_tests.kafka.procs import spawn_worker, started, stop_all
 from cv_queue_tests.support import read_topic, start_worker, wait_for
 
 NEW_LAYOUT_ENV = {"CVQ_TOPICS__PARTITIONS": "16"}
@@ -27,18 +26,6 @@ NEW_LAYOUT_ENV = {"CVQ_TOPICS__PARTITIONS": "16"}
 def _cli(settings: QueueSettings, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "CVQ_NAMESPACE": settings.namespace}
     return subprocess.run([CV_QUEUE, *args], env=env, capture_output=True, text=True, timeout=timeout_s)
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def _partitions(conn, topic: str) -> int:
@@ -63,7 +50,7 @@ def test_grow_8_to_16_with_jobs_in_flight(conn, provisioned, tmp_path: Path):
         assert "still alive" in refused.stderr and "worker-0-1-of-8x2" in refused.stderr, refused.stderr
         assert _partitions(conn, names.main) == 8, "a refused re-layout changed the topic"
 
-        _stop(old)
+        stop_all(*old)
         assert [p.returncode for p in old] == [0, 0, 0, 0]
         in_flight = before - {m.key().decode() for m in read_topic(conn, names.results, idle_s=0.5)}
         assert in_flight, "the old fleet finished everything: the re-layout ran with no job in flight"
@@ -97,7 +84,7 @@ def test_grow_8_to_16_with_jobs_in_flight(conn, provisioned, tmp_path: Path):
         wait_for(lambda: {m.key().decode() for m in read_topic(conn, names.results, idle_s=0.5)} >= wanted, 120,
                  "a result for every job, queued before and after the re-layout")
     finally:
-        _stop(old + new)
+        stop_all(*old + new)
     assert [p.returncode for p in new] == [0] * len(new)
 
     results = read_topic(conn, names.results, idle_s=1.0)
@@ -139,7 +126,7 @@ def test_topics_grown_outside_a_relayout_are_refused_until_one_records_them(conn
     try:
         wait_for(lambda: started(tmp_path / "first.log"), 90, "the first worker to record the 8-partition layout")
     finally:
-        _stop([first])
+        stop_all(first)
     admin = admin_client(conn)
     for topic in (settings.topic_names.main, settings.topic_names.retry):
         admin.create_partitions([NewPartitions(topic, 12)])[topic].result()
@@ -167,6 +154,6 @@ def test_a_first_worker_with_wrong_settings_records_nothing(conn, provisioned, t
         wait_for(lambda: started(tmp_path / "right.log") or right.poll() is not None, 90, "the right worker to start")
         assert right.poll() is None, (tmp_path / "right.log").read_text()[-2000:]
     finally:
-        _stop([right])
+        stop_all(right)
     recorded = read_layout(conn, settings)
     assert recorded is not None and recorded.layout == Layout(partitions=8, partitions_per_worker=2)
