@@ -56,7 +56,8 @@ LLM ?= simulated
 run: install broker-fetch
 	$(BIN)/cv-queue dev --llm $(LLM)
 
-# Throughput: the seed's before/after and ours, no-op vs the bare client, DLQ replay; prints JSON lines and tables.
+# Throughput: the seed's before/after and ours, no-op vs the bare client, DLQ replay; head-of-line and crash-rework
+# in both release_outputs modes (at_once, in_order); prints JSON lines and tables.
 bench: install broker-fetch
 	$(BIN)/cv-queue bench --standard
 

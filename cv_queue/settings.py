@@ -162,7 +162,30 @@ class WorkerSettings(BaseModel):
     )
     commit_max_records: int = Field(500, ge=1, description="...or as soon as this many records settled.")
     shutdown_grace_ms: int = Field(
-        10_000, ge=0, description="On stop, wait this long for running jobs before committing and closing."
+        10_000, ge=0,
+        description="On stop, wait this long for running jobs before committing every finished one and closing; "
+        "10 s lets ~1 s LLM calls finish (ten times over), and jobs still running then are run again by the next "
+        "worker. Dagster worker runs take it from here unless their run config sets shutdown_grace_s.",
+    )
+    release_outputs: Literal["at_once", "in_order"] = Field(
+        "at_once",
+        description="at_once: a finished job's output is produced in the next transaction, whatever older jobs of "
+        "its partition still run; the finished offsets above the committed one travel in the commit's metadata, so "
+        "a restart skips them. in_order: outputs wait until every older offset of the partition is done (the "
+        "plain watermark; one slow job holds back its partition's later results).",
+    )
+    offset_metadata_max_bytes: int | None = Field(
+        None, ge=64,
+        description="Largest commit metadata (the map of finished offsets, NUL included) the worker sends. Unset: "
+        "the broker's offset.metadata.max.bytes, read at start, or Kafka's default 4096 where the broker does not "
+        "say (Redpanda, or no DescribeConfigs ACL); set, it can only lower the broker's. At 75% a partition stops "
+        "fetching; an output whose offset would not fit the map waits instead. At least 64 (a map's header).",
+    )
+    foreign_offset_metadata: Literal["refuse", "ignore"] = Field(
+        "refuse",
+        description="Committed offset metadata that cv-queue did not write (another tool committed the group), or "
+        "that does not decode: refuse stops the worker with a message naming the group and partition; ignore "
+        "starts from the committed offset and runs every job above it (jobs finished there may run again).",
     )
     transaction_timeout_ms: int = Field(60_000, description="transaction.timeout.ms of the worker producer.")
     client_stall_s: float = Field(

@@ -64,3 +64,20 @@ def llm_table(rows: list[dict]) -> str:
                   [[r["scenario"], r["jobs"], r["seconds"], r["jobs_per_s"], r["in_flight"],
                     _fmt(r.get("llm_max_in_flight")), _fmt(r["efficiency"]), _fmt(r["peak_worker_rss_mb"], " MB")]
                    for r in llm])
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f} %"
+
+
+def release_table(rows: list[dict]) -> str:
+    """head-of-line and crash-rework, one line per CVQ_WORKER__RELEASE_OUTPUTS mode."""
+    release = [r for r in rows if "release_outputs" in r]
+    if not release:
+        return ""
+    return render(["scenario", "release_outputs", "fast p50 / p99", "fast within 3 s", "re-executed (jobs / calls)",
+                   "unsettled at kill", "lost", "duplicated"],
+                  [[r["scenario"], r["release_outputs"], f"{_fmt(r['fast_p50_ms'])} / {_fmt(r['fast_p99_ms'])} ms",
+                    _share(r.get("fast_share_within_3s")),
+                    f"{r['reexecuted_jobs']} / {r['extra_calls']}" if "reexecuted_jobs" in r else "-",
+                    _fmt(r.get("victim_unsettled_at_kill")), r["lost"], r["duplicated"]] for r in release])

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Message, Producer
 
 from cv_queue.bench.scenarios import BARE, HUNG, LLM_SCENARIOS, REPLAY, SCENARIOS, Scenario, Workload
 from cv_queue.bench.watch import SettleWatcher
@@ -56,16 +56,29 @@ def _records(count: int, invalid: float, seed: int) -> list[tuple[bytes, bytes]]
     return out
 
 
-def _produce_all(conn: KafkaConnection, topic: str, records: list[tuple[bytes, bytes]]) -> dict[bytes, float]:
+def _produce_all(conn: KafkaConnection, topic: str, records: list[tuple[bytes, bytes]],
+                 partitions: dict[bytes, int] | None = None, rate_per_s: float | None = None) -> dict[bytes, float]:
+    """Produce in list order; `partitions`, when given, is filled with each key's partition from its delivery.
+    `rate_per_s`: at most that many records a second (an open-loop load below capacity); None: as fast as it goes."""
     producer = Producer({**conn.client_config(), "enable.idempotence": True, "acks": "all",
                          "compression.type": "snappy", "partitioner": "murmur2_random", "linger.ms": 5,
                          "batch.num.messages": 10000, "queue.buffering.max.messages": 1_000_000})
     sent_at: dict[bytes, float] = {}
-    for key, value in records:
+
+    def delivered(err: KafkaError | None, msg: Message) -> None:
+        if err is None and partitions is not None:
+            partitions[msg.key()] = msg.partition()
+
+    # No callback unless asked for: the other scenarios' clocks stay as they were measured.
+    extra = {"on_delivery": delivered} if partitions is not None else {}
+    started = time.monotonic()
+    for index, (key, value) in enumerate(records):
+        if rate_per_s is not None and (wait := started + index / rate_per_s - time.monotonic()) > 0:
+            producer.poll(wait)  # serves delivery reports while it waits, so sends are not delayed behind them
         sent_at[key] = time.monotonic()
         while True:
             try:
-                producer.produce(topic, key=key, value=value)
+                producer.produce(topic, key=key, value=value, **extra)
                 break
             except BufferError:
                 producer.poll(0.01)
@@ -94,9 +107,9 @@ class _RssSampler(threading.Thread):
         return self.peak
 
 
-def _spawn_workers(scenario: Scenario, settings: QueueSettings, workload: Workload, log_dir: Path,
-                   extra_env: dict[str, str]) -> list[subprocess.Popen]:
-    env = {
+def _worker_env(scenario: Scenario, settings: QueueSettings, workload: Workload,
+                extra_env: dict[str, str]) -> dict[str, str]:
+    return {
         **os.environ,
         **workload.handler_env(),
         "CVQ_NAMESPACE": settings.namespace,
@@ -108,24 +121,44 @@ def _spawn_workers(scenario: Scenario, settings: QueueSettings, workload: Worklo
         "CVQ_RETRY__BASE_DELAY_MS": "200",
         **extra_env,
     }
-    procs = []
-    for slot in settings.slots():
-        log = (log_dir / f"{scenario.name}-{slot.name}.log").open("wb")
-        procs.append(subprocess.Popen([str(BIN / "cv-queue"), "worker", "--partitions", slot.name], env=env,
-                                      stdout=log, stderr=subprocess.STDOUT))
-        log.close()
-    deadline = time.monotonic() + 90
-    for slot, proc in zip(settings.slots(), procs, strict=True):
-        log_path = log_dir / f"{scenario.name}-{slot.name}.log"
+
+
+def _spawn_slot(slot: str, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    log = log_path.open("wb")
+    try:
+        return subprocess.Popen([str(BIN / "cv-queue"), "worker", "--partitions", slot], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+    finally:
+        log.close()  # the child holds its own descriptor
+
+
+def _await_started(started: list[tuple[str, subprocess.Popen, Path]], timeout_s: float = 90) -> None:
+    """Wait for each (slot, process, log) to log its start; BenchError (processes left running) otherwise."""
+    deadline = time.monotonic() + timeout_s
+    for slot, proc, log_path in started:
         while "started on" not in log_path.read_text(errors="replace"):
             if proc.poll() is not None or time.monotonic() > deadline:
-                _stop(procs)
-                raise BenchError(f"worker {slot.name} did not start:\n{log_path.read_text(errors='replace')[-2000:]}")
+                raise BenchError(f"worker {slot} did not start:\n{log_path.read_text(errors='replace')[-2000:]}")
             time.sleep(0.1)
-    return procs
+
+
+def _spawn_workers(scenario: Scenario, settings: QueueSettings, workload: Workload, log_dir: Path,
+                   extra_env: dict[str, str]) -> list[subprocess.Popen]:
+    env = _worker_env(scenario, settings, workload, extra_env)
+    started: list[tuple[str, subprocess.Popen, Path]] = []
+    try:
+        for slot in settings.slots():
+            log_path = log_dir / f"{scenario.name}-{slot.name}.log"
+            started.append((slot.name, _spawn_slot(slot.name, env, log_path), log_path))
+        _await_started(started)
+    except BaseException:
+        _stop([proc for _, proc, _ in started])
+        raise
+    return [proc for _, proc, _ in started]
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM every process still running, then wait for each; one that outstays 60 s is SIGKILLed."""
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -134,6 +167,7 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait(10)
 
 
 def _wait_all(watcher: SettleWatcher, expected: int, label: str, progress: Progress, timeout_s: float,

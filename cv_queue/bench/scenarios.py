@@ -43,7 +43,11 @@ LLM_SCENARIOS = {"llm-1s": "cv_queue.evaluation.llm:LLMEvaluator",
 BARE = "bare-consumer"
 REPLAY = "dlq-replay"
 HUNG = "hung-job"  # the cv-queue deployment with one job that never returns at the head of the queue
-ALL = [*SCENARIOS, BARE, REPLAY, HUNG]
+# The worker's output release, each run once per CVQ_WORKER__RELEASE_OUTPUTS mode (release.py):
+HEAD_OF_LINE = "head-of-line"  # 1% of jobs take 20 s and sit at partition heads: how long do the fast ones wait?
+CRASH_REWORK = "crash-rework"  # the same, with a worker SIGKILLed mid-run: how many handler calls are paid twice?
+RELEASE_SCENARIOS = [HEAD_OF_LINE, CRASH_REWORK]
+ALL = [*SCENARIOS, BARE, REPLAY, HUNG, *RELEASE_SCENARIOS]
 
 
 class Workload(BaseModel):

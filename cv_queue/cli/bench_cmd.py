@@ -8,7 +8,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from cv_queue.bench.report import add_ratios, json_lines, llm_table, other_table, seed_table
+from cv_queue.bench.release import FAST_MS, run_crash_rework, run_head_of_line
+from cv_queue.bench.report import add_ratios, json_lines, llm_table, other_table, release_table, seed_table
 from cv_queue.bench.runner import (
     BenchError,
     run_bare_consumer,
@@ -17,7 +18,18 @@ from cv_queue.bench.runner import (
     run_replay,
     run_worker_scenario,
 )
-from cv_queue.bench.scenarios import ALL, BARE, HUNG, LLM_SCENARIOS, REPLAY, SCENARIOS, Workload
+from cv_queue.bench.scenarios import (
+    ALL,
+    BARE,
+    CRASH_REWORK,
+    HEAD_OF_LINE,
+    HUNG,
+    LLM_SCENARIOS,
+    RELEASE_SCENARIOS,
+    REPLAY,
+    SCENARIOS,
+    Workload,
+)
 from cv_queue.broker.cluster import start_cluster, stop_cluster
 from cv_queue.cli.context import connection
 from cv_queue.settings import KafkaConnection
@@ -25,7 +37,8 @@ from cv_queue.settings import KafkaConnection
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="throughput benchmark: seed-before, seed-after, cv-queue, bare-consumer, "
-                                         "dlq-replay")
+                                         "dlq-replay; head-of-line and crash-rework (each run in both "
+                                         "release_outputs modes: at_once, in_order)")
     bench.add_argument("--scenario", action="append", choices=ALL, help="repeatable (default: the three designs)")
     bench.add_argument("--jobs", action="append", default=[],
                        help="N for every scenario, or SCENARIO=N for one (repeatable; default 2000)")
@@ -37,7 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--max-in-flight", type=int, default=None, help="override cv-queue's in-flight per worker")
     bench.add_argument("--standard", action="store_true",
                        help="the standard set (make bench): 100 ms handler: seed-before, seed-after, cv-queue; "
-                            "no-op handler: cv-queue vs bare-consumer; DLQ replay of 20,000 letters")
+                            "no-op handler: cv-queue vs bare-consumer; DLQ replay of 20,000 letters; hung-job; "
+                            "LLM over HTTP; head-of-line and crash-rework (1%% of jobs 20 s, the rest 50 ms; "
+                            "their own handler, whatever --latency-ms says)")
     bench.set_defaults(func=cmd_bench)
 
 
@@ -73,6 +88,10 @@ STANDARD = [
     (HUNG, 20000, 1.0),
     ("llm-1s", 20000, 1000.0),
     ("llm-1s-threads", 3000, 1000.0),
+    # Both run twice (release_outputs at_once, in_order); ~35-45 s of wall time per mode here, start-up included:
+    # the 20 s slow jobs set the pace (crash-rework adds the restart, ~10 s).
+    (HEAD_OF_LINE, 2000, FAST_MS),
+    (CRASH_REWORK, 1000, FAST_MS),
 ]
 
 
@@ -82,11 +101,23 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, int, Workload]]:
     jobs = _jobs_for(args.jobs)
     workload = Workload(latency_ms=args.latency_ms, latency_p99_ms=args.latency_p99_ms, transient=args.transient,
                         permanent=args.permanent, invalid=args.invalid)
-    return [(name, jobs[name], workload) for name in (args.scenario or ["seed-before", "seed-after", "cv-queue"])]
+    # The release scenarios fix their own handler (50 ms, 1% at 20 s): the plan says so, so the progress line does.
+    return [(name, jobs[name], Workload(latency_ms=FAST_MS) if name in RELEASE_SCENARIOS else workload)
+            for name in (args.scenario or ["seed-before", "seed-after", "cv-queue"])]
 
 
 def _run_one(args: argparse.Namespace, conn: KafkaConnection, name: str, count: int, workload: Workload,
-             tmp_path: Path, progress: Callable[[str], None]) -> dict:
+             tmp_path: Path, progress: Callable[[str], None]) -> list[dict]:
+    """The scenario's rows: one, or one per release mode for the release scenarios."""
+    if name == HEAD_OF_LINE:
+        return run_head_of_line(conn, count, tmp_path, progress)
+    if name == CRASH_REWORK:
+        return run_crash_rework(conn, count, tmp_path, progress)
+    return [_run_single(args, conn, name, count, workload, tmp_path, progress)]
+
+
+def _run_single(args: argparse.Namespace, conn: KafkaConnection, name: str, count: int, workload: Workload,
+                tmp_path: Path, progress: Callable[[str], None]) -> dict:
     if name == BARE:
         return run_bare_consumer(conn, count, tmp_path, progress)
     if name == REPLAY:
@@ -122,7 +153,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             conn = connection(args)
             for name, count, workload in plan:
                 progress(f"{name}: {count} jobs, handler {workload.latency_ms} ms")
-                rows.append(_run_one(args, conn, name, count, workload, tmp_path, progress))
+                rows.extend(_run_one(args, conn, name, count, workload, tmp_path, progress))
         except BenchError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -131,11 +162,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 stop_cluster(state_file, progress=False)
     add_ratios(rows)
     print(json_lines(rows))
-    for table in (seed_table(rows), other_table(rows), llm_table(rows)):
+    for table in (seed_table(rows), other_table(rows), llm_table(rows), release_table(rows)):
         if table:
             print()
             print(table)
     bad = [r for r in rows if r["lost"] or r["duplicated"]]
     for row in bad:
-        print(f"error: {row['scenario']}: {row['lost']} job(s) lost, {row['duplicated']} duplicated", file=sys.stderr)
+        mode = f" (release_outputs={row['release_outputs']})" if "release_outputs" in row else ""
+        print(f"error: {row['scenario']}{mode}: {row['lost']} job(s) lost, {row['duplicated']} duplicated",
+              file=sys.stderr)
     return 1 if bad else 0

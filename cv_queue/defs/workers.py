@@ -47,7 +47,9 @@ class WorkerRunConfig(dg.Config):
                                       "without a partition is refused: it would escape the one-run-per-slot limit.")
     progress_interval_s: float = Field(10.0, description="How often the worker reports progress; the run logs a "
                                                          "report when it changed, and at most once a minute if not.")
-    shutdown_grace_s: float = Field(10.0, description="On termination, how long running jobs may finish.")
+    shutdown_grace_s: float | None = Field(
+        None, ge=0, description="On termination, how long running jobs may finish before every finished one is "
+        "committed. Unset: the queue's worker.shutdown_grace_ms (CVQ_WORKER__SHUTDOWN_GRACE_MS, default 10 s).")
 
 
 class ProgressLog:
@@ -116,6 +118,15 @@ def _join_worker(context: dg.OpExecutionContext, thread: threading.Thread, stop:
     return False
 
 
+def with_run_config(settings: QueueSettings, config: WorkerRunConfig) -> QueueSettings:
+    """The queue's settings with what the run config sets: its progress interval, and its shutdown grace only when
+    given (else CVQ_WORKER__SHUTDOWN_GRACE_MS applies, as every other worker setting does)."""
+    overrides: dict = {"progress_interval_s": config.progress_interval_s}
+    if config.shutdown_grace_s is not None:
+        overrides["shutdown_grace_ms"] = int(config.shutdown_grace_s * 1000)
+    return settings.model_copy(update={"worker": settings.worker.model_copy(update=overrides)})
+
+
 @dg.op(tags={tags.ROLE: tags.ROLE_WORKER})  # deliberately no RetryPolicy: the fleet sensor restarts workers
 def run_partition_worker(context: dg.OpExecutionContext, config: WorkerRunConfig, kafka: KafkaResource,
                          queue: QueueResource) -> dg.Output[dict]:
@@ -125,9 +136,7 @@ def run_partition_worker(context: dg.OpExecutionContext, config: WorkerRunConfig
     # The login is checked first, so a refused one fails the run within seconds, naming the cause.
     worker_conn = kafka.check_access(Principal.WORKER)
     settings = adopt_recorded_layout(worker_conn, admin_client(worker_conn), queue.settings(kafka))
-    settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={
-        "progress_interval_s": config.progress_interval_s,
-        "shutdown_grace_ms": int(config.shutdown_grace_s * 1000)})})
+    settings = with_run_config(settings, config)
     slot = Slot.parse(config.slot)
     with metrics_endpoint(settings.metrics, worker_metrics_port(settings, slot), context.log,
                           kafka.connection(Principal.WORKER), settings):
@@ -158,7 +167,7 @@ def _run_worker(context: dg.OpExecutionContext, config: WorkerRunConfig, kafka: 
         # Termination (UI, CLI, SIGTERM from a container stop): commit what completed, then end CANCELED.
         context.log.warning(f"slot {slot.name}: termination requested; committing completed work and closing")
         stop.set()
-        thread.join(config.shutdown_grace_s + 30)
+        thread.join(settings.worker.shutdown_grace_ms / 1000 + 30)
         raise
     if "error" in outcome:
         error = outcome["error"]

@@ -13,11 +13,14 @@ Latency is fixed or lognormal (given its mean and p99). Failures come two ways:
                            SystemExit or CancelledError, as a library might from inside a handler
     malformed:N            first N calls fail to parse their "LLM answer" (json.JSONDecodeError)
     invalid_output:N       first N calls return output that fails validation (pydantic ValidationError)
+
+`call_log` (a file path) records every handler call's job id, one line each: the count of paid calls per job.
 """
 
 import asyncio
 import json
 import math
+import os
 import random
 import time
 import zlib
@@ -53,6 +56,7 @@ class SimulatedLLM:
         rate_limited_rate: float = 0.0,
         permanent_rate: float = 0.0,
         seed: int = 0,
+        call_log: str | None = None,
     ) -> None:
         if not 0 <= transient_rate + rate_limited_rate + permanent_rate <= 1:
             raise ValueError("failure rates must sum to at most 1")
@@ -60,6 +64,13 @@ class SimulatedLLM:
         self._lognormal = lognormal_params(latency_ms, latency_p99_ms) if latency_p99_ms else None
         self.rates = (transient_rate, rate_limited_rate, permanent_rate)
         self.seed = seed
+        # Every handler call appends "<job_id>\n" here (O_APPEND, one write per line: lines of concurrent calls and
+        # of several processes never interleave), so tests and benchmarks can count paid calls per job.
+        self._call_log = os.open(call_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if call_log else None
+
+    def _log_call(self, job: EvaluationJob) -> None:
+        if self._call_log is not None:
+            os.write(self._call_log, f"{job.job_id}\n".encode())
 
     def _rng(self, job: EvaluationJob, ctx: JobContext) -> random.Random:
         return random.Random(zlib.crc32(f"{self.seed}:{job.job_id}:{ctx.handler_call}".encode()))
@@ -73,6 +84,7 @@ class SimulatedLLM:
         return self.latency_ms
 
     def __call__(self, job: EvaluationJob, ctx: JobContext) -> EvaluationScores:
+        self._log_call(job)
         rng = self._rng(job, ctx)
         delay = self._sleep_ms(job, rng)
         if delay > 0:
@@ -119,6 +131,7 @@ class AsyncSimulatedLLM(SimulatedLLM):
     """SimulatedLLM as an async handler: its latency is an await, as a real LLM call over HTTP is."""
 
     async def __call__(self, job: EvaluationJob, ctx: JobContext) -> EvaluationScores:  # type: ignore[override]
+        self._log_call(job)
         rng = self._rng(job, ctx)
         delay = self._sleep_ms(job, rng)
         if delay > 0:

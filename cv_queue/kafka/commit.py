@@ -1,12 +1,13 @@
-"""The commit step: released outputs and the watermark offsets they settle, produced and committed as one unit."""
+"""The commit step: released outputs, and the offsets and maps that record them as done, as one transaction."""
 
 import time
 from collections.abc import Callable
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from cv_queue.kafka.inflight import PartitionTracker
 from cv_queue.kafka.metrics import WorkerMetrics
+from cv_queue.kafka.offset_map import KAFKA_DEFAULT_METADATA_MAX_BYTES, NUL_BYTES
 from cv_queue.kafka.records import OutputRecord
 from cv_queue.kafka.stall import WATCHDOG
 from cv_queue.kafka.transaction import TransactionFencedError, commit_atomically
@@ -15,16 +16,22 @@ Trackers = dict[tuple[str, int], PartitionTracker[OutputRecord]]
 
 
 class WatermarkCommitter:
-    """Pops each partition's settled prefix and commits it, with its outputs, in one Kafka transaction."""
+    """Takes each partition's releasable outputs and commits them, with the offsets and maps that record them as
+    done, in one Kafka transaction (tracker.py decides what may go; this sends it)."""
 
     def __init__(self, consumer: Consumer, producer: Producer, trackers: Trackers,
-                 stopping: Callable[[], bool], metrics: WorkerMetrics, stall_limit_s: float) -> None:
+                 stopping: Callable[[], bool], metrics: WorkerMetrics, stall_limit_s: float,
+                 metadata_limit: int = KAFKA_DEFAULT_METADATA_MAX_BYTES, at_once: bool = True) -> None:
         self.consumer = consumer
         self.metrics = metrics
         self.producer = producer
         self.trackers = trackers
         self.stopping = stopping
         self.stall_limit_s = stall_limit_s
+        self.metadata_limit = metadata_limit
+        self.at_once = at_once
+        # True from the first transactional call of a commit until it returns or ends the transaction itself (its
+        # own abort, or fencing): a BaseException escaping in between leaves it set, so close() aborts.
         self.in_transaction = False
         self.commits = 0
 
@@ -34,15 +41,17 @@ class WatermarkCommitter:
         positions = {(tp.topic, tp.partition): tp.offset for tp in self.consumer.position(
             [TopicPartition(t, p) for t, p in self.trackers])}
         for (topic, partition), tracker in self.trackers.items():
-            before = tracker.committed
-            committed, released = tracker.release()
-            outputs.extend(released)
-            if tracker.open_count == 0 and positions[(topic, partition)] > committed:
-                # Nothing open: commit the fetch position, which lies past transaction markers, so an idle worker
-                # shows zero lag instead of one phantom record per transaction.
-                committed = tracker.committed = positions[(topic, partition)]
-            if committed != before:
-                offsets.append(TopicPartition(topic, partition, committed))
+            release = tracker.release(self.metadata_limit, self.at_once, positions[(topic, partition)])
+            if release is None:
+                continue
+            outputs.extend(release.outputs)
+            if len(release.metadata) + NUL_BYTES > self.metadata_limit:  # tracker.py never plans one: a bug
+                raise AssertionError(f"{topic}[{partition}]: a {len(release.metadata)}-byte offset map over the "
+                                     f"{self.metadata_limit}-byte limit would abort the transaction")
+            # No metadata at all when the map is empty: the broker then stores none, clearing an earlier map.
+            offsets.append(TopicPartition(topic, partition, release.offset, metadata=release.metadata)
+                           if release.metadata else TopicPartition(topic, partition, release.offset))
+            self.metrics.map_bytes[(topic, partition)] = tracker.map_bytes
         if not offsets:
             return
         started = time.monotonic()
@@ -51,8 +60,13 @@ class WatermarkCommitter:
             commit_atomically(self.producer, outputs, offsets, self.consumer.consumer_group_metadata(),
                               stopping=self.stopping, on_abort=self.metrics.count_abort,
                               stall_limit_s=self.stall_limit_s)
-        finally:
+        except Exception:
+            # commit_atomically ends the transaction (aborts it, or is fenced and cannot) before raising any
+            # Exception. A BaseException (KeyboardInterrupt, SystemExit) escapes it with the transaction open, and
+            # in_transaction stays set for abort_if_open.
             self.in_transaction = False
+            raise
+        self.in_transaction = False
         self.commits += 1
         self.metrics.commits += 1
         self.metrics.commit_seconds.observe(time.monotonic() - started)
@@ -67,6 +81,8 @@ class WatermarkCommitter:
             with WATCHDOG.watch("abort_transaction on close", timeout_s + self.stall_limit_s):
                 self.producer.abort_transaction(timeout_s)
         except KafkaException as exc:
+            if exc.args[0].code() == KafkaError._STATE:  # the escape came before begin_transaction: none open
+                return None
             return str(exc)
         self.metrics.count_abort()
         return None

@@ -4,13 +4,18 @@ Off unless the environment variable CVQ_FAULT is set, which only the test suite 
 `<point>@<n>[:<action>]`: the n-th time (1-based) the process passes `<point>`, it performs `<action>`:
 - `kill` (default): SIGKILL itself, as a crash or an OOM kill would;
 - `fatal`: raise a fatal KafkaException there, as librdkafka does for a producer that cannot go on;
-- `hang`: block there for ever, as librdkafka does when it ignores a call's timeout (see stall.py).
+- `hang`: block there for ever, as librdkafka does when it ignores a call's timeout (see stall.py);
+- `interrupt`: raise KeyboardInterrupt there, a BaseException that no `except Exception` catches;
+- `abortable`: raise an error that requires aborting the transaction, as the broker's refusal of one request does
+  (the transaction is aborted and redone with the same outputs).
 
 Points on the commit path (see transaction.commit_atomically), each passed once per transaction:
 - `after_produce`: every output of the batch produced, the offsets not yet sent;
 - `after_send_offsets`: offsets sent to the transaction, commit not yet called;
 - `after_commit`: commit_transaction returned;
 - `in_send_offsets`: inside the stall watchdog's watch of send_offsets_to_transaction, just before the call.
+
+And one on the start path: `after_init_transactions`, between fencing earlier producers and re-reading the layout.
 
 A random SIGKILL samples these points by luck; naming them lets a test prove each one. Before either
 action the producer's queued records are flushed, so the fault leaves them on the broker inside the open
@@ -26,8 +31,9 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 ENV_VAR = "CVQ_FAULT"
-POINTS = frozenset({"after_produce", "after_send_offsets", "after_commit", "in_send_offsets"})
-ACTIONS = frozenset({"kill", "fatal", "hang"})
+POINTS = frozenset({"after_produce", "after_send_offsets", "after_commit", "in_send_offsets",
+                    "after_init_transactions"})
+ACTIONS = frozenset({"kill", "fatal", "hang", "interrupt", "abortable"})
 FLUSH_BEFORE_FAULT_S = 10.0
 
 log = logging.getLogger("cv_queue.faults")
@@ -85,4 +91,9 @@ def fault_point(name: str, producer: Producer | None = None) -> None:
     if plan.action == "hang":
         while True:
             time.sleep(3600)
+    if plan.action == "interrupt":
+        raise KeyboardInterrupt(f"injected KeyboardInterrupt at {name}")
+    if plan.action == "abortable":
+        raise KafkaException(KafkaError(KafkaError._STATE, f"injected abortable error at {name}",
+                                        txn_requires_abort=True))
     raise KafkaException(KafkaError(KafkaError._FATAL, f"injected fatal error at {name}", fatal=True))

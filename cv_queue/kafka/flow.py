@@ -1,8 +1,14 @@
 """Which source partitions a worker pauses, so that its memory stays bounded whatever the jobs do.
 
-Three limits, each with hysteresis (pause at the cap, resume at half) so a partition does not flap:
-- per partition, the bytes and records it holds in the worker (records not yet settled plus outputs waiting for the
-  watermark): a hung job stalls only its own partition's watermark, so only that partition is paused;
+Four limits, each with hysteresis (pause at the cap, resume at half) so a partition does not flap:
+- per partition, the bytes and records it holds in the worker (records not yet settled plus outputs not yet
+  produced): only that partition is paused;
+- per partition, the size of its map of finished offsets (the commit metadata, tracker.py): at 75% of the broker's
+  limit it stops fetching, so no new record can widen the map; the records it already has still run, and those at
+  the bottom move its committed offset and shrink the map. Even past that, tracker.py never plans a map over the
+  limit (outputs wait instead), so the broker never has to refuse one, and a broker that does not enforce the limit
+  (Redpanda) gets no larger ones. A partition still fetching through a map restored at start-up is exempt from
+  both: it holds no more than that map lists, and only fetching on shrinks it;
 - per retry partition, the retry records waiting for their due time (counted apart from main-topic work);
 - across the worker, the jobs accepted but not yet started: all partitions pause when the handlers fall behind.
 """
@@ -10,7 +16,11 @@ Three limits, each with hysteresis (pause at the cap, resume at half) so a parti
 from collections.abc import Iterable, Mapping
 
 from cv_queue.kafka.inflight import PartitionTracker
+from cv_queue.kafka.offset_map import KAFKA_DEFAULT_METADATA_MAX_BYTES
 from cv_queue.settings import QueueSettings
+
+#: The share of the metadata limit at which a partition stops fetching (Parallel Consumer's threshold).
+MAP_PAUSE_SHARE = 0.75
 
 TopicPartitionKey = tuple[str, int]
 
@@ -37,6 +47,7 @@ class FlowControl:
         self.max_waiting = settings.retry.max_waiting_per_partition
         self.retry_topic = retry_topic
         self.sources = list(sources)
+        self.metadata_limit = KAFKA_DEFAULT_METADATA_MAX_BYTES  # the broker's, set by the worker at start
         self._held = {tp: _Gate() for tp in self.sources}
         self._waiting = {tp: _Gate() for tp in self.sources if tp[0] == retry_topic}
         self._buffered = _Gate()
@@ -49,9 +60,16 @@ class FlowControl:
         paused = set()
         for tp, gate in self._held.items():
             tracker = trackers[tp]
-            # Whichever of bytes and records is fuller decides, as a fraction of its cap.
-            level = max(tracker.open_bytes / self.worker.max_partition_bytes,
-                        tracker.open_count / self.worker.max_partition_records)
+            if tracker.restoring:
+                # Fetching through a restored map's range: every record there is skipped (done) or one the map
+                # lists as not done, so what the partition can hold is bounded by the map, and it must go on
+                # fetching to reach the records that shrink it (a map restored under a larger limit holds every
+                # output back until they finish: pausing would wait for records it stopped fetching).
+                level = 0.0
+            else:  # whichever of bytes, records and map size is fullest decides, as a fraction of its cap
+                level = max(tracker.open_bytes / self.worker.max_partition_bytes,
+                            tracker.open_count / self.worker.max_partition_records,
+                            tracker.map_bytes / (MAP_PAUSE_SHARE * self.metadata_limit))
             if gate.update(level, 1.0):
                 paused.add(tp)
         for tp, gate in self._waiting.items():

@@ -1,10 +1,13 @@
 """Records in, tasks out: each consumed record is decoded once, and every one ends up either a task or settled.
 
+- A record the restored offset map shows as done (an earlier worker finished it: resume.py) is counted and dropped.
+
 - A record whose headers, bookkeeping or value cannot be decoded is settled at once with an invalid_payload dead
   letter: the bytes will not get better, so it is never retried.
 - A retry-topic record that is not yet due waits in memory (counted per retry partition, apart from main-topic
   work, for flow control); its due time is clamped to the longest delay the retry policy could have given, so a
-  hand-made or foreign record cannot hold its partition for longer.
+  hand-made or foreign record cannot hold its partition for longer. A record whose lane (its key) has an older
+  record still waiting waits until that one is due too, so a key's records run in offset order.
 - Anything else becomes a Task, ready for the handler pool.
 """
 
@@ -38,7 +41,7 @@ def source_record(msg: Message) -> tuple[SourceRecord, Exception | None]:
 
 class Intake:
     def __init__(self, settings: QueueSettings, router: Router,
-                 track: Callable[[SourceRecord], None], settle: Callable[[SourceRecord, OutputRecord], None]) -> None:
+                 track: Callable[[SourceRecord], bool], settle: Callable[[SourceRecord, OutputRecord], None]) -> None:
         self.settings = settings
         self.retry_topic = settings.topic_names.retry
         self.router = router
@@ -49,10 +52,14 @@ class Intake:
         self.ready: list[Task] = []
         self.due: DueQueue[Task] = DueQueue()
         self.waiting_by_partition: dict[int, int] = {}
+        # Lanes (keys, or partitions under partition ordering) with records waiting in `due`: the latest due time
+        # given to one of them, and how many wait.
+        self._waiting_lanes: dict[tuple[str, int, object], tuple[int, int]] = {}
 
     def take(self, msg: Message) -> None:
         source, header_error = source_record(msg)
-        self._track(source)
+        if not self._track(source):
+            return  # an earlier worker finished it and committed its output: never run a job twice
         try:
             if header_error is not None:
                 raise InvalidPayloadError("undecodable_headers", f"the record's headers cannot be read "
@@ -73,8 +80,15 @@ class Intake:
         lane = (source.topic, source.partition) if self.settings.worker.ordering == "partition" else job.key
         task = Task(delivery=delivery, job=job, lane=lane)
         due = min(delivery.due_at_ms, source.timestamp_ms + self._max_wait_ms) if delivery.due_at_ms else 0
-        if due > now_ms():
+        lane_key = (source.topic, source.partition, lane)
+        waiting = self._waiting_lanes.get(lane_key)
+        if waiting is not None:
+            # An older record of this lane still waits for its time: this one runs after it, never before (its
+            # output is produced as soon as it is done, so running it first would publish the key out of order).
+            due = max(due, waiting[0])
+        if due > now_ms() or waiting is not None:
             self.due.push(due, task)
+            self._waiting_lanes[lane_key] = (due, (waiting[1] if waiting else 0) + 1)
             self.waiting_by_partition[source.partition] = self.waiting_by_partition.get(source.partition, 0) + 1
         else:
             self.ready.append(task)
@@ -88,7 +102,14 @@ class Intake:
         if not len(self.due):
             return
         for task in self.due.pop_due(now_ms()):
-            self.waiting_by_partition[task.delivery.source.partition] -= 1
+            source = task.delivery.source
+            self.waiting_by_partition[source.partition] -= 1
+            lane_key = (source.topic, source.partition, task.lane)
+            latest_due, count = self._waiting_lanes[lane_key]
+            if count == 1:
+                del self._waiting_lanes[lane_key]
+            else:
+                self._waiting_lanes[lane_key] = (latest_due, count - 1)
             self.ready.append(task)
 
     def take_ready(self) -> list[Task]:

@@ -4,6 +4,10 @@ The DLQ is read from the committed offsets of the replay group (`cv-queue-dlq-re
 batch of republished jobs commits together with the DLQ offsets it consumed, in one transaction: a
 replay that crashes half-way resumes where it committed and never republishes a letter twice.
 
+Replay handles letters one at a time in offset order, so no output ever waits behind an unfinished letter:
+each batch's outputs go out with the offsets just past them (the worker needs an offset map for that, tracker.py;
+replay has nothing above its committed offset to record).
+
 Replay never commits past a letter it did not handle (replay it, or park it). Committing past a letter
 would hide it from every later replay and from the DLQ depth figures, so the filters that leave a
 letter alone stop the scan of its partition there instead:

@@ -15,6 +15,7 @@ from cv_queue.kafka.fleet_layout import (
     LayoutRecord,
     ensure_layout_topic_as,
     layout_topic,
+    read_layout,
     record_first_layout,
 )
 from cv_queue.kafka.presence import FleetPresence, presence_group
@@ -114,6 +115,21 @@ def committed_offsets(consumer: Consumer, partitions: list[tuple[str, int]]) -> 
             if time.monotonic() > deadline:
                 raise WorkerStartError(f"could not read committed offsets: {exc}") from exc
             time.sleep(0.5)
+
+
+def recheck_layout(conn: KafkaConnection, settings: QueueSettings, recorded: LayoutRecord) -> None:
+    """After init_transactions, before reading committed offsets: the layout must still be the one checked at join.
+
+    A re-layout that finished in between may have started a worker of the new layout, which fenced the slots of
+    the old one *before* this worker's init_transactions gave its old slot a fresh epoch: nothing would fence this
+    worker again, and two workers would read the same partitions. The record tells (LayoutMismatchError)."""
+    now = read_layout(conn, settings)
+    if now is None or now.generation != recorded.generation or now.layout != recorded.layout:
+        now_text = "no record" if now is None else f"generation {now.generation}, {now.layout.describe()}"
+        raise LayoutMismatchError(
+            f"the queue's layout changed while this worker started (it joined under generation "
+            f"{recorded.generation}, {recorded.layout.describe()}; the record now says {now_text}). It stops "
+            f"before reading any offset; start the workers with the recorded layout.")
 
 
 def output_limits(conn: KafkaConnection, settings: QueueSettings) -> OutputLimits:

@@ -10,6 +10,7 @@ class WorkerStats:
     worker: str
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     consumed: int = 0
+    skipped: int = 0  # consumed again after a restart, already done per the committed map: not run
     succeeded: int = 0
     retried: int = 0
     dead_lettered: int = 0
@@ -28,7 +29,8 @@ class WorkerStats:
 
     def summary(self) -> str:
         return (
-            f"slot {self.slot}: consumed {self.consumed}, succeeded {self.succeeded}, retried {self.retried}, "
+            f"slot {self.slot}: consumed {self.consumed} (skipped as done {self.skipped}), "
+            f"succeeded {self.succeeded}, retried {self.retried}, "
             f"dead-lettered {self.dead_lettered} (invalid {self.invalid}), timed out {self.timed_out}, "
             f"in flight {self.in_flight}, buffered {self.buffered}, waiting retries {self.waiting_retries}, "
             f"held {self.held_bytes} B, paused partitions {self.paused}, lag {self.lag}, commits {self.commits}"

@@ -3,7 +3,8 @@
 librdkafka's rules, followed exactly: an error that is *retriable* means "call the same step again"; one
 that *requires abort* means "abort, then redo the whole transaction"; a *fatal* one (above all, being
 fenced by a newer producer with the same transactional id) ends this producer. Anything else is
-treated as fatal rather than looped on, and a caller that is stopping gives up instead of retrying.
+treated as fatal rather than looped on, and a caller that is stopping gives up after a few more tries (it must
+exit; its records are then consumed again by the next worker).
 
 Giving up never leaves a transaction open when it can be helped: an open transaction holds the last
 stable offset of every partition it wrote to, so read_committed consumers of those partitions stall
@@ -31,7 +32,14 @@ T = TypeVar("T")
 FENCING_CODES = frozenset({
     KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
 })
+# Errors librdkafka calls abortable that the same transaction would meet again, redone as often as it liked: an
+# offset commit's metadata over the broker's offset.metadata.max.bytes (the worker's guard never sends one; a limit
+# set above the broker's, or a broker that lowered its own, would).
+PERMANENT_CODES = frozenset({KafkaError.OFFSET_METADATA_TOO_LARGE})
 STEP_ATTEMPTS = 5
+# Tries a stopping worker still gives a failing transaction (0.1 + 0.2 s of backoff): a stop commits its finished
+# work through a broker's brief refusal, and still exits promptly when the broker stays away.
+STOPPING_TRIES = 3
 SEND_OFFSETS_TIMEOUT_S = 30
 COMMIT_TIMEOUT_S = 60
 ABORT_TIMEOUT_S = 30
@@ -92,7 +100,8 @@ def commit_atomically(
     on_abort: Callable[[], None] = lambda: None,
     stall_limit_s: float = DEFAULT_STALL_LIMIT_S,
 ) -> None:
-    """Produce `outputs` and commit `offsets` atomically, retrying abortable failures until `stopping()`.
+    """Produce `outputs` and commit `offsets` atomically, redoing the same transaction after abortable failures (no
+    output is dropped, so no handler runs again); once `stopping()`, it gives up after STOPPING_TRIES more.
 
     `on_abort` is called for every transaction aborted on the way (for the aborts counter). Sending the offsets
     and committing each run under the stall watchdog: blocked past `stall_limit_s`, the process exits."""
@@ -107,6 +116,7 @@ def commit_atomically(
             producer.commit_transaction(COMMIT_TIMEOUT_S)
 
     backoff = 0.1
+    tries_while_stopping = 0
     while True:
         in_transaction = False
         try:
@@ -128,6 +138,9 @@ def commit_atomically(
             if err.fatal():
                 raise _give_up(producer, in_transaction, f"fatal producer error: {err.str()}", on_abort,
                                stall_limit_s) from exc
+            if err.code() in PERMANENT_CODES:  # abortable, but redoing the same transaction can only fail again
+                raise _give_up(producer, in_transaction, f"the broker refused the transaction: {err.str()}",
+                               on_abort, stall_limit_s) from exc
             if not (err.txn_requires_abort() or err.retriable()):
                 raise _give_up(producer, in_transaction, f"unexpected transaction error: {err.str()}",
                                on_abort, stall_limit_s) from exc
@@ -135,9 +148,12 @@ def commit_atomically(
                 _abort(producer, stall_limit_s)
                 on_abort()
             if stopping():
-                raise TransactionAbandonedError(err.str()) from exc
-            log.warning("transaction failed (%s); retrying in %.1fs", err.str(), backoff)
-            time.sleep(backoff)
+                tries_while_stopping += 1
+                if tries_while_stopping >= STOPPING_TRIES:
+                    raise TransactionAbandonedError(err.str()) from exc
+            delay = min(backoff, 0.5) if stopping() else backoff  # a stopping worker must still exit promptly
+            log.warning("transaction failed (%s); retrying in %.1fs", err.str(), delay)
+            time.sleep(delay)
             backoff = min(backoff * 2, 5.0)
         except Exception as exc:
             # Not a Kafka error (a bug, a bad record): still close the transaction before it propagates.

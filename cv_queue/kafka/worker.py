@@ -2,8 +2,10 @@
 
 How one worker runs (each step lives in its own module):
 - Start-up: it *assigns* its slot's partitions of the main and retry topics (no group rebalancing), fences every
-  worker that could be reading them (its own slot's id, and overlapping slots of other layouts: layout.py), reads
-  each output topic's size limit and starts from the committed offsets of the worker group (startup.py).
+  worker that could be reading them (its own slot's id, and overlapping slots of other layouts: layout.py), checks
+  after init_transactions that the layout did not change meanwhile, reads each output topic's size limit and the
+  broker's metadata limit, and starts from the committed offsets of the worker group and their maps (startup.py,
+  resume.py).
 - Intake (intake.py): each record's `cvq.` headers are parsed once into a Delivery (delivery.py) and its value
   into a job; anything undecodable is dead-lettered at once as invalid_payload.
 - Execution: a HandlerPool (pool.py) runs jobs on handler threads, or an AsyncHandlerPool (async_pool.py) runs an
@@ -11,9 +13,10 @@ How one worker runs (each step lives in its own module):
   inline_pool.py); each runs one job per key at a time, each within `job_timeout_s`, and
   JobRunner / AsyncJobRunner (execution.py) turn whatever the handler does into exactly one Completion.
 - Routing: the Router (routing.py) makes each completion one output: result, retry record or dead letter.
-- Commit (commit.py): every output is held until its source offset is under the contiguous completed watermark
-  (inflight.py), then produced in the same transaction that commits that watermark (transaction.py). A crash at
-  any point therefore commits an output together with its offset, or neither.
+- Commit (commit.py): every output is produced in the next transaction (transaction.py), which commits for each
+  source partition the lowest offset not done and, as its metadata, the map of done offsets above it (tracker.py,
+  offset_map.py). A crash at any point therefore commits an output together with its offset recorded as done, or
+  neither; a restart (resume.py) skips what the map records, so no finished job runs twice.
 - Flow control (flow.py): a partition holding too many bytes or records, or too many waiting retries, is paused
   on its own; all are paused when the handlers fall behind.
 """
@@ -26,17 +29,18 @@ import threading
 import time
 from collections.abc import Callable
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from cv_queue.errors import ErrorCategory
 from cv_queue.evaluation.handler import JobHandler, load_handler
 from cv_queue.kafka.auth import authorization_code, denied
 from cv_queue.kafka.classify import ErrorClassifier
 from cv_queue.kafka.client_log import CLIENT_LOG
-from cv_queue.kafka.clients import assigned_consumer, poll_batch, transactional_producer
+from cv_queue.kafka.clients import admin_client, assigned_consumer, poll_batch, transactional_producer
 from cv_queue.kafka.commit import WatermarkCommitter, check_still_owner
 from cv_queue.kafka.envelope import now_ms
 from cv_queue.kafka.execution import Completion
+from cv_queue.kafka.faults import fault_point
 from cv_queue.kafka.fit import OutputLimits
 from cv_queue.kafka.flow import FlowControl
 from cv_queue.kafka.inflight import PartitionTracker
@@ -45,7 +49,10 @@ from cv_queue.kafka.layout import fence_overlapping_slots
 from cv_queue.kafka.metrics import worker_metrics
 from cv_queue.kafka.pools import handler_pool
 from cv_queue.kafka.presence import FleetPresence
+from cv_queue.kafka.progress import ProgressReporter
 from cv_queue.kafka.records import Failure, OutputRecord, SourceRecord
+from cv_queue.kafka.resume import metadata_limit as read_metadata_limit
+from cv_queue.kafka.resume import resume_partitions
 from cv_queue.kafka.routing import Router
 from cv_queue.kafka.stall import WATCHDOG
 from cv_queue.kafka.startup import (
@@ -53,10 +60,10 @@ from cv_queue.kafka.startup import (
     LayoutMismatchError,
     WorkerStartError,
     check_topics,
-    committed_offsets,
     denied_resource,
     join_fleet,
     output_limits,
+    recheck_layout,
 )
 from cv_queue.kafka.stats import WorkerStats
 from cv_queue.kafka.transaction import TransactionAbandonedError, TransactionFatalError, TransactionFencedError
@@ -69,7 +76,6 @@ log = logging.getLogger("cv_queue.worker")
 BUSY_POLL_S = 0.005  # poll timeout while jobs run, so completions are settled within ~5 ms
 OFFER_CHUNK = 8  # decoded jobs handed to the handler threads at a time
 EXPIRY_CHECK_S = 0.25  # how often running jobs are checked against job_timeout_s
-IDLE_REPORT_EVERY = 6  # an idle worker reports every 6th progress interval instead of every one
 GAUGE_REFRESH_S = 1.0  # how often the gauges (in flight, held bytes, lag, ...) are brought up to date
 
 
@@ -119,8 +125,7 @@ class PartitionWorker:
         self._committer: WatermarkCommitter | None = None
         self._presence: FleetPresence | None = None
         self._stopping = threading.Event()
-        self._last_summary = ""
-        self._quiet_reports = 0
+        self._progress = ProgressReporter(self.stats, self._metrics, on_progress)
 
     # ------------------------------------------------------------------ start-up
 
@@ -143,14 +148,14 @@ class PartitionWorker:
         # committed offsets read next are final.
         with WATCHDOG.watch("init_transactions", START_TIMEOUT_S + self.settings.worker.client_stall_s):
             self._producer.init_transactions(START_TIMEOUT_S)
-        assignment = []
-        for tp in committed_offsets(self._consumer, self._source_partitions()):
-            start = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-            self._trackers[(tp.topic, tp.partition)] = PartitionTracker(tp.offset if tp.offset >= 0 else -1)
-            assignment.append(TopicPartition(tp.topic, tp.partition, start))
-        self._consumer.assign(assignment)
+        fault_point("after_init_transactions")
+        recheck_layout(self.conn, self.settings, recorded)
+        metadata_limit = read_metadata_limit(admin_client(self.conn), self.settings.worker.offset_metadata_max_bytes)
+        self._flow.metadata_limit = metadata_limit
+        self._trackers.update(resume_partitions(self._consumer, self.settings, self._source_partitions()))
         self._committer = WatermarkCommitter(self._consumer, self._producer, self._trackers, self._stopping.is_set,
-                                             self._metrics, self.settings.worker.client_stall_s)
+                                             self._metrics, self.settings.worker.client_stall_s, metadata_limit,
+                                             at_once=self.settings.worker.release_outputs == "at_once")
         self._pool.start()
         self._metrics.running = 1
         log.info("worker %s started on %s partitions %s (group %s, transactional id %s)", self.worker_id,
@@ -159,11 +164,16 @@ class PartitionWorker:
 
     # ------------------------------------------------------------------ intake
 
-    def _track(self, source: SourceRecord) -> None:
+    def _track(self, source: SourceRecord) -> bool:
+        """Count a fetched record in; False when an earlier worker already finished it (the restored map)."""
         key = (source.topic, source.partition)
-        self._trackers[key].track(source.offset, source.size)
         self._consumed[key] += 1
         self.stats.consumed += 1
+        if self._trackers[key].track(source.offset, source.size):
+            return True
+        self._metrics.skipped[key] += 1
+        self.stats.skipped += 1
+        return False
 
     def _offer_ready(self) -> None:
         self._pool.offer(self._intake.take_ready())
@@ -240,25 +250,8 @@ class PartitionWorker:
     # ------------------------------------------------------------------ the loop
 
     def _refresh_gauges(self) -> None:
-        assert self._consumer is not None
-        self.stats.in_flight = self._pool.in_flight
-        self.stats.buffered = self._pool.buffered
-        self.stats.waiting_retries = len(self._intake.due)
-        self.stats.held_bytes = sum(t.open_bytes for t in self._trackers.values())
-        self.stats.paused = len(self._paused)
-        self.stats.abandoned_handlers = self._pool.abandoned
-        lag = 0
-        for (topic, partition), tracker in self._trackers.items():
-            try:
-                _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
-            except KafkaException:
-                continue
-            if high >= 0:
-                partition_lag = max(0, high - max(tracker.committed, 0))
-                self._metrics.lag[(topic, partition)] = partition_lag
-                lag += partition_lag
-        self.stats.lag = lag
-        self._metrics.record_gauges(self.stats)
+        self._progress.refresh(self._consumer, self._trackers, self._pool.in_flight, self._pool.buffered,
+                               len(self._intake.due), len(self._paused), self._pool.abandoned)
 
     def _poll_timeout(self) -> float:
         if self._pool.in_flight or self._pool.buffered:
@@ -314,7 +307,7 @@ class PartitionWorker:
         finally:
             self._close()
             self._metrics.running = 0
-        self._refresh_gauges_safe()
+        self._refresh_gauges()
         log.info("worker %s stopped (%s): %s", self.worker_id, self.stats.stop_reason, self.stats.summary())
         return self.stats
 
@@ -357,29 +350,13 @@ class PartitionWorker:
                 last_progress = now
                 self._commit()  # offsets-only when idle: moves committed offsets past transaction markers
                 check_still_owner(self._consumer, self._trackers)
-                self._report()
+                self._refresh_gauges()
+                self._progress.report()
                 CLIENT_LOG.tick()
 
-    def _report(self) -> None:
-        """Report progress when something changed, and otherwise every IDLE_REPORT_EVERY intervals."""
-        self._refresh_gauges_safe()
-        summary = self.stats.summary()
-        self._quiet_reports = 0 if summary != self._last_summary else self._quiet_reports + 1
-        if self._quiet_reports % IDLE_REPORT_EVERY:
-            return
-        self._last_summary = summary
-        if self.on_progress is not None:
-            self.on_progress(self.stats)
-        else:
-            log.info("%s", summary)
-
-    def _refresh_gauges_safe(self) -> None:
-        if self._consumer is not None:
-            with contextlib.suppress(RuntimeError):  # consumer already closed
-                self._refresh_gauges()
-
     def _shutdown(self) -> None:
-        """Stop taking work, let running jobs finish within the grace period, commit what completed."""
+        """Stop taking work, let running jobs finish within the grace period, then commit every finished job (not
+        only the prefix: the map records the rest), so the next worker runs only what was still running."""
         assert self._consumer is not None
         self._consumer.pause([TopicPartition(t, p) for t, p in self._source_partitions()])
         self._pool.stop_taking()  # jobs buffered behind running ones are not started: redelivered later
@@ -399,7 +376,7 @@ class PartitionWorker:
         self._pool.close()
         if self._committer is not None and (error := self._committer.abort_if_open()) is not None:
             log.warning("abort on close failed: %s", error)
-        self._refresh_gauges_safe()
+        self._refresh_gauges()
         if self._consumer is not None:
             with contextlib.suppress(RuntimeError):
                 self._consumer.close()

@@ -57,3 +57,14 @@ def test_the_failure_alert_carries_the_steps_reason(resources, instance):
     assert "slot" not in alert  # the run had no slot tag: that is why it was refused
     assert alert["failure_message"].startswith("partition_worker runs one slot and must be launched for a partition")
     assert "must be launched for a partition" in alert["summary"]
+
+
+def test_a_worker_run_takes_the_shutdown_grace_from_the_environment_unless_its_config_sets_one(monkeypatch):
+    from cv_queue.defs.workers import WorkerRunConfig, with_run_config
+    from cv_queue.settings import QueueSettings
+
+    monkeypatch.setenv("CVQ_WORKER__SHUTDOWN_GRACE_MS", "45000")
+    settings = QueueSettings()
+    assert with_run_config(settings, WorkerRunConfig(slot="0-1")).worker.shutdown_grace_ms == 45_000
+    assert with_run_config(settings, WorkerRunConfig(slot="0-1", shutdown_grace_s=2.5)).worker.shutdown_grace_ms \
+        == 2_500

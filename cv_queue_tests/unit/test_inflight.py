@@ -5,21 +5,68 @@ import random
 import pytest
 
 from cv_queue.kafka.inflight import DueQueue, KeyedScheduler, PartitionTracker
+from cv_queue.kafka.offset_map import decode
+
+LIMIT = 4096
 
 
-def test_watermark_moves_only_over_a_contiguous_settled_run():
+def _in_order(tracker: PartitionTracker) -> tuple[int, list]:
+    release = tracker.release(LIMIT, at_once=False)
+    return (tracker.committed, []) if release is None else (release.offset, release.outputs)
+
+
+def test_in_order_the_watermark_moves_only_over_a_contiguous_settled_run():
     tracker: PartitionTracker[str] = PartitionTracker(committed=10)
     for offset in (10, 11, 12, 14):  # 13 was a transaction marker: offsets may have gaps
         tracker.track(offset)
     tracker.settle(12, "out-12")
     tracker.settle(14, "out-14")
-    assert tracker.release() == (10, [])  # 10 and 11 still run: nothing above them is released
+    assert _in_order(tracker) == (10, [])  # 10 and 11 still run: nothing above them is released
     assert tracker.held_back == 2
     tracker.settle(10, "out-10")
-    assert tracker.release() == (11, ["out-10"])
+    assert _in_order(tracker) == (11, ["out-10"])
     tracker.settle(11, None)  # settled with no output
-    assert tracker.release() == (15, ["out-12", "out-14"])
+    assert _in_order(tracker) == (15, ["out-12", "out-14"])
     assert tracker.open_count == 0 and tracker.held_back == 0
+
+
+def test_at_once_outputs_leave_at_once_and_the_map_records_them():
+    tracker: PartitionTracker[str] = PartitionTracker(committed=10)
+    for offset in (10, 11, 12, 14, 15):  # 13 was a transaction marker
+        tracker.track(offset)
+    tracker.settle(12, "out-12")
+    tracker.settle(15, "out-15")
+    release = tracker.release(LIMIT)
+    assert release is not None and release.offset == 10 and release.outputs == ["out-12", "out-15"]
+    settled = decode(release.metadata, 10)
+    assert settled is not None and [o for o in range(10, 17) if settled.is_done(o)] == [12, 13, 15]
+    assert tracker.release(LIMIT) is None  # nothing changed: no commit
+    tracker.settle(10, "out-10")
+    release = tracker.release(LIMIT)
+    assert release is not None and (release.offset, release.outputs) == (11, ["out-10"])
+    assert decode(release.metadata, 11).incomplete == (14,)
+    tracker.settle(11, None)
+    tracker.settle(14, "out-14")
+    release = tracker.release(LIMIT)
+    assert release is not None and (release.offset, release.metadata, release.outputs) == (16, "", ["out-14"])
+
+
+def test_the_map_never_exceeds_the_limit_and_what_does_not_fit_waits():
+    tracker: PartitionTracker[int] = PartitionTracker(committed=0)
+    for offset in range(400):
+        tracker.track(offset)
+    for offset in range(1, 400, 2):
+        tracker.settle(offset, offset)
+    limit = 80  # room for a few runs only
+    release = tracker.release(limit)
+    assert release is not None and len(release.metadata) + 1 <= limit
+    assert 0 < len(release.outputs) < 200 and release.outputs == sorted(release.outputs)
+    assert tracker.held_back == 200 - len(release.outputs)
+    for offset in range(0, 400, 2):  # the open ones finish: the watermark takes everything that waited
+        tracker.settle(offset, offset)
+    last = tracker.release(limit)
+    assert last is not None and last.offset == 400 and last.metadata == ""
+    assert sorted(release.outputs + last.outputs) == list(range(400))
 
 
 def test_tracker_refuses_out_of_order_and_unknown_offsets():
@@ -43,7 +90,7 @@ def test_random_completion_orders_release_everything_in_offset_order():
         rng.shuffle(order)
         for o in order:
             tracker.settle(o, o)
-            committed, outs = tracker.release()
+            committed, outs = _in_order(tracker)
             released += outs
             assert committed == (released[-1] + 1 if released else 0)
             assert all(x < committed for x in released)

@@ -185,11 +185,24 @@ def test_fenced_while_aborting_raises_fenced():
     assert producer.calls == [*ONE_TRANSACTION, "abort"]
 
 
-def test_stopping_abandons_the_transaction_after_aborting_it():
-    producer = ScriptedProducer(commit=[abortable()])
+def test_stopping_still_redoes_a_refused_transaction_a_few_times_then_abandons_it():
+    producer = ScriptedProducer(commit=[abortable()] * transaction.STOPPING_TRIES)
     with pytest.raises(TransactionAbandonedError):
         commit(producer, stopping=True)
-    assert producer.calls == [*ONE_TRANSACTION, "abort"]
+    assert producer.calls == [*ONE_TRANSACTION, "abort"] * transaction.STOPPING_TRIES
+
+
+def test_a_stop_commits_its_finished_work_through_a_brief_refusal():
+    producer = ScriptedProducer(commit=[abortable()] * (transaction.STOPPING_TRIES - 1))
+    commit(producer, stopping=True)
+    assert producer.calls == [*ONE_TRANSACTION, "abort"] * (transaction.STOPPING_TRIES - 1) + ONE_TRANSACTION
+
+
+def test_metadata_over_the_brokers_limit_is_given_up_on_not_redone_for_ever():
+    producer = ScriptedProducer(send_offsets=[abortable(KafkaError.OFFSET_METADATA_TOO_LARGE)])
+    with pytest.raises(TransactionFatalError, match="refused the transaction"):
+        commit(producer)
+    assert producer.calls == ["begin", "produce", "produce", "send_offsets", "abort"]
 
 
 @pytest.mark.parametrize("step", ["produce", "send_offsets", "commit"])
@@ -279,6 +292,8 @@ def test_a_fault_fires_on_the_nth_pass_only():
 def test_fault_plan_parsing():
     assert FaultPlan.parse("after_commit@3") == FaultPlan(point="after_commit", at=3, action="kill")
     assert FaultPlan.parse("after_produce@1:fatal").action == "fatal"
+    assert FaultPlan.parse("after_produce@2:abortable").action == "abortable"
+    assert FaultPlan.parse("after_init_transactions@1:interrupt").point == "after_init_transactions"
     for bad in ("after_commit", "nowhere@1", "after_commit@0", "after_commit@x", "after_commit@1:explode"):
         with pytest.raises(ValueError, match="CVQ_FAULT"):
             FaultPlan.parse(bad)

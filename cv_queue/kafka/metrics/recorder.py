@@ -52,6 +52,8 @@ class WorkerMetrics:
         self.consumed: dict[TopicPartitionKey, int] = {}
         self.lag: dict[TopicPartitionKey, int] = {}
         self.paused: dict[TopicPartitionKey, int] = {}
+        self.map_bytes: dict[TopicPartitionKey, int] = {}
+        self.skipped: dict[TopicPartitionKey, int] = {}
         self.succeeded = 0
         self.retried = dict.fromkeys(CATEGORY_ORDER, 0)
         self.dead_lettered = dict.fromkeys(CATEGORY_ORDER, 0)
@@ -66,7 +68,7 @@ class WorkerMetrics:
 
     def add_sources(self, sources: Iterable[TopicPartitionKey]) -> None:
         for tp in sources:
-            for figures in (self.consumed, self.lag, self.paused):
+            for figures in (self.consumed, self.lag, self.paused, self.map_bytes, self.skipped):
                 figures.setdefault(tp, 0)
 
     def count_abort(self) -> None:
@@ -99,7 +101,8 @@ class WorkerMetrics:
             for category, value in list(per_category.items()):
                 families[name].add_metric([self.slot, category.value], value)
         for name, per_source in (("cvq_records_consumed_total", self.consumed), ("cvq_consumer_lag", self.lag),
-                                 ("cvq_partition_paused", self.paused)):
+                                 ("cvq_partition_paused", self.paused), ("cvq_offset_map_bytes", self.map_bytes),
+                                 ("cvq_records_skipped_total", self.skipped)):
             for (topic, partition), value in list(per_source.items()):
                 families[name].add_metric([self.slot, topic, str(partition)], value)
         for name, histogram in (("cvq_handler_duration_seconds", self.handler_seconds),
