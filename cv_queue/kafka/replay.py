@@ -19,7 +19,9 @@ letter alone stop the scan of its partition there instead:
   first other letter and everything after it wait for a replay whose filter takes them;
 - max messages caps the letters handled in one run.
 A letter that does not decode as a dead letter is parked whatever the filters say: it has no class
-or age to filter on, and left in place it would stop every filtered replay of its partition.
+or age to filter on, and left in place it would stop every filtered replay of its partition. So is a letter
+too large for the replay target (the DLQ and the parking lot take 2 MiB, the main topic 1 MiB), and a parked
+letter too large for the parking lot is shrunk as the worker shrinks dead letters (provenance kept, value cut).
 """
 
 import time
@@ -33,10 +35,24 @@ from pydantic import BaseModel, Field
 
 from cv_queue import headers as h
 from cv_queue.errors import DEFAULT_REPLAY_CATEGORIES, ErrorCategory, InvalidPayloadError
-from cv_queue.kafka.clients import assigned_consumer, message_headers, poll_batch, transactional_producer
+from cv_queue.kafka.clients import (
+    admin_client,
+    assigned_consumer,
+    message_headers,
+    poll_batch,
+    transactional_producer,
+)
 from cv_queue.kafka.envelope import OutputRecord, now_ms, parked_headers, read_dead_letter, replayed_headers
+from cv_queue.kafka.fit import (
+    KAFKA_DEFAULT_MAX_MESSAGE_BYTES,
+    SAFETY_MARGIN,
+    OutputLimits,
+    read_output_limits,
+    shrink_dead_letter,
+)
 from cv_queue.kafka.metrics import ReplayMetrics
 from cv_queue.kafka.transaction import commit_atomically
+from cv_queue.messages import DeadLetter
 from cv_queue.settings import KafkaConnection, QueueSettings
 
 IDLE_END_S = 2.0  # no records for this long at a partition's end: it is done (an open txn may hold the LSO)
@@ -116,7 +132,11 @@ class _Replayer:
         self.unflushed: list[tuple[ErrorCategory, ReplayOutcome]] = []  # counted in metrics once committed
         self.partitions = settings.dlq_partitions(request.categories)
         self.consumer = assigned_consumer(conn, settings, settings.replay_group_id, role="dlq-replay")
-        self.producer = None if request.dry_run else transactional_producer(conn, settings.replay_transactional_id)
+        # Sized from the topics it writes, as the worker's producer is: a letter up to the parking lot's 2 MiB must
+        # not stop the replay of its category for ever (librdkafka refuses a record over message.max.bytes itself).
+        self.limits = replay_limits(conn, settings, self.target)
+        self.producer = None if request.dry_run else transactional_producer(
+            conn, settings.replay_transactional_id, max_message_bytes=self.limits.producer_max_bytes)
         self.pending: list[OutputRecord] = []
         self.next_offsets: dict[int, int] = {}  # partition -> just past the last letter handled
         # Partitions read to their end offset with every letter handled: only these may commit past the
@@ -230,15 +250,28 @@ class _Replayer:
             self._park(msg, headers, f"replayed {letter.replays} times (cap {self.request.max_replays})",
                        letter.category)
             return True
-        self.pending.append(OutputRecord(topic=self.target, key=letter.key, value=letter.value,
-                                         headers=replayed_headers(letter)))
-        self._count(letter.category, ReplayOutcome.REPLAYED)
-        self.next_offsets[partition] = offset + 1
+        self._replay(msg, headers, letter)
         return True
 
+    def _replay(self, msg: Message, headers: h.Headers, letter: DeadLetter) -> None:
+        """Republish the letter's job to the target, or park it when it would not fit there."""
+        replayed = OutputRecord(topic=self.target, key=letter.key, value=letter.value,
+                                headers=replayed_headers(letter))
+        if not self.limits.fits(replayed):
+            self._park(msg, headers, f"{replayed.size} bytes do not fit {self.target} (max.message.bytes "
+                       f"{self.limits.limit(self.target) + SAFETY_MARGIN}); it cannot be replayed there",
+                       letter.category)
+            return
+        self.pending.append(replayed)
+        self._count(letter.category, ReplayOutcome.REPLAYED)
+        self.next_offsets[msg.partition()] = msg.offset() + 1
+
     def _park(self, msg: Message, headers: h.Headers, reason: str, category: ErrorCategory) -> None:
-        self.pending.append(OutputRecord(topic=self.names.parked, key=msg.key(), value=msg.value(),
-                                         headers=parked_headers(headers, reason, now_ms())))
+        parked = OutputRecord(topic=self.names.parked, key=msg.key(), value=msg.value(),
+                              headers=parked_headers(headers, reason, now_ms()))
+        if not self.limits.fits(parked):  # fitted as the worker fits dead letters: provenance stays, the value is cut
+            parked = shrink_dead_letter(parked, self.limits.limit(self.names.parked))
+        self.pending.append(parked)
         self._count(category, ReplayOutcome.PARKED)
         self.next_offsets[msg.partition()] = msg.offset() + 1
 
@@ -274,6 +307,15 @@ class _Replayer:
         self.next_offsets.clear()
         if self.on_progress is not None:
             self.on_progress(self.report)
+
+
+def replay_limits(conn: KafkaConnection, settings: QueueSettings, target: str) -> OutputLimits:
+    """max.message.bytes of the replay target and the parking lot, from the broker (the settings where it won't
+    say)."""
+    topics = settings.topics
+    main_limit = int(topics.main_config.get("max.message.bytes", KAFKA_DEFAULT_MAX_MESSAGE_BYTES))
+    fallback = {target: main_limit, settings.topic_names.parked: topics.max_message_bytes}
+    return read_output_limits(admin_client(conn), list(fallback), fallback)
 
 
 def replay_dead_letters(

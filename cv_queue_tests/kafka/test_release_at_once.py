@@ -5,14 +5,16 @@ each partition, handler calls counted per job id from the handler's own call log
 - A graceful stop (SIGTERM) commits every finished job, not only the prefix: the next worker runs none of them
   again, only the jobs that were still running.
 - SIGKILL at each point of the commit path, with finished work above a held committed offset: after a restart every
-  job has exactly one result, and the jobs run twice are at most those in flight at the kill (running, or in the
-  transaction the kill interrupted). Holding outputs behind the slow job, or forgetting the map at start-up, would
-  redo every fast job the victim had finished.
+  job has exactly one result, nothing the victim committed runs again, and the jobs run twice are only those in
+  flight at the kill (called, and not yet in a committed transaction). Holding outputs behind the slow job would
+  commit none of the victim's fast jobs; forgetting the map at start-up would run its committed ones again.
 """
 
 import json
 import signal
+import subprocess
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from confluent_kafka import Producer, TopicPartition
 from cv_queue.evaluation.samples import sample_jobs
 from cv_queue.kafka.offset_map import decode
 from cv_queue.kafka.producer import JobProducer
+from cv_queue.messages import EvaluationResult
 from cv_queue.settings import KafkaConnection, QueueSettings
 from cv_queue_tests.kafka.procs import spawn_worker, stop_all
 from cv_queue_tests.kafka.test_crash_points import read_all, wait_for_offsets_at_end
@@ -57,6 +60,19 @@ def calls(call_log: Path) -> Counter[str]:
     return Counter(line for line in call_log.read_text().splitlines() if line)
 
 
+def start_again_and_read(conn: KafkaConnection, settings: QueueSettings, log: Path,
+                         call_log: Path) -> tuple[subprocess.Popen, Counter[str]]:
+    """The first slot's worker started again; once every offset is committed, the committed results per job id.
+    The caller stops the process (it is stopped here only when waiting fails)."""
+    proc = spawn_worker(settings, settings.slots()[0].name, log, in_flight=IN_FLIGHT, extra_env=handler_env(call_log))
+    try:
+        wait_for_offsets_at_end(conn, settings)
+        return proc, Counter(m.key().decode() for m in read_all(conn, settings))
+    except BaseException:
+        stop_all(proc)
+        raise
+
+
 def result_ids(conn: KafkaConnection, settings: QueueSettings) -> Counter[str]:
     return Counter(m.key().decode() for m in read_topic(conn, settings.topic_names.results, idle_s=0.5,
                                                         timeout_s=30))
@@ -74,9 +90,9 @@ def test_results_flow_past_a_slow_job_and_a_graceful_stop_keeps_every_finished_o
     second = None
     try:
         # Every fast result is readable while the slow jobs at the heads still run (they take 20 s; in_order
-        # would hold every one of these results until then).
-        wait_for(lambda: fast <= set(result_ids(conn, settings)), 15, "the fast results behind the slow jobs")
-        assert not slow & set(result_ids(conn, settings)), "a slow job finished: the check above proved nothing"
+        # holds every one of these results until they end, so the slow ones would be readable first).
+        wait_for(lambda: fast <= set(result_ids(conn, settings)), 90, "the fast results behind the slow jobs")
+        assert not slow & set(result_ids(conn, settings)), "the fast results waited for the slow jobs"
         first.send_signal(signal.SIGTERM)
         assert first.wait(60) == 0
         # The stop committed the slow jobs' offsets, with every finished offset above them in the map.
@@ -85,10 +101,7 @@ def test_results_flow_past_a_slow_job_and_a_graceful_stop_keeps_every_finished_o
             settled = decode(tp.metadata, tp.offset)
             assert settled is not None and settled.incomplete == (), (tp.topic, tp.partition, tp.metadata)
 
-        second = spawn_worker(settings, slot.name, tmp_path / "second.log", in_flight=IN_FLIGHT,
-                              extra_env=handler_env(call_log))
-        wait_for_offsets_at_end(conn, settings)
-        results = Counter(m.key().decode() for m in read_all(conn, settings))
+        second, results = start_again_and_read(conn, settings, tmp_path / "second.log", call_log)
     finally:
         stop_all(first, second)
     assert set(results) == slow | fast and max(results.values()) == 1
@@ -105,33 +118,48 @@ def test_sigkill_at_each_commit_point_redoes_only_what_was_in_flight(conn, provi
     slow, fast = enqueue_slow_heads_then_fast(conn, settings, slow_ms=10_000, seed=42)
     call_log = tmp_path / "calls.log"
     fault = f"{point}@6:kill"
+    # Transactions only by count (COMMIT_MAX_RECORDS), never by the clock, so the victim has finished at least
+    # 5 * COMMIT_MAX_RECORDS fast jobs when its 6th transaction is killed, however slow the machine.
     victim = spawn_worker(settings, slot.name, tmp_path / "victim.log", in_flight=IN_FLIGHT,
-                          extra_env=handler_env(call_log, CVQ_FAULT=fault))
+                          extra_env=handler_env(call_log, CVQ_FAULT=fault, CVQ_WORKER__COMMIT_INTERVAL_MS="600000",
+                                                CVQ_WORKER__PROGRESS_INTERVAL_S="600"))
     restarted = None
     try:
         assert victim.wait(120) == -signal.SIGKILL
         assert f"CVQ_FAULT={fault}: injecting it now" in (tmp_path / "victim.log").read_text(errors="replace")
-        started_by_victim = set(calls(call_log))
-        finished_by_victim = len(started_by_victim & fast)
-        restarted = spawn_worker(settings, slot.name, tmp_path / "restarted.log", in_flight=IN_FLIGHT,
-                                 extra_env=handler_env(call_log))
-        wait_for_offsets_at_end(conn, settings)
-        results = Counter(m.key().decode() for m in read_all(conn, settings))
+        called_by_victim = set(calls(call_log))
+        restarted, results = start_again_and_read(conn, settings, tmp_path / "restarted.log", call_log)
+        committed_by_victim = {r.job_id for r in committed_results(conn, settings) if r.worker_pid == victim.pid}
     finally:
         stop_all(victim, restarted)
     assert set(results) == slow | fast, f"lost {len((slow | fast) - set(results))} job(s)"
     assert max(results.values()) == 1, f"duplicated: {[j for j, n in results.items() if n > 1][:5]}"
     rerun = {job for job, n in calls(call_log).items() if n > 1}
-    # In flight at the kill: the jobs running (IN_FLIGHT at most), and, unless the kill came after the commit, the
-    # jobs settled into the transaction it ended: the worker commits once COMMIT_MAX_RECORDS settled, and one turn
-    # of its loop settles at most IN_FLIGHT at a time, so that batch holds at most COMMIT_MAX_RECORDS + IN_FLIGHT - 1.
-    in_flight_at_kill = IN_FLIGHT + (0 if point == "after_commit" else COMMIT_MAX_RECORDS + IN_FLIGHT - 1)
-    assert len(rerun) <= in_flight_at_kill, f"{len(rerun)} jobs ran twice: {sorted(rerun)[:10]}"
-    # The kill came while the slow heads held the committed offsets and far more fast jobs had finished above
-    # them than the bound: a worker that redid held work would fail the line above.
-    assert finished_by_victim > 2 * in_flight_at_kill, finished_by_victim
-    started_slow = slow & started_by_victim
+    # Nothing the victim committed ran again: with the map, a restart skips every committed job.
+    assert not rerun & committed_by_victim, f"committed jobs ran again: {sorted(rerun & committed_by_victim)[:5]}"
+    # So what ran again is what was in flight at the kill: called by the victim and not yet in a committed
+    # transaction (running, finished since its last transaction, or in the transaction the kill ended).
+    in_flight_at_kill = called_by_victim - committed_by_victim
+    assert rerun <= in_flight_at_kill
+    # And the victim committed the fast jobs it finished above the slow heads while those still ran: at least its
+    # first 5 transactions' worth (transactions go by count only here). Holding them behind the slow jobs, as a
+    # plain watermark does, would have committed none of them and redone them all.
+    assert len(committed_by_victim & fast) >= 5 * COMMIT_MAX_RECORDS - IN_FLIGHT, len(committed_by_victim)
+    assert not committed_by_victim & slow
+    started_slow = slow & called_by_victim
     assert started_slow and started_slow <= rerun  # still running at the kill (10 s long), so run again
+
+
+@dataclass(frozen=True)
+class CommittedResult:
+    job_id: str
+    worker_pid: int
+
+
+def committed_results(conn: KafkaConnection, settings: QueueSettings) -> list[CommittedResult]:
+    """Every committed result, with the pid of the worker process that produced it."""
+    decoded = (EvaluationResult.model_validate_json(m.value()) for m in read_all(conn, settings))
+    return [CommittedResult(r.job_id, int(r.worker.split(":")[1])) for r in decoded]
 
 
 def _committed(conn: KafkaConnection, settings: QueueSettings, partitions: list[tuple[str, int]]) -> list:

@@ -86,9 +86,15 @@ def test_a_worker_of_a_new_layout_fences_the_old_one_and_output_stays_exactly_on
     assert by_slot["0-3"] & {0, 1}, "the new layout took over partitions 0 and 1"
 
 
+# Small fetches and prefetch: when a partition is paused most of its records are still on the broker, so a worker
+# that never resumed it would never see them (and the test would fail here, not in a chaos test's timeout).
+SMALL_FETCHES = {"max_partition_fetch_bytes": 8192, "queued_max_messages_kbytes": 1}
+
+
 def test_a_hung_job_pauses_only_its_partition_which_resumes_after_the_timeout(conn, provisioned):
     settings = tuned(provisioned, worker={"max_in_flight": 8, "job_timeout_s": 8.0, "max_partition_records": 30,
-                                          "progress_interval_s": 0.5}, retry={"max_attempts": 1})
+                                          "progress_interval_s": 0.5}, retry={"max_attempts": 1},
+                     fetch=SMALL_FETCHES)
     producer = JobProducer(conn, settings.topic_names.main)
     hung = producer.enqueue(next(iter(sample_jobs(1, seed=3, prefix="hung",
                                                   labels_for={0: {"simulate": "sleep:600000"}}))))
@@ -119,7 +125,7 @@ def test_a_hung_job_pauses_only_its_partition_which_resumes_after_the_timeout(co
 
 
 def test_handlers_falling_behind_pause_intake_which_resumes(conn, provisioned):
-    settings = tuned(provisioned, worker={"max_in_flight": 2, "max_buffered": 10})
+    settings = tuned(provisioned, worker={"max_in_flight": 2, "max_buffered": 10}, fetch=SMALL_FETCHES)
     slot = settings.slots()[0]
     mine = [d for d in JobProducer(conn, settings.topic_names.main).enqueue_batch(sample_jobs(300, seed=9))
             if d.partition in slot.partitions]
