@@ -72,7 +72,10 @@ class TopicSettings(BaseModel):
     replication_factor: int = Field(1, ge=1, description="Replication factor of every topic.")
     partitions_per_worker: int = Field(2, ge=1, description="Partitions one worker slot owns (a pair).")
     dlq_partitions_per_category: int = Field(
-        1, ge=1, description="DLQ partitions per error category (the DLQ is partitioned by category)."
+        1, ge=1,
+        description="DLQ partitions per error category (the DLQ is partitioned by category). Recorded at the first "
+        "worker start or provisioning and fixed for the namespace: a process started with another value exits 9, "
+        "since letters already filed would read as other categories.",
     )
     main_config: dict[str, str] = Field(
         default_factory=lambda: dict(_SEED_TOPIC_CONFIG),
@@ -154,8 +157,16 @@ class WorkerSettings(BaseModel):
     )
     max_abandoned_handlers: int = Field(
         32, ge=1,
-        description="Handler threads still stuck in jobs that timed out. Past this many the worker commits what is "
-        "complete and exits with code 5, so the restarted process frees them.",
+        description="Handler threads still stuck in jobs that timed out (and async job tasks that ignored their "
+        "cancellation, and a handler's own threads stuck in calls of timed-out jobs, such as cv_ref reads). Past "
+        "this many the worker commits what is complete and exits with code 5, so the restarted process frees them.",
+    )
+    cancel_grace_s: float = Field(
+        5.0, gt=0,
+        description="How long an async job cancelled at job_timeout_s may take to end. One still running then "
+        "swallowed its cancellation (a bare except, asyncio.shield, a finally that awaits): its job is settled as "
+        "timed out, its key freed, and its task abandoned, counted against max_abandoned_handlers; its late outcome "
+        "is dropped.",
     )
     commit_interval_ms: int = Field(
         50, ge=1, description="Commit a transaction at least this often (bounds the latency a commit adds)."
@@ -187,7 +198,24 @@ class WorkerSettings(BaseModel):
         "that does not decode: refuse stops the worker with a message naming the group and partition; ignore "
         "starts from the committed offset and runs every job above it (jobs finished there may run again).",
     )
+    offset_reset: Literal["fail", "earliest", "latest"] = Field(
+        "fail",
+        description="A committed offset outside its partition's log (above the log end: the topic was deleted and "
+        "recreated, or data was lost; below the log start: retention deleted records no worker ran): fail stops the "
+        "worker at start (exit 10) naming the topic, partition, committed offset and the log's start and end; "
+        "earliest runs every record the log still has from its start (skipping those an earlier worker finished); "
+        "latest skips to the log end. Either logs what it skipped. A record fetched below the committed offset while "
+        "running (a topic recreated under a running worker) ends the worker with exit 10 instead, so its restart "
+        "applies this.",
+    )
     transaction_timeout_ms: int = Field(60_000, description="transaction.timeout.ms of the worker producer.")
+    transaction_give_up_s: float = Field(
+        300.0, gt=0,
+        description="A transaction that keeps failing (an error librdkafka says to abort and redo) for this long "
+        "without a commit ends the worker, naming the error: exit 7 when the broker denies a write (an ACL revoked), "
+        "10 when an output topic is missing, else 4. 5 minutes rides out a broker restart or a leader election; a "
+        "deleted topic or a revoked ACL does not go away by itself.",
+    )
     client_stall_s: float = Field(
         90.0, gt=0,
         description="A transactional call (send offsets, commit) blocked longer than this is stuck in librdkafka, "
@@ -260,6 +288,12 @@ class ReplayPolicy(BaseModel):
     retry_backoff: Literal["exponential", "linear", "constant"] = Field(
         "exponential", description="How later retry delays grow: exponential (x2 each), linear, constant.")
     retry_jitter: bool = Field(True, description="Randomise each replay retry delay by ±25%.")
+    transaction_give_up_s: float = Field(
+        120.0, gt=0,
+        description="A replay transaction that keeps failing for this long without a commit ends the replay, naming "
+        "the error (`dlq replay` exits 7 when a write is denied, 10 when a topic is missing, else 4; a reprocess_dlq "
+        "run fails, retried only when the cause is neither). Its target topic is checked before it starts.",
+    )
 
     @field_validator("auto_categories")
     @classmethod
@@ -274,8 +308,22 @@ class FleetSettings(BaseModel):
 
     sensor_interval_s: int = Field(15, ge=1, description="Seconds between fleet sensor ticks.")
     restart_backoff_s: float = Field(
-        20.0, ge=0, description="A slot whose run just failed waits this long before a replacement starts."
-    )
+        20.0, ge=0, description="A slot whose run just failed waits this long before a replacement starts; each "
+        "further failure in a row doubles the wait, up to max_restart_backoff_s.")
+    max_restart_backoff_s: float = Field(
+        600.0, ge=0, description="The longest a slot waits after failures in a row: a cause a restart cannot cure "
+        "(a recreated topic, a revoked ACL) costs a run this often rather than a crash loop, and the slot heals by "
+        "itself once the cause is fixed.")
+    dead_after_s: float = Field(
+        60.0, ge=5, description="A STARTING or STARTED worker run whose slot has had no live worker in the presence "
+        "group for this long is dead, whatever the run launcher says: the fleet sensor marks it failed, with the "
+        "reason in its event log (so the failure alert fires), and launches a replacement at once. A killed worker "
+        "leaves the group within Kafka's session timeout (10 s); a run that just STARTED has this long to join it.")
+    start_timeout_s: float = Field(
+        180.0, ge=5, description="A STARTING worker run (launched, its process not yet executing: a container "
+        "pulling its image, a Python process importing on a busy host) is judged dead only after this long without a "
+        "live worker for its slot (at least dead_after_s). Matches run_monitoring.start_timeout_seconds in "
+        "dagster.yaml.")
 
 
 class LLMSettings(BaseModel):
@@ -291,6 +339,11 @@ class LLMSettings(BaseModel):
     request_timeout_s: float = Field(60.0, gt=0, description="Timeout of one HTTP request to the provider.")
     max_concurrent_requests: int = Field(
         256, ge=1, description="Requests in flight at once per worker process (a provider's concurrency limit).")
+    file_read_threads: int = Field(
+        8, ge=1,
+        description="Threads that read cv_ref files, apart from the event loop's default executor (which DNS lookups "
+        "need), so reads hung on a dead mount cannot starve it. A read ends with its job's timeout; a thread still "
+        "stuck in it counts against worker.max_abandoned_handlers.")
     max_repairs: int = Field(
         2, ge=0, description="Follow-up calls asking the model to fix a malformed or out-of-range answer; after "
         "them the job is permanent, with the raw answer (truncated) in the dead letter.")

@@ -2,6 +2,7 @@
 demand, and unique names per test. A broker that cannot start fails the run: nothing is skipped."""
 
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,16 @@ from cv_queue_tests.support import free_port_block, unique
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CV_QUEUE = str(Path(sys.executable).parent / "cv-queue")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """`make test` may itself run as a background job of a non-interactive shell, which starts with SIGINT ignored,
+    and every process the tests start would inherit that: Dagster's own daemon and webserver, which the fixtures stop
+    with SIGINT, would then only die by SIGKILL a minute later. A handler (not an ignore) is reset to the default on
+    exec, so children start as from a terminal. The tests of our own commands' stop paths start them with SIGINT
+    ignored on purpose (stress.py)."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

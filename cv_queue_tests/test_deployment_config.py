@@ -7,16 +7,20 @@ environment the code reads, and the instance config validated by Dagster's own s
 import importlib
 import json
 import re
+import types
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
 from dagster._config import validate_config
 from dagster._core.instance.config import dagster_instance_config
+from pydantic import SecretStr, ValidationError
 
 from cv_queue.defs import tags
 from cv_queue.defs.dlq import REPLAY_JOB
 from cv_queue.defs.workers import WORKER_JOB
+from cv_queue.deploy.settings_env import run_env_vars, secret_env_vars
 from cv_queue.settings import KafkaConnection, QueueSettings
 from cv_queue_tests.conftest import PROJECT_ROOT
 
@@ -470,24 +474,105 @@ def test_dagster_services_load_the_production_instance_with_the_docker_launcher(
     assert "CVQ_RUN_LAUNCHER" in _docker_launcher()["env_vars"]
 
 
-def _read_by_the_code(name: str) -> bool:
-    """Whether a cv-queue process reads this environment variable (a setting, a principal's credentials, the
-    launcher choice, the instance's Postgres storage)."""
-    from cv_queue.defs.resources import SASL_ENV
+def _instance_env_vars() -> set[str]:
+    """The production instance's own variables, which are not settings: its Postgres storage and the launcher choice."""
     from cv_queue.deploy.run_launcher import LAUNCHER_ENV_VAR
 
     storage = _instance(PROJECT_ROOT / "deploy")["storage"]["postgres"]["postgres_db"]
-    if name in {LAUNCHER_ENV_VAR, *(v for pair in SASL_ENV.values() for v in pair),
-                *(ref["env"] for ref in storage.values() if isinstance(ref, dict))}:
+    return {LAUNCHER_ENV_VAR, *(ref["env"] for ref in storage.values() if isinstance(ref, dict))}
+
+
+def _read_by_the_code(name: str) -> bool:
+    """Whether a cv-queue process reads this environment variable (a setting, a principal's credentials, the LLM
+    key's fallback, the launcher choice, the instance's Postgres storage), derived from the settings models."""
+    return name in _instance_env_vars() or name in run_env_vars()
+
+
+def _unforwarded(forwarded: list[str]) -> list[str]:
+    """The variables a run needs that `forwarded` lacks, in the order run_env_vars() gives them."""
+    return [name for name in [*sorted(_instance_env_vars()), *run_env_vars()] if name not in set(forwarded)]
+
+
+def test_run_containers_get_every_setting():
+    """deploy/dagster.yaml forwards exactly the instance's variables and every variable the settings models read
+    (derived from the models by cv_queue.deploy.settings_env.run_env_vars(), not read from any file): a setting
+    added to the model fails here until the file forwards it, and the file forwards nothing the code does not read."""
+    forwarded = _docker_launcher()["env_vars"]
+    assert len(forwarded) == len(set(forwarded)), "a variable is listed twice"
+    missing = _unforwarded(forwarded)
+    assert not missing, "deploy/dagster.yaml's env_vars lacks (paste these lines):\n" + "\n".join(
+        f"        - {name}" for name in missing)
+    extra = [name for name in forwarded if not _read_by_the_code(name)]
+    assert not extra, f"the launcher forwards variables nothing reads: {extra}"
+    # The variables the issue found missing, by name: the derivation covers them.
+    assert {"CVQ_LLM__API_KEY", "CVQ_LLM__BASE_URL", "CVQ_WORKER__JOB_TIMEOUT_S", "CVQ_RETRY__MAX_ATTEMPTS",
+            "OPENAI_API_KEY"} <= set(forwarded)
+
+
+def test_secrets_are_forwarded_by_name_only():
+    """A NAME=value entry would put the value into the instance file (and every run's config): every entry is a
+    bare name, copied from the launching process's environment."""
+    forwarded = _docker_launcher()["env_vars"]
+    assert [entry for entry in forwarded if "=" in entry] == []
+    assert set(secret_env_vars()) <= set(forwarded)
+
+
+def test_a_setting_added_to_the_model_and_not_forwarded_fails_the_check(monkeypatch):
+    """The check above derives what it expects from the model, not from the file: a new field shows up as missing."""
+    from pydantic import Field
+
+    from cv_queue.deploy import settings_env
+    from cv_queue.settings import FleetSettings
+
+    class GrownFleet(FleetSettings):
+        drain_s: float = Field(1.0, description="a field someone adds to a section")
+
+    class Grown(QueueSettings):
+        new_knob: int = Field(1, description="a setting someone adds")
+        fleet: GrownFleet = Field(default_factory=GrownFleet)
+
+    monkeypatch.setattr(settings_env, "ROOTS", (KafkaConnection, Grown))
+    assert _unforwarded(_docker_launcher()["env_vars"]) == ["CVQ_FLEET__DRAIN_S", "CVQ_NEW_KNOB"]
+
+
+def _accepts_str(annotation: object) -> bool:
+    """str, SecretStr, or an optional one (not a dict[str, ...]: its arguments name str too)."""
+    if annotation in (str, SecretStr):
         return True
-    if name.startswith("KAFKA_"):
-        return name.removeprefix("KAFKA_").lower() in KafkaConnection.model_fields
-    if not name.startswith("CVQ_"):
-        return False
-    section, _, field = name.removeprefix("CVQ_").lower().partition("__")
-    if section not in QueueSettings.model_fields:
-        return False
-    return not field or field in getattr(QueueSettings.model_fields[section].annotation, "model_fields", {})
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and bool(
+        {str, SecretStr} & set(typing.get_args(annotation)))
+
+
+def test_the_derived_names_are_the_ones_pydantic_settings_reads(monkeypatch):
+    """Not a copy of the naming rule: pydantic-settings itself reads every derived variable (prefixes and the nested
+    delimiter included). A text setting set to a marker shows the marker in the built models; any other setting set
+    to a value it cannot take makes building them fail, naming its field or section (an ignored name would not)."""
+    from pydantic_settings import SettingsError
+
+    from cv_queue.deploy.settings_env import settings_fields
+
+    fields = list(settings_fields())
+    text = [name for name, field in fields if _accepts_str(field.annotation)]
+    assert len(text) >= 20
+    for name in text:
+        monkeypatch.setenv(name, f"marker-{name}")
+    dumped = json.dumps([KafkaConnection().model_dump(), QueueSettings().model_dump()], default=_reveal)
+    for name in text:
+        assert f'"marker-{name}"' in dumped, f"pydantic-settings does not read {name}"
+    for name, _ in fields:
+        if name in text:
+            continue
+        with monkeypatch.context() as env:
+            env.setenv(name, "@not-a-value")
+            with pytest.raises((ValidationError, SettingsError)) as refused:
+                KafkaConnection()
+                QueueSettings()
+            section, _, leaf = name.removeprefix("CVQ_").lower().partition("__")
+            assert (leaf or section) in str(refused.value) or f'"{section}"' in str(refused.value), name
+
+
+def _reveal(value: object) -> object:
+    return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
 
 
 def test_every_setting_compose_names_reaches_the_run_containers():
@@ -503,6 +588,8 @@ def test_every_setting_compose_names_reaches_the_run_containers():
     forwarded = set(_docker_launcher()["env_vars"])
     assert read - forwarded == set(), f"run containers would not get {sorted(read - forwarded)}"
     assert all(_read_by_the_code(name) for name in forwarded), "the launcher forwards a variable nothing reads"
-    # Passwords are interpolated from the shell or an .env file, never written into the compose file.
-    for value in re.findall(r"KAFKA_\w*SASL_PASSWORD:\s*(\S+)", text):
-        assert value.startswith("${"), f"a SASL password is written into docker-compose.yml: {value}"
+    # Secrets (passwords, API keys, the webhook URL) are interpolated from the shell or an .env file, never written
+    # into the compose file.
+    for name in secret_env_vars():
+        for value in re.findall(rf"\b{name}:\s*(\S+)", text):
+            assert value.startswith("${"), f"a secret is written into docker-compose.yml: {name}: {value}"

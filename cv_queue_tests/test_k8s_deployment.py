@@ -235,6 +235,23 @@ def test_every_variable_of_the_env_configmap_is_a_setting_the_code_reads(monkeyp
     assert settings.topics.partitions == int(data["CVQ_TOPICS__PARTITIONS"])
 
 
+def test_run_pods_get_every_setting_and_secrets_only_from_the_secret():
+    """Kubernetes forwards no list: every cv-queue pod (code server, each run, the provisioning Job) gets the whole
+    ConfigMap and Secret through envFrom, so any setting an operator adds there reaches the runs. What is checked:
+    both carry only variables the settings read (cv_queue.deploy.settings_env), and the ConfigMap no secret."""
+    from cv_queue.deploy.settings_env import run_env_vars, secret_env_vars
+
+    secret = yaml.safe_load((K8S / "cv-queue-kafka.yaml.example").read_text())
+    for source in (ENV["data"], secret["stringData"]):
+        unread = set(source) - set(run_env_vars())
+        assert not unread, f"no cv-queue process reads {sorted(unread)}"
+    assert not set(ENV["data"]) & set(secret_env_vars()), "a secret belongs in the Secret, not the ConfigMap"
+    for section in (USER_CODE, LAUNCHER_VALUES):
+        assert _names(section["envConfigMaps"]) == [ENV["metadata"]["name"]]
+        assert _names(section["envSecrets"]) == [secret["metadata"]["name"]]
+        assert "envVars" not in section, "a fixed variable list would drop the settings it does not name"
+
+
 def test_redpanda_values_pass_the_charts_own_schema():
     """Helm validates the chart's defaults merged with these values against values.schema.json (both vendored from
     redpanda-data/redpanda-operator, charts/redpanda/chart, chart 26.2.1, Apache-2.0)."""

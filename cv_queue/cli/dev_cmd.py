@@ -17,20 +17,21 @@ would end FAILURE although they had committed their work cleanly.
 
 import argparse
 import contextlib
+import fcntl
 import os
 import shutil
-import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import psutil
+from typing import TYPE_CHECKING, TextIO
 
 from cv_queue.broker.cluster import DEFAULT_PORT, start_cluster, stop_cluster
+from cv_queue.cli.process_tree import ProcessTree, stop_group, stop_process
+from cv_queue.cli.signals import ignore_stop_signals, raise_on_stop_signals
 from cv_queue.settings import QueueSettings
 
 if TYPE_CHECKING:
@@ -51,7 +52,6 @@ STOPPED_BY = "cv-queue dev"
 FLEET_STOP_WAIT_S = 20.0  # worker runs check the flag every 3 s, then finish in-flight jobs and commit
 CANCEL_WAIT_S = 8.0
 DAGSTER_STOP_WAIT_S = 12.0
-TERM_WAIT_S = 3.0
 BROKER_STOP_TIMEOUT_S = 10.0
 
 
@@ -70,84 +70,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     dev.set_defaults(func=cmd_dev)
 
 
-class ProcessTree:
-    """Every process seen below a root, remembered so that orphans (re-parented when their parent exits)
-    are still found and stopped."""
-
-    def __init__(self, root_pid: int) -> None:
-        self._seen: dict[tuple[int, float], psutil.Process] = {}
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
-        with contextlib.suppress(psutil.Error):
-            root = psutil.Process(root_pid)
-            self._seen[(root.pid, root.create_time())] = root
-        self._watcher = threading.Thread(target=self._watch, name="cvq-dev-process-tree", daemon=True)
-        self._watcher.start()
-
-    def _watch(self) -> None:
-        while not self._closed.wait(1.0):
-            self.refresh()
-
-    def refresh(self) -> None:
-        with self._lock:
-            for proc in list(self._seen.values()):
-                with contextlib.suppress(psutil.Error):
-                    for child in proc.children(recursive=True):
-                        with contextlib.suppress(psutil.Error):
-                            self._seen.setdefault((child.pid, child.create_time()), child)
-
-    def alive(self) -> list[psutil.Process]:
-        self.refresh()
-        live = []
-        for proc in list(self._seen.values()):
-            with contextlib.suppress(psutil.Error):
-                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                    live.append(proc)
-        return live
-
-    def signal_all(self, sig: int) -> None:
-        for proc in self.alive():
-            with contextlib.suppress(psutil.Error):
-                proc.send_signal(sig)
-
-    def close(self) -> None:
-        self._closed.set()
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _wait_all_gone(proc: subprocess.Popen, tree: ProcessTree, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        proc.poll()  # reaps our direct child, so it does not linger as a zombie
-        if not tree.alive():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-
-
-def _stop_group(proc: subprocess.Popen, tree: ProcessTree, interrupt_wait_s: float) -> None:
-    """SIGINT the process group (what a terminal's Ctrl-C does), then SIGTERM, then SIGKILL every process
-    of the tree still alive; bounded throughout, so a hung child cannot hang the stop."""
-    tree.refresh()
-    _signal_group(proc.pid, signal.SIGINT)  # start_new_session made its pid the group id
-    if not _wait_all_gone(proc, tree, interrupt_wait_s):
-        _signal_group(proc.pid, signal.SIGTERM)
-        tree.signal_all(signal.SIGTERM)  # also those that left the group
-        _wait_all_gone(proc, tree, TERM_WAIT_S)
-    left = tree.alive()
-    if left:
-        print(f"killing {len(left)} process(es) that outlived the stop: {[p.pid for p in left]}", file=sys.stderr)
-        tree.signal_all(signal.SIGKILL)
-        _signal_group(proc.pid, signal.SIGKILL)
-        _wait_all_gone(proc, tree, 5.0)
-    tree.close()
-
-
 def _run_step(cmd: list[str], env: dict[str, str]) -> None:
     """A start-up command in a session of its own, whose whole tree is stopped if we are interrupted."""
     print(f"$ {' '.join(cmd)}", file=sys.stderr)
@@ -157,7 +79,7 @@ def _run_step(cmd: list[str], env: dict[str, str]) -> None:
         returncode = proc.wait()
     finally:
         if proc.poll() is None:
-            _stop_group(proc, tree, interrupt_wait_s=10)
+            stop_group(proc, tree, interrupt_wait_s=10)
         tree.close()
     if returncode:
         raise subprocess.CalledProcessError(returncode, cmd)
@@ -223,6 +145,44 @@ def _close_orphaned_runs(instance: "dg.DagsterInstance") -> None:
         instance.report_run_canceled(run, "cv-queue dev stopped, and the run's process had to be killed.")
 
 
+def _own_dagster_home(home: Path, port: int) -> TextIO:
+    """Make this the only `cv-queue dev` on `home`, and refuse to start over a `dagster dev` that is still serving:
+    only then are the runs found active in its instance certainly stranded (see below). The lock is held by this
+    process alone (children do not inherit it) and the kernel releases it however the process ends."""
+    lock = (home / ".cv-queue-dev.lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise SystemExit(f"error: another cv-queue dev is running on {home} (DAGSTER_HOME); stop it first") from None
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        lock.close()
+        raise SystemExit(f"error: port {port} is already served, perhaps by a `dagster dev` that an earlier cv-queue "
+                         "dev left running when it was killed; stop it (or pick another --port) first")
+    return lock
+
+
+def _close_runs_left_by_a_crash(instance: "dg.DagsterInstance") -> None:
+    """Runs that an earlier `cv-queue dev` left STARTING, STARTED or CANCELING: it was killed (SIGKILL, the OOM
+    killer, a host crash) before its stop could end them. Their processes went with it, and nothing else would ever
+    report them: under the default run launcher only the code server that launched a run does. Left as they are,
+    each would hold its worker slot, or the one replay slot, for ever. This start owns the instance, so it fails
+    them, saying why, and the fleet sensor and the DLQ sensor launch fresh ones. (Should a process of theirs have
+    survived after all, the replacement's init_transactions fences it.)"""
+    import dagster as dg
+
+    stranded = instance.get_runs(filters=dg.RunsFilter(statuses=[
+        dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]))
+    for run in stranded:
+        reason = (f"cv-queue dev started again and found this run {run.status.value}: the cv-queue dev that ran it "
+                  "ended without stopping it (killed, or the host crashed), and its process went with it. Marked "
+                  "failed so that its slot gets a fresh run.")
+        print(f"run {run.run_id} ({run.job_name}) was left {run.status.value} by an earlier cv-queue dev; "
+              "marking it failed", file=sys.stderr)
+        instance.report_engine_event(reason, run)
+        instance.report_run_failed(run, reason)
+
+
 LLM_HANDLER = "cv_queue.evaluation.llm:LLMEvaluator"
 LOCAL_LLM_KEY = "local-demo-key"  # the local server accepts any key; a real one never goes here
 
@@ -267,33 +227,21 @@ def _metrics_urls() -> str:
             f"{metrics.replay_port} (replay runs)")
 
 
-def _stop_process(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(TERM_WAIT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(TERM_WAIT_S)
-
-
 def _shutdown(dagster: subprocess.Popen | None, tree: ProcessTree | None, instance: "dg.DagsterInstance | None",
               broker_state_file: Path | None, llm_server: subprocess.Popen | None = None) -> None:
     started = time.monotonic()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop short; it is bounded
+    ignore_stop_signals()  # a second Ctrl-C must not cut the stop short; it is bounded
     print("\nstopping cv-queue dev ...", file=sys.stderr)
     try:
         if dagster is not None:
             tree = tree or ProcessTree(dagster.pid)  # interrupted right after the launch
             if instance is not None:
                 _stop_runs(instance)
-            _stop_group(dagster, tree, DAGSTER_STOP_WAIT_S)
+            stop_group(dagster, tree, DAGSTER_STOP_WAIT_S)
             if instance is not None:
                 _close_orphaned_runs(instance)
     finally:
-        _stop_process(llm_server)  # after the workers (they may still be finishing a call), before the broker
+        stop_process(llm_server)  # after the workers (they may still be finishing a call), before the broker
         if broker_state_file is not None:
             stopped = stop_cluster(broker_state_file, timeout_s=BROKER_STOP_TIMEOUT_S)
             if stopped is not None:
@@ -314,13 +262,11 @@ def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen) -> None:
     raise RuntimeError(f"the Dagster UI did not answer at {url} within {timeout_s:.0f}s")
 
 
-def _stop_as_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # `kill`, `timeout` and CI stop us like Ctrl-C does: everything is cleaned up
-
-
 def cmd_dev(args: argparse.Namespace) -> int:
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _stop_as_interrupt)
+    # Ctrl-C, `kill`, `timeout` and CI all stop us the same way, and everything is cleaned up. Installed here
+    # although main() did already, because the children started below must get SIGINT back at its default even if
+    # we inherited it ignored: `dagster dev` is stopped with SIGINT first (cli/signals.py).
+    raise_on_stop_signals()
     env = dict(os.environ)
     for key, value in DEMO_ENV.items():
         env.setdefault(key, value)
@@ -333,6 +279,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     tree: ProcessTree | None = None
     instance = None
     llm_server: subprocess.Popen | None = None
+    home_lock: TextIO | None = None
     interrupted = False
     try:
         llm_server = _use_llm(args, env)
@@ -346,8 +293,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
             env["KAFKA_BOOTSTRAP_SERVERS"] = state.bootstrap
             print(f"local Kafka ready at {state.bootstrap}", file=sys.stderr)
         home = _dagster_home(args.fresh)
+        home_lock = _own_dagster_home(home, args.port)  # held until this process ends
         env["DAGSTER_HOME"] = str(home)
         instance = _open_instance(home)
+        _close_runs_left_by_a_crash(instance)
         _set_fleet_stopped(instance, False)  # the last stop stopped the fleet; this start resumes it
         bin_dir = Path(sys.executable).parent
         dagster = subprocess.Popen(
@@ -376,4 +325,6 @@ def cmd_dev(args: argparse.Namespace) -> int:
         interrupted = True
     finally:
         _shutdown(dagster, tree, instance, broker_state_file, llm_server)
+        if home_lock is not None:
+            home_lock.close()  # after the stop: a new cv-queue dev may take over the instance now
     return 0 if interrupted else 1

@@ -1,6 +1,7 @@
 """`cv-queue dlq peek|replay`."""
 
 import argparse
+import contextlib
 import sys
 import time
 
@@ -8,9 +9,9 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from cv_queue.cli.context import connection, settings
 from cv_queue.cli.queue_cmd import start_cli_metrics
+from cv_queue.cli.signals import StopRequested
 from cv_queue.cli.tables import render
 from cv_queue.errors import CATEGORY_ORDER, DEFAULT_REPLAY_CATEGORIES, ErrorCategory, InvalidPayloadError
-from cv_queue.kafka.auth import check_access
 from cv_queue.kafka.clients import admin_client, assigned_consumer, message_headers, poll_batch
 from cv_queue.kafka.envelope import read_dead_letter
 from cv_queue.kafka.lag import committed_offsets, end_offsets
@@ -114,7 +115,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"serving metrics on {metrics.url}", file=sys.stderr, flush=True)
     try:
         conn = connection(args)
-        check_access(conn)  # a refused login or TLS handshake: exit 6 within seconds, not librdkafka's timeouts
         report = replay_dead_letters(conn, qs, request, on_progress=progress)
         print(file=sys.stderr)
         _print_report(report)
@@ -122,11 +122,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
             if metrics.depth is not None:
                 _refresh_depth(metrics.depth)
             sys.stdout.flush()
-            time.sleep(args.metrics_linger)
+            _linger(args.metrics_linger)
     finally:
         if metrics is not None:
             metrics.close()
     return 0
+
+
+def _linger(seconds: float) -> None:
+    """Keep the metrics up after the run; a stop signal ends the wait early, and the command still succeeds."""
+    with contextlib.suppress(StopRequested):
+        time.sleep(seconds)
 
 
 def _refresh_depth(depth: DepthPoller, deadline_s: float = 15.0) -> None:
@@ -145,4 +151,6 @@ def _print_report(report: ReplayReport) -> None:
           f"parked {report.parked} in {report.seconds:.2f}s"
           + (f"; left young letters from offsets {report.left_too_young}" if report.left_too_young else "")
           + (f"; left letters of other error classes from offsets {report.left_unmatched}"
-             if report.left_unmatched else ""))
+             if report.left_unmatched else "")
+          + (f"; moved {report.refiled} letter(s) whose category header is not one asked for to that category's "
+             "DLQ partitions" if report.refiled else ""))

@@ -1,6 +1,7 @@
 """Entry point of the `cv-queue` command."""
 
 import argparse
+import signal
 import sys
 
 from confluent_kafka import KafkaException
@@ -20,16 +21,19 @@ from cv_queue.cli import (
     topics_cmd,
 )
 from cv_queue.cli.context import add_global_flags
+from cv_queue.cli.signals import StopRequested, raise_on_stop_signals
 from cv_queue.evaluation.handler import HandlerLoadError
 from cv_queue.kafka.auth import EXIT_AUTH, EXIT_DENIED, KafkaAuthError, KafkaAuthorizationError, authorization_code
+from cv_queue.kafka.failures import TopicStateError
 from cv_queue.kafka.fleet_layout import LayoutError
 from cv_queue.kafka.relayout import RelayoutRefusedError
 from cv_queue.kafka.topics import ProvisioningError
+from cv_queue.kafka.transaction import TransactionFatalError
 from cv_queue.kafka.worker import LayoutMismatchError, WorkerStartError
 
 # Errors with a message meant for the user: printed without a traceback.
 _USER_ERRORS = (BrokerError, WorkerStartError, ProvisioningError, HandlerLoadError, ValidationError, KafkaException,
-                ValueError, LayoutError, RelayoutRefusedError)
+                ValueError, LayoutError, RelayoutRefusedError, TopicStateError, TransactionFatalError)
 LAYOUT_MISMATCH_EXIT = 9  # `cv-queue worker` with settings of another layout than the recorded one (README)
 
 
@@ -44,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _report(exc: BaseException, command: str) -> int:
-    """Print a user error without a traceback; its exit code (6 authentication/TLS, 7 authorization, else 2)."""
+    """Print a user error without a traceback; its exit code (6 authentication/TLS, 7 authorization, 10 a missing or
+    recreated topic, 4 another error that ended a transaction for good, else 2)."""
     if isinstance(exc, KafkaAuthError):
         print(f"error: authentication/TLS: {exc}", file=sys.stderr)
         return EXIT_AUTH
@@ -57,11 +62,18 @@ def _report(exc: BaseException, command: str) -> int:
               file=sys.stderr)
         return EXIT_DENIED
     print(f"error: {exc}", file=sys.stderr)
+    if isinstance(exc, TopicStateError):
+        return exc.exit_code
+    if isinstance(exc, TransactionFatalError):  # a denial, a missing topic or another fatal error, by its Kafka errors
+        return exc.exit_code
     return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Our own handlers, whatever the process inherited (cli/signals.py); commands that stop gracefully
+    # (`worker`, `dev`) replace them with theirs.
+    raise_on_stop_signals()
     try:
         return int(args.func(args))
     except LayoutMismatchError as exc:
@@ -69,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         return LAYOUT_MISMATCH_EXIT
     except (KafkaAuthError, KafkaAuthorizationError, *_USER_ERRORS) as exc:
         return _report(exc, args.command)
+    except StopRequested as stop:
+        print(f"stopped by {signal.Signals(stop.signum).name}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         return 130
 

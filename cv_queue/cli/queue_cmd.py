@@ -4,18 +4,20 @@ import argparse
 import json
 import logging
 import random
-import signal
 import sys
 import threading
 from pathlib import Path
 
 from cv_queue.cli.context import connection, settings
+from cv_queue.cli.signals import call_on_stop_signals
 from cv_queue.cli.tables import render, section
 from cv_queue.errors import InvalidPayloadError
 from cv_queue.evaluation.handler import load_handler
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.auth import authorization_code, check_access, denied
+from cv_queue.kafka.auth import authorization_code, denied
 from cv_queue.kafka.clients import admin_client
+from cv_queue.kafka.dlq_layout import DlqLayout, recorded_dlq_layout
+from cv_queue.kafka.failures import FailureKind
 from cv_queue.kafka.lag import end_offsets, group_lag, partition_count
 from cv_queue.kafka.metrics import MetricsServer, start_metrics_server
 from cv_queue.kafka.producer import EnqueueError, JobProducer, RawRecord, deliveries_by_partition
@@ -107,8 +109,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         if args.seed is None:  # without a seed, two runs must not send the same job ids (they would be duplicates)
             args.seed = random.SystemRandom().randrange(2**31)
         jobs = list(sample_jobs(args.count, args.seed, args.prefix, _labels_for(args)))
-    conn = connection(args)
-    check_access(conn)  # a refused login or TLS handshake: exit 6 within seconds, not a 60 s flush
+    conn = connection(args)  # checks the login first: exit 6 within seconds, not a 60 s flush
     producer = JobProducer(conn, qs.topic_names.main)
     try:
         return _send(args, producer, jobs, qs)
@@ -157,12 +158,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     handler = load_handler(qs.worker.handler, qs.worker.handler_options)
     stop = threading.Event()
 
-    def request_stop(signum: int, _frame: object) -> None:
+    def request_stop(signum: int) -> None:
         logging.getLogger("cv_queue.worker").info("signal %s: stopping after in-flight jobs", signum)
         stop.set()
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    call_on_stop_signals(request_stop)  # SIGINT, SIGTERM and SIGHUP, whatever the process inherited
     worker = PartitionWorker(connection(args), qs, slot, handler=handler)
     try:
         metrics = start_cli_metrics(args.metrics_port, args, qs)
@@ -183,9 +183,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"worker for slot {slot.name} stopped on a fatal producer error (see above); restart it",
               file=sys.stderr)
         return 4
+    if stats.stop_reason in (FailureKind.DENIED, FailureKind.TOPIC_STATE):  # errors that a restart does not cure
+        print(f"error: worker for slot {slot.name}: {stats.stop_error}", file=sys.stderr)
+        return FailureKind(stats.stop_reason).exit_code
     if stats.stop_reason == "handlers_exhausted":
-        print(f"worker for slot {slot.name}: too many handler threads stuck in timed-out jobs; completed work "
-              "was committed, restart the worker to free them", file=sys.stderr)
+        print(f"worker for slot {slot.name}: too many handlers stuck in timed-out jobs (threads, or async jobs "
+              "that ignored their cancellation); completed work was committed, restart the worker to free them",
+              file=sys.stderr)
         return 5
     return 0
 
@@ -206,7 +210,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                 for x in group_lag(admin, qs.group_id, topic)]
         print(section(f"{topic} (group {qs.group_id})", render(["partition", "end", "committed", "lag"], rows)))
     dlq = group_lag(admin, qs.replay_group_id, names.dlq)
-    rows = [[x.partition, qs.dlq_category(x.partition), x.end_offset, "-" if x.committed is None else x.committed,
+    # Categories by the recorded DLQ layout: these settings' could name another category for a partition.
+    layout = recorded_dlq_layout(connection(args), admin, qs)
+    if not layout.same_as(DlqLayout.of(qs)):
+        print(f"warning: these settings give {DlqLayout.of(qs).describe()}, but the recorded DLQ layout is "
+              f"{layout.describe()} (used below); workers and replays with these settings are refused")
+    rows = [[x.partition, layout.label(x.partition), x.end_offset, "-" if x.committed is None else x.committed,
              x.lag] for x in dlq]
     print(section(f"{names.dlq} (replay group {qs.replay_group_id})",
                   render(["partition", "category", "end", "replayed up to", "depth"], rows)))

@@ -6,8 +6,9 @@ from confluent_kafka import KafkaException
 
 from cv_queue.cli.context import connection, settings
 from cv_queue.cli.tables import render
-from cv_queue.kafka.auth import authorization_code, check_access, denied
+from cv_queue.kafka.auth import authorization_code, denied
 from cv_queue.kafka.clients import admin_client
+from cv_queue.kafka.dlq_layout import check_dlq_layout
 from cv_queue.kafka.topics import describe_topics, diff_topic, provision, topic_specs
 
 
@@ -23,9 +24,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_provision(args: argparse.Namespace) -> int:
     conn = connection(args)
-    check_access(conn)  # a refused login or TLS handshake: exit 6 within seconds, not admin timeouts
     admin = admin_client(conn)
-    specs = topic_specs(settings(args))
+    qs = settings(args)
+    specs = topic_specs(qs)
+    # Before any topic changes: settings whose DLQ layout is not the recorded one exit 9 (a first provisioning
+    # records it), so the DLQ is never made for a layout the workers would refuse.
+    check_dlq_layout(conn, admin, qs, record=True)
     try:
         report = provision(admin, specs)
     except KafkaException as exc:

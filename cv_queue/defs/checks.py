@@ -23,9 +23,10 @@ from cv_queue.defs.notify import Alert, AlertsResource
 from cv_queue.defs.resources import KafkaResource, QueueResource
 from cv_queue.defs.topics import asset_key, skip_until_provisioned, unprovisioned
 from cv_queue.errors import CATEGORY_ORDER, ErrorCategory
+from cv_queue.kafka.dlq_layout import DlqLayout, recorded_dlq_layout
 from cv_queue.kafka.lag import REQUEST_TIMEOUT_S, PartitionLag, end_offsets, group_lag, partition_count
 from cv_queue.kafka.topics import TopicRole
-from cv_queue.settings import QueueSettings
+from cv_queue.settings import KafkaConnection, QueueSettings
 
 CONSUMER_LAG = "consumer_lag"
 PARKED_DEPTH = "parked_depth"
@@ -55,11 +56,15 @@ class QueueDepths:
     retry: list[PartitionLag]
     dlq: list[PartitionLag]  # lag of the replay group: letters not yet replayed (or parked)
     parked: dict[int, int]  # retained offsets per partition
+    # Which DLQ partitions hold which category: the recorded layout, not the settings', which could differ.
+    dlq_layout: DlqLayout
 
-    def dlq_by_category(self, settings: QueueSettings) -> dict[ErrorCategory, int]:
+    def dlq_by_category(self) -> dict[ErrorCategory, int]:
         depth = dict.fromkeys(CATEGORY_ORDER, 0)
         for x in self.dlq:
-            depth[settings.dlq_category(x.partition)] += x.lag
+            label = self.dlq_layout.label(x.partition)
+            if label in depth:  # a partition past the recorded blocks holds no category's letters
+                depth[ErrorCategory(label)] += x.lag
         return depth
 
 
@@ -74,12 +79,13 @@ def _retained(admin: AdminClient, topic: str) -> dict[int, int]:
     return {p: max(0, ends[p] - earliest[p]) for p in partitions}
 
 
-def read_queue_depths(admin: AdminClient, settings: QueueSettings) -> QueueDepths:
+def read_queue_depths(conn: KafkaConnection, admin: AdminClient, settings: QueueSettings) -> QueueDepths:
     names = settings.topic_names
     return QueueDepths(main=group_lag(admin, settings.group_id, names.main),
                        retry=group_lag(admin, settings.group_id, names.retry),
                        dlq=group_lag(admin, settings.replay_group_id, names.dlq),
-                       parked=_retained(admin, names.parked))
+                       parked=_retained(admin, names.parked),
+                       dlq_layout=recorded_dlq_layout(conn, admin, settings))
 
 
 def grade(value: int, warn: int, error: int) -> str:
@@ -105,8 +111,8 @@ def evaluate(depths: QueueDepths, settings: QueueSettings, alerts: AlertsResourc
     evaluations = [
         _evaluation(dlq_key, dlq_check_name(category), depth, alerts.dlq_depth_warn, alerts.dlq_depth_error,
                     f"{category.value} dead letters not yet replayed",
-                    {"partitions": dg.MetadataValue.json(settings.dlq_partitions([category]))})
-        for category, depth in depths.dlq_by_category(settings).items()
+                    {"partitions": dg.MetadataValue.json(depths.dlq_layout.partitions_of(category.value))})
+        for category, depth in depths.dlq_by_category().items()
     ]
     evaluations.append(_evaluation(asset_key(TopicRole.PARKED), PARKED_DEPTH, sum(depths.parked.values()),
                                    alerts.parked_depth_warn, alerts.parked_depth_error, "parked letter offsets"))
@@ -150,7 +156,7 @@ def _observations(depths: QueueDepths, settings: QueueSettings) -> list[dg.Asset
                               (TopicRole.DLQ, depths.dlq, settings.replay_group_id)):
         metadata: dict[str, int | str] = {"depth": sum(x.lag for x in lags), "group": group}
         for x in lags:
-            label = f"{settings.dlq_category(x.partition).value}_p{x.partition}" if role == TopicRole.DLQ \
+            label = f"{depths.dlq_layout.label(x.partition)}_p{x.partition}" if role == TopicRole.DLQ \
                 else f"p{x.partition}"
             metadata[f"depth_{label}"] = x.lag
         events.append(dg.AssetObservation(asset_key=asset_key(role), metadata=metadata))
@@ -168,7 +174,7 @@ def queue_depth_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource
     admin = kafka.admin()
     if missing := unprovisioned(admin, settings):
         return skip_until_provisioned(missing)
-    depths = read_queue_depths(admin, settings)
+    depths = read_queue_depths(kafka.connection(), admin, settings)
     evaluations = evaluate(depths, settings, alerts)
     previous = json.loads(context.cursor) if context.cursor else {}
     for alert in check_alerts(previous, evaluations, alerts.notify_severity.value):
@@ -182,6 +188,6 @@ def queue_depth_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource
                       description="The queue health checks, on demand (the depth sensor also evaluates them).")
 def queue_health(kafka: KafkaResource, queue: QueueResource, alerts: AlertsResource) -> Iterator[dg.AssetCheckResult]:
     settings = queue.settings(kafka)
-    for ev in evaluate(read_queue_depths(kafka.admin(), settings), settings, alerts):
+    for ev in evaluate(read_queue_depths(kafka.connection(), kafka.admin(), settings), settings, alerts):
         yield dg.AssetCheckResult(asset_key=ev.asset_key, check_name=ev.check_name, passed=ev.passed,
                                   severity=ev.severity, description=ev.description, metadata=ev.metadata)

@@ -3,6 +3,11 @@
 The sensor reads offsets only (sensor ticks time out at 60 s): the DLQ is partitioned by category, so the
 end offsets of the auto-replay categories' partitions say how many letters arrived, and a timestamp
 lookup says how many are past the cooldown. It asks for one run per batch, with a stable run_key.
+
+Both trust the recorded DLQ layout, not the settings alone (dlq_layout.py): a tick whose settings would read other
+partitions as the auto-replay categories fails, naming the recorded and configured layouts, and so does a replay
+run. A letter whose category header is not an auto-replay category is moved to its own category's partitions by
+the run, never replayed: invalid_payload letters are never replayed automatically, whatever their partition.
 """
 
 import json
@@ -21,7 +26,9 @@ from cv_queue.defs.metrics_port import metrics_endpoint
 from cv_queue.defs.resources import DEFAULTS, KafkaResource, Principal, QueueResource, access_failure
 from cv_queue.defs.topics import skip_until_provisioned, unprovisioned
 from cv_queue.errors import CATEGORY_ORDER, DEFAULT_REPLAY_CATEGORIES, ErrorCategory
-from cv_queue.kafka.auth import authorization_code, denied
+from cv_queue.kafka.auth import KafkaAuthError, KafkaAuthorizationError, authorization_code, denied
+from cv_queue.kafka.dlq_layout import DlqLayoutMismatchError, check_dlq_layout
+from cv_queue.kafka.failures import FailureKind, TopicStateError
 from cv_queue.kafka.lag import committed_offsets, end_offsets, offsets_before
 from cv_queue.kafka.replay import ReplayReport, ReplayRequest, replay_dead_letters
 from cv_queue.kafka.transaction import TransactionFatalError, TransactionFencedError
@@ -94,6 +101,7 @@ def _report_metadata(report: ReplayReport) -> dict:
         "scanned": report.scanned,
         "replayed": report.replayed,
         "parked": report.parked,
+        "refiled": report.refiled,
         "skipped": report.skipped,
         "by_category": dg.MetadataValue.table(
             records=rows, schema=dg.TableSchema(columns=[dg.TableColumn(c, "string")
@@ -125,7 +133,16 @@ def _replay(context: dg.OpExecutionContext, config: ReprocessConfig, kafka: Kafk
     conn = kafka.check_access(Principal.REPLAYER)  # a refused login fails the run within seconds, not retried
     try:
         report = replay_dead_letters(conn, settings, request, on_progress=progress)
+    except DlqLayoutMismatchError as exc:  # settings, not the broker: a retry would be refused the same way
+        raise dg.Failure(description=str(exc)) from exc
+    except (KafkaAuthError, KafkaAuthorizationError) as exc:  # e.g. denied the layout record: named, not retried
+        raise access_failure(exc, Principal.REPLAYER) from exc
+    except TopicStateError as exc:  # a missing target topic, checked before anything is read: a retry fails alike
+        raise dg.Failure(description=str(exc), metadata={"cause": "TopicStateError"}, allow_retries=False) from exc
     except (KafkaException, TransactionFatalError, TransactionFencedError) as exc:
+        if isinstance(exc, TransactionFatalError) and exc.kind != FailureKind.FATAL:
+            # A write denied, or a topic gone, for replay.transaction_give_up_s: a retry would spin as long again.
+            raise dg.Failure(description=str(exc), metadata={"cause": exc.kind.value}, allow_retries=False) from exc
         if authorization_code(exc) is not None:  # a missing ACL: retrying cannot grant it
             names = settings.topic_names
             used = f"{names.dlq}, {names.main}, {names.parked}, {settings.replay_group_id}, " \
@@ -137,7 +154,8 @@ def _replay(context: dg.OpExecutionContext, config: ReprocessConfig, kafka: Kafk
                             f"in {wait:.1f}s")
         raise dg.RetryRequested(max_retries=config.max_retries, seconds_to_wait=wait) from exc
     context.log.info(f"{'DRY RUN: ' if report.dry_run else ''}replayed {report.replayed}, parked {report.parked}, "
-                     f"skipped {report.skipped} of {report.scanned} in {report.seconds:.2f}s")
+                     f"refiled {report.refiled} (category header not asked for), skipped {report.skipped} of "
+                     f"{report.scanned} in {report.seconds:.2f}s")
     return dg.Output(report.model_dump(mode="json"), metadata=_report_metadata(report))
 
 
@@ -201,6 +219,9 @@ def dlq_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource, queue:
     admin = kafka.admin()  # one client for the whole tick
     if missing := unprovisioned(admin, settings):
         return skip_until_provisioned(missing)
+    # The partitions below are the auto-replay categories' only under the recorded DLQ layout: other settings fail
+    # the tick (DlqLayoutMismatchError names both) rather than request replays of other categories' letters.
+    check_dlq_layout(kafka.connection(), admin, settings, record=False)
     policy = settings.replay
     state = json.loads(context.cursor) if context.cursor else {}
     requested: dict[str, int] = state.get("offsets", {})

@@ -7,6 +7,9 @@ With `topics.apply_acls` on (CVQ_TOPICS__APPLY_ACLS, off by default) an asset fi
 on its topic (the main topic's asset also those on the groups, transactional ids, cluster and layout topic) and
 then provisions it: a topic that exists has its ACLs, so a worker the fleet sensor starts once every topic exists
 is allowed in.
+
+The DLQ's asset also checks the recorded DLQ layout (dlq_layout.py) before it provisions, and records it when none
+is: settings that would file letters under other categories fail the materialization, naming both layouts.
 """
 
 import dagster as dg
@@ -15,8 +18,9 @@ from confluent_kafka.admin import AdminClient
 
 from cv_queue.defs.resources import KafkaResource, Principal, QueueResource, access_failure
 from cv_queue.kafka.acls import AclRule, acl_rules, apply_acls
-from cv_queue.kafka.auth import authorization_code, denied
+from cv_queue.kafka.auth import KafkaAuthorizationError, authorization_code, denied
 from cv_queue.kafka.clients import admin_client
+from cv_queue.kafka.dlq_layout import DlqLayoutMismatchError, check_dlq_layout
 from cv_queue.kafka.fleet_layout import adopt_recorded_layout
 from cv_queue.kafka.topics import TopicRole, TopicSpec, describe_topics, diff_topic, provision_topic, topic_specs
 from cv_queue.settings import QueueSettings
@@ -105,7 +109,13 @@ def _topic_asset(role: TopicRole) -> tuple[dg.AssetsDefinition, dg.AssetChecksDe
         admin = admin_client(conn)
         try:
             acls = _acl_metadata(admin, role, settings, spec.name) if settings.topics.apply_acls else {}
+            if role == TopicRole.DLQ:
+                check_dlq_layout(conn, admin, settings, record=True)
             report = provision_topic(admin, spec)
+        except DlqLayoutMismatchError as exc:
+            raise dg.Failure(description=str(exc)) from exc
+        except KafkaAuthorizationError as exc:  # the layout topic, named
+            raise access_failure(exc, Principal.ADMIN) from exc
         except KafkaException as exc:
             if authorization_code(exc) is None:
                 raise

@@ -14,14 +14,16 @@ import queue as queue_lib
 import threading
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import dagster as dg
+from confluent_kafka import KafkaException
 from pydantic import Field
 
 from cv_queue.defs import tags
 from cv_queue.defs.fleet_state import fleet_stopped, set_fleet_stopped
 from cv_queue.defs.k8s_config import worker_pod_tag
+from cv_queue.defs.liveness import WATCHED, Sightings, close_dead_run, dead_worker_runs, now_s
 from cv_queue.defs.metrics_port import metrics_endpoint, worker_metrics_port
 from cv_queue.defs.resources import DEFAULTS, KafkaResource, Principal, QueueResource, access_failure
 from cv_queue.defs.slots import WORKER_SLOTS, fleet_layout, slot_partition_requests
@@ -29,6 +31,7 @@ from cv_queue.defs.topics import skip_until_provisioned, unprovisioned
 from cv_queue.kafka.auth import KafkaAuthError, KafkaAuthorizationError
 from cv_queue.kafka.clients import admin_client
 from cv_queue.kafka.fleet_layout import adopt_recorded_layout
+from cv_queue.kafka.presence import live_slots
 from cv_queue.kafka.worker import PartitionWorker, WorkerStartError, WorkerStats
 from cv_queue.settings import QueueSettings, Slot
 
@@ -180,11 +183,15 @@ def _run_worker(context: dg.OpExecutionContext, config: WorkerRunConfig, kafka: 
     if stats.stop_reason == "fenced":
         raise dg.Failure(description=f"slot {slot.name}: fenced by another worker for the same slot")
     if stats.stop_reason == "handlers_exhausted":
-        raise dg.Failure(description=f"slot {slot.name}: too many handler threads stuck in timed-out jobs "
-                                     "(completed work was committed); the fleet sensor starts a fresh process")
+        raise dg.Failure(description=f"slot {slot.name}: too many handlers stuck in timed-out jobs (threads, or "
+                                     "async jobs that ignored their cancellation; completed work was committed); "
+                                     "the fleet sensor starts a fresh process")
     if stats.stop_reason == "fatal":
         raise dg.Failure(description=f"slot {slot.name}: the worker's producer hit a fatal error (see the logs); "
                                      "the fleet sensor starts a replacement")
+    if stats.stop_reason in ("denied", "topic_state"):  # a revoked ACL, a topic gone or recreated (failures.py)
+        raise dg.Failure(description=f"slot {slot.name}: {stats.stop_error}",
+                         metadata={"stop_reason": stats.stop_reason})
     context.log.info(f"stopped ({'fleet stop' if fleet_stop else stats.stop_reason}): {stats.summary()}")
     return dg.Output({"succeeded": stats.succeeded, "retried": stats.retried,
                       "dead_lettered": stats.dead_lettered},
@@ -204,44 +211,92 @@ def active_worker_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
     return list(instance.get_runs(filters=dg.RunsFilter(job_name=WORKER_JOB, statuses=ACTIVE)))
 
 
-def _recently_failed(instance: dg.DagsterInstance, slot: str, backoff_s: float) -> bool:
-    """A slot whose last run failed moments ago waits a little, so a crash loop does not spin."""
-    runs = instance.get_runs(filters=dg.RunsFilter(job_name=WORKER_JOB, tags={tags.WORKER_SLOT: slot}), limit=1)
-    if not runs or runs[0].status != dg.DagsterRunStatus.FAILURE:
-        return False
+def restart_pause_s(failures_in_a_row: int, base_s: float, cap_s: float) -> float:
+    """How long a slot whose last runs all failed waits before the next: base_s after one failure, doubling with each
+    further one up to cap_s. A cause a restart cannot cure (a recreated topic, a revoked ACL, a layout mismatch) then
+    costs a run every cap_s rather than every few seconds, and the slot heals by itself once the cause is fixed."""
+    if failures_in_a_row <= 0:
+        return 0.0
+    return min(cap_s, base_s * 2.0 ** min(failures_in_a_row - 1, 30))
+
+
+def _restart_pause_left(instance: dg.DagsterInstance, slot: str) -> float:
+    """Seconds the slot still waits after its failed runs (0 when its last run did not fail)."""
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=WORKER_JOB, tags={tags.WORKER_SLOT: slot}), limit=12)
+    failures = 0
+    for run in runs:  # newest first
+        if run.status != dg.DagsterRunStatus.FAILURE:
+            break
+        failures += 1
+    if not failures:
+        return 0.0
     record = instance.get_run_record_by_id(runs[0].run_id)
     ended = record.end_time if record else None
-    return ended is not None and datetime.fromtimestamp(ended, UTC) > datetime.now(UTC) - timedelta(seconds=backoff_s)
+    if ended is None:
+        return 0.0
+    pause = restart_pause_s(failures, FLEET.restart_backoff_s, FLEET.max_restart_backoff_s)
+    return max(0.0, ended + pause - datetime.now(UTC).timestamp())
 
 
 FLEET = DEFAULTS.fleet  # read at definition load, like the sensor's interval must be
 
 
+def _watch_liveness(context: dg.SensorEvaluationContext, kafka: KafkaResource,
+                    settings: QueueSettings) -> tuple[Sightings, list[str]]:
+    """Update the sightings of live workers, and fail the worker runs that are dead (liveness.py); returns the new
+    sightings and the slots whose run was just failed. When the broker cannot say who is alive, nothing is judged."""
+    sightings = Sightings.load(context.cursor)
+    try:
+        live = live_slots(kafka.admin(), settings, timeout_s=10)
+    except KafkaException as exc:
+        context.log.warning(f"could not read the presence group, so no worker run is judged dead this tick: {exc}")
+        return sightings, []
+    now = now_s()
+    sightings = sightings.observe(live, now, FLEET.dead_after_s, FLEET.sensor_interval_s)
+    records = list(context.instance.get_run_records(filters=dg.RunsFilter(job_name=WORKER_JOB, statuses=list(WATCHED))))
+    reaped = [dead.slot for dead in dead_worker_runs(records, sightings, live, now, FLEET.dead_after_s,
+                                                     FLEET.start_timeout_s)
+              if close_dead_run(context.instance, dead, FLEET.dead_after_s)]
+    return sightings, reaped
+
+
 @dg.sensor(job=partition_worker, minimum_interval_seconds=FLEET.sensor_interval_s,
            default_status=dg.DefaultSensorStatus.RUNNING,
-           description="Keeps one worker run per slot: launches missing slots, replaces runs that died.")
+           description="Keeps one worker run per slot: launches missing slots, replaces runs that died, and fails "
+                       "runs whose slot has had no live worker for fleet.dead_after_s (liveness.py).")
 def worker_fleet_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource,
                         queue: QueueResource) -> dg.SensorResult:
     stopped = fleet_stopped(context.instance)
+    if missing := unprovisioned(kafka.admin(), queue.settings(kafka)):
+        return skip_until_provisioned(missing)
+    layout = fleet_layout(kafka, queue.settings(kafka))
+    # Judged even while the fleet is stopped: a dead run would keep stop_worker_fleet waiting for it.
+    sightings, reaped = _watch_liveness(context, kafka, layout.apply(queue.settings(kafka)))
     if stopped:
         return dg.SensorResult(skip_reason=dg.SkipReason(
             f"the fleet was stopped by run {stopped['by_run']} at {stopped['at']}; launch start_worker_fleet "
-            "to resume"))
-    if missing := unprovisioned(kafka.admin(), queue.settings(kafka)):
-        return skip_until_provisioned(missing)
-    slots = [slot.name for slot in fleet_layout(kafka, queue.settings(kafka)).slots()]
+            "to resume"), cursor=sightings.dump())
+    slots = [slot.name for slot in layout.slots()]
     slot_requests = slot_partition_requests(context.instance, slots)
     covered = {run.tags.get(tags.WORKER_SLOT) for run in active_worker_runs(context.instance)}
     missing = [slot for slot in slots if slot not in covered]
-    waiting = [slot for slot in missing if _recently_failed(context.instance, slot, FLEET.restart_backoff_s)]
+    # A run failed for being dead is replaced at once: it was silent for dead_after_s already, no crash loop.
+    pauses = {slot: _restart_pause_left(context.instance, slot) for slot in missing if slot not in reaped}
+    waiting = {slot: left for slot, left in pauses.items() if left > 0}
     launch = [slot for slot in missing if slot not in waiting]
+    if waiting:
+        context.log.info("slots whose last runs failed, waiting before a restart: "
+                         + ", ".join(f"{slot} ({left:.0f}s more)" for slot, left in waiting.items()))
     if not launch:
         reason = f"all {len(slots)} slots have a worker run" if not missing else \
-            f"slots {waiting} failed in the last {FLEET.restart_backoff_s:.0f}s; restarting them after a pause"
-        return dg.SensorResult(skip_reason=dg.SkipReason(reason), dynamic_partitions_requests=slot_requests)
-    context.log.info(f"launching worker runs for slots {launch}")
+            f"slots {sorted(waiting)} failed; restarting them after a pause that doubles with each failure in a row " \
+            f"(up to {FLEET.max_restart_backoff_s:.0f}s): " + ", ".join(f"{s} in {w:.0f}s" for s, w in waiting.items())
+        return dg.SensorResult(skip_reason=dg.SkipReason(reason), dynamic_partitions_requests=slot_requests,
+                               cursor=sightings.dump())
+    context.log.info(f"launching worker runs for slots {launch}"
+                     + (f" (replacing dead runs of {reaped})" if reaped else ""))
     return dg.SensorResult(run_requests=[dg.RunRequest(partition_key=slot, tags=_slot_tags(slot)) for slot in launch],
-                           dynamic_partitions_requests=slot_requests)
+                           dynamic_partitions_requests=slot_requests, cursor=sightings.dump())
 
 
 def wait_for_fleet_to_end(instance: dg.DagsterInstance, timeout_s: float, log: logging.Logger | dg.DagsterLogManager,

@@ -27,7 +27,9 @@ class JobHandler(Protocol):
     Returns the scores, or an Evaluation (scores plus the model usage behind them). A handler may also be
     `async def` (or a class with an async `__call__`): the worker then runs it on an asyncio event loop. A handler
     that never blocks may set `inline = True`: the worker then runs it on its poll thread, with no hand-off per job
-    (and no job timeout, which is why only a handler that cannot hang may ask for it).
+    (and no job timeout, which is why only a handler that cannot hang may ask for it). An async handler that runs
+    blocking calls on threads of its own may report, as an int property `stuck_threads`, how many are still in calls
+    whose jobs timed out: the worker counts them against `max_abandoned_handlers`.
     """
 
     def __call__(self, job: EvaluationJob, ctx: JobContext) -> EvaluationScores | Evaluation: ...

@@ -11,7 +11,9 @@ are applied (`apply_acls`), described from the broker (`describe_acls`) and prin
   fencing needs) with idempotent writes. It may describe (never read or write) the DLQ, the parking lot and the
   replay group: a worker's metrics export their depth.
 - cvq-replayer reads the DLQ, writes the main topic and the parking lot, commits its group and uses its one
-  transactional id.
+  transactional id. It also writes the DLQ (a letter whose category header disagrees with its partition is moved to
+  its own category's partitions, sized by the DLQ's max.message.bytes, hence DESCRIBE_CONFIGS there too) and reads
+  the DLQ layout record in the layout topic, which it checks at start.
 - cvq-producer writes the main topic only (Kafka lets a principal that may write a topic produce idempotently to
   it, so it needs no cluster right).
 """
@@ -105,7 +107,11 @@ def acl_rules(settings: QueueSettings) -> list[AclRule]:
         *_rules(WORKER, "TRANSACTIONAL_ID", [worker_transactional_prefix(settings)], ["WRITE", "DESCRIBE"],
                 Pattern.PREFIXED),
         *_rules(WORKER, "CLUSTER", [CLUSTER_NAME], ["IDEMPOTENT_WRITE"]),
-        *_rules(REPLAYER, "TOPIC", [t.dlq], ["READ"]),
+        # WRITE and DESCRIBE_CONFIGS: a refiled letter goes back to the DLQ, sized by its max.message.bytes.
+        *_rules(REPLAYER, "TOPIC", [t.dlq], ["READ", "WRITE", "DESCRIBE_CONFIGS"]),
+        # The DLQ layout record (dlq_layout.py), read at every start; the replayer never writes it.
+        *_rules(REPLAYER, "TOPIC", [layout], ["READ", "DESCRIBE"]),
+        *_rules(REPLAYER, "GROUP", [layout_reader_group(settings)], ["READ", "DESCRIBE"]),
         *_rules(REPLAYER, "TOPIC", [t.main, t.parked], ["WRITE", "DESCRIBE_CONFIGS"]),
         *_rules(REPLAYER, "TOPIC", [t.dlq, t.main, t.parked], ["DESCRIBE"]),
         *_rules(REPLAYER, "GROUP", [settings.replay_group_id], ["READ", "DESCRIBE"]),

@@ -73,6 +73,10 @@ def transactional_producer(conn: KafkaConnection, transactional_id: str, timeout
             # are such state changes. The stall watchdog (stall.py) is the backstop.
             "connections.max.idle.ms": IDLE_CONNECTION_CLOSE_MS,
             "transaction.timeout.ms": timeout_ms,
+            # A record that cannot be delivered (its topic deleted) must fail here, as an abortable error that says
+            # which record and topic, before the broker times the whole transaction out: that bumps the producer's
+            # epoch, which librdkafka reports as being fenced by a newer instance, hiding the cause (failures.py).
+            "message.timeout.ms": max(1000, timeout_ms * 3 // 4),
             "enable.idempotence": True,
             "acks": "all",
             "compression.type": "snappy",

@@ -21,7 +21,8 @@ class WatermarkCommitter:
 
     def __init__(self, consumer: Consumer, producer: Producer, trackers: Trackers,
                  stopping: Callable[[], bool], metrics: WorkerMetrics, stall_limit_s: float,
-                 metadata_limit: int = KAFKA_DEFAULT_METADATA_MAX_BYTES, at_once: bool = True) -> None:
+                 metadata_limit: int = KAFKA_DEFAULT_METADATA_MAX_BYTES, at_once: bool = True,
+                 give_up_after_s: float | None = None) -> None:
         self.consumer = consumer
         self.metrics = metrics
         self.producer = producer
@@ -30,6 +31,7 @@ class WatermarkCommitter:
         self.stall_limit_s = stall_limit_s
         self.metadata_limit = metadata_limit
         self.at_once = at_once
+        self.give_up_after_s = give_up_after_s  # a transaction failing this long without a commit ends the worker
         # True from the first transactional call of a commit until it returns or ends the transaction itself (its
         # own abort, or fencing): a BaseException escaping in between leaves it set, so close() aborts.
         self.in_transaction = False
@@ -59,7 +61,7 @@ class WatermarkCommitter:
         try:
             commit_atomically(self.producer, outputs, offsets, self.consumer.consumer_group_metadata(),
                               stopping=self.stopping, on_abort=self.metrics.count_abort,
-                              stall_limit_s=self.stall_limit_s)
+                              stall_limit_s=self.stall_limit_s, give_up_after_s=self.give_up_after_s)
         except Exception:
             # commit_atomically ends the transaction (aborts it, or is fenced and cannot) before raising any
             # Exception. A BaseException (KeyboardInterrupt, SystemExit) escapes it with the transaction open, and

@@ -36,6 +36,10 @@ class Task:
     job: EvaluationJob
     lane: bytes | tuple[str, int]  # what must not run concurrently: the key, or the partition
     calls: int = 0  # handler calls made in this delivery so far (read when the job times out)
+    # Set by the async pool when it cancels this delivery (its deadline passed, or the worker is closing): the
+    # runner then makes no further handler call and passes a CancelledError on. The task's `cancelling()` cannot
+    # say this: a library that cancels its own task without `uncancel()` raises it too.
+    cancelled: bool = False
 
 
 @dataclass(slots=True)
@@ -174,8 +178,10 @@ class JobRunner(_Runner):
 class AsyncJobRunner(_Runner):
     """JobRunner for an async handler, on the worker's event loop.
 
-    The job's own timeout cancels it; that cancellation is passed on, never taken for the handler's failure. A
-    CancelledError that the handler raises by itself (a library cancelling its own work) is a failure of the job.
+    The pool's cancel (the job's timeout, or the worker closing; it sets `task.cancelled` first) is passed on, never
+    taken for the handler's failure, and no further call is made once it happened, even when the handler swallowed
+    it. A CancelledError that the handler raises by itself (a library cancelling its own work, with or without
+    `uncancel()`) is a failure of the job, as in the thread pool.
     """
 
     def __init__(self, handler: JobHandler, retry: RetrySettings, classifier: ErrorClassifier, worker: str) -> None:
@@ -195,14 +201,17 @@ class AsyncJobRunner(_Runner):
                 result = await self._retrying(lambda: self._invoke(task))
                 return Completion(task, task.calls, result, None)
             except BaseException as exc:
-                current = asyncio.current_task()
-                if isinstance(exc, asyncio.CancelledError) and current is not None and current.cancelling():
-                    raise  # we are being cancelled (the job timed out, or the worker is closing)
+                if isinstance(exc, asyncio.CancelledError) and task.cancelled:
+                    raise  # the pool cancelled the job (timed out, or the worker closing): the pool decides
                 if (failed := self._failed(task, exc, repairs_left)) is not None:
                     return failed
                 repairs_left -= 1
 
     async def _invoke(self, task: Task) -> bytes:
+        if task.cancelled:
+            # The pool cancelled the job, and the handler swallowed the cancel and failed some other way: no
+            # in-process retry or repair call after it (it would be paid for and then dropped).
+            raise asyncio.CancelledError("the job was cancelled by its pool")
         task.calls += 1
         ctx = _context(task, self.worker)
         output = await self.handler(task.job, ctx)  # type: ignore[misc]

@@ -4,7 +4,8 @@ Worker slots are derived from settings (CVQ_TOPICS__PARTITIONS, CVQ_TOPICS__PART
 are per process. A worker started with the settings of another layout would read partitions that the fleet of the
 recorded layout also reads (fencing keeps the output exactly-once, but two fleets would fence each other in turn),
 or leave partitions of a grown topic unread. So the layout is recorded once, in the broker, next to the topics: one
-record under one key of a compacted topic `<ns>.cv-queue-layout`. A worker checks it at start (startup.py) and
+record under one key of a compacted topic `<ns>.cv-queue-layout` (the DLQ layout is
+recorded there too, under a key of its own: dlq_layout.py). A worker checks it at start (startup.py) and
 refuses to run a layout other than the recorded one; `cv-queue fleet relayout` / `relayout_worker_fleet` are the
 only writers after the first start, which records the settings it finds (`record_first_layout`).
 """
@@ -12,7 +13,7 @@ only writers after the first start, which records the settings it finds (`record
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -114,8 +115,19 @@ def ensure_layout_topic(admin: AdminClient, settings: QueueSettings) -> str:
     return name
 
 
-def read_layout(conn: KafkaConnection, settings: QueueSettings) -> LayoutRecord | None:
-    """The latest layout record, or None when none was ever written (the topic must exist)."""
+def read_latest(conn: KafkaConnection, settings: QueueSettings, key: bytes) -> bytes | None:
+    """The latest value recorded under `key` in the layout topic (which must exist), or None when there is none.
+
+    The topic holds more than one record kind (the worker layout, the DLQ layout: dlq_layout.py), one key each."""
+    values = [value for _key, value in read_records(conn, settings, lambda k: k == key, key.decode())]
+    return values[-1] if values else None
+
+
+def read_records(conn: KafkaConnection, settings: QueueSettings, wanted: Callable[[bytes | None], bool],
+                 what: str) -> list[tuple[bytes, bytes]]:
+    """(key, value) of every record of the layout topic (which must exist) whose key is `wanted`, in offset order
+    (tombstones left out). Compaction only drops a record that a later one of the same key supersedes; it never
+    reorders."""
     name = layout_topic(settings)
     consumer = Consumer({**_client_config(conn, "layout-reader"), "group.id": layout_reader_group(settings),
                          "enable.auto.commit": False, "isolation.level": "read_committed",
@@ -123,9 +135,9 @@ def read_layout(conn: KafkaConnection, settings: QueueSettings) -> LayoutRecord 
     try:
         low, high = consumer.get_watermark_offsets(TopicPartition(name, 0), timeout=READ_TIMEOUT_S)
         if high <= low:
-            return None
+            return []
         consumer.assign([TopicPartition(name, 0, OFFSET_BEGINNING)])
-        latest: LayoutRecord | None = None
+        found: list[tuple[bytes, bytes]] = []
         deadline = time.monotonic() + READ_TIMEOUT_S
         while time.monotonic() < deadline:
             msg = consumer.poll(0.5)
@@ -133,21 +145,24 @@ def read_layout(conn: KafkaConnection, settings: QueueSettings) -> LayoutRecord 
                 continue
             if msg.error() is not None:
                 if msg.error().code() == KafkaError._PARTITION_EOF:
-                    return latest
+                    return found
                 raise LayoutError(f"reading {name}: {msg.error().str()}") from KafkaException(msg.error())
-            if msg.key() == LAYOUT_KEY and msg.value():
-                latest = LayoutRecord.model_validate_json(msg.value())
-        raise LayoutError(f"could not read the layout record from {name} within {READ_TIMEOUT_S:.0f}s")
+            if wanted(msg.key()) and msg.value():
+                found.append((msg.key(), msg.value()))
+        raise LayoutError(f"could not read the {what} record from {name} within {READ_TIMEOUT_S:.0f}s")
     finally:
         consumer.close()
 
 
-def write_layout(conn: KafkaConnection, settings: QueueSettings, layout: Layout, generation: int,
-                 earlier: list[Layout] | None = None) -> LayoutRecord:
-    """Append a layout record (idempotent producer, acks=all: written once, durable, or an error). `earlier`: the
-    layouts recorded before it (None: not known)."""
-    record = LayoutRecord(partitions=layout.partitions, partitions_per_worker=layout.partitions_per_worker,
-                          generation=generation, at=datetime.now(UTC).replace(microsecond=0), earlier=earlier)
+def read_layout(conn: KafkaConnection, settings: QueueSettings) -> LayoutRecord | None:
+    """The latest layout record, or None when none was ever written (the topic must exist)."""
+    value = read_latest(conn, settings, LAYOUT_KEY)
+    return None if value is None else LayoutRecord.model_validate_json(value)
+
+
+def append_record(conn: KafkaConnection, settings: QueueSettings, key: bytes, value: bytes, what: str) -> None:
+    """Append one record to the layout topic (idempotent producer, acks=all: written once, durable, or an error
+    naming `what`)."""
     producer = Producer({**_client_config(conn, "layout-writer"), "enable.idempotence": True, "acks": "all"})
     errors: list[KafkaError] = []
     done = threading.Event()
@@ -157,18 +172,25 @@ def write_layout(conn: KafkaConnection, settings: QueueSettings, layout: Layout,
             errors.append(err)
         done.set()
 
-    producer.produce(layout_topic(settings), key=LAYOUT_KEY, value=record.model_dump_json().encode(),
-                     on_delivery=delivered)
+    producer.produce(layout_topic(settings), key=key, value=value, on_delivery=delivered)
     producer.flush(READ_TIMEOUT_S)
     if errors or not done.is_set():
-        raise LayoutError(f"could not record the layout {layout.describe()}: "
-                          f"{errors[0].str() if errors else 'no acknowledgement'}"
+        raise LayoutError(f"could not record {what}: {errors[0].str() if errors else 'no acknowledgement'}"
                           ) from (KafkaException(errors[0]) if errors else None)
+
+
+def write_layout(conn: KafkaConnection, settings: QueueSettings, layout: Layout, generation: int,
+                 earlier: list[Layout] | None = None) -> LayoutRecord:
+    """Append a layout record (idempotent producer, acks=all: written once, durable, or an error). `earlier`: the
+    layouts recorded before it (None: not known)."""
+    record = LayoutRecord(partitions=layout.partitions, partitions_per_worker=layout.partitions_per_worker,
+                          generation=generation, at=datetime.now(UTC).replace(microsecond=0), earlier=earlier)
+    append_record(conn, settings, LAYOUT_KEY, record.model_dump_json().encode(), f"the layout {layout.describe()}")
     return record
 
 
 @contextlib.contextmanager
-def _denials_named(conn: KafkaConnection, settings: QueueSettings) -> Iterator[None]:
+def denials_named(conn: KafkaConnection, settings: QueueSettings) -> Iterator[None]:
     """An authorization error on the layout topic becomes KafkaAuthorizationError naming it."""
     try:
         yield
@@ -181,7 +203,7 @@ def _denials_named(conn: KafkaConnection, settings: QueueSettings) -> Iterator[N
 
 def ensure_layout_topic_as(conn: KafkaConnection, settings: QueueSettings) -> str:
     """ensure_layout_topic with `conn`'s principal, a missing ACL named."""
-    with _denials_named(conn, settings):
+    with denials_named(conn, settings):
         return ensure_layout_topic(admin_client(conn), settings)
 
 
@@ -201,7 +223,7 @@ def record_first_layout(conn: KafkaConnection, admin: AdminClient, settings: Que
     A principal without the layout topic's ACLs gets KafkaAuthorizationError naming the topic (the CLI's exit 7,
     Dagster's access failure), not a LayoutError that says nothing of ACLs.
     """
-    with _denials_named(conn, settings):
+    with denials_named(conn, settings):
         ensure_layout_topic(admin, settings)
         recorded = read_layout(conn, settings)
         if recorded is not None:

@@ -1,5 +1,7 @@
 """Which pool runs a worker's jobs, chosen by the handler: inline on the poll thread, an event loop, or threads."""
 
+from collections.abc import Callable
+
 from cv_queue.evaluation.handler import JobHandler
 from cv_queue.kafka.async_pool import AsyncHandlerPool
 from cv_queue.kafka.classify import ErrorClassifier
@@ -9,6 +11,14 @@ from cv_queue.kafka.pool import HandlerPool
 from cv_queue.settings import QueueSettings, Slot
 
 AnyPool = HandlerPool | AsyncHandlerPool | InlinePool
+
+
+def _stuck_threads(handler: JobHandler) -> Callable[[], int] | None:
+    """A handler's own threads left in calls of timed-out jobs (its `stuck_threads`, an int property, e.g.
+    LLMEvaluator's cv_ref reads), read live: they are abandoned handlers too."""
+    if not hasattr(handler, "stuck_threads"):
+        return None
+    return lambda: int(handler.stuck_threads)  # type: ignore[attr-defined]
 
 
 def handler_pool(handler: JobHandler, settings: QueueSettings, classifier: ErrorClassifier, worker_id: str,
@@ -22,7 +32,9 @@ def handler_pool(handler: JobHandler, settings: QueueSettings, classifier: Error
         return AsyncHandlerPool(
             AsyncJobRunner(handler, settings.retry, classifier, worker_id),
             size=worker.max_in_flight, job_timeout_s=worker.job_timeout_s,
-            thread_prefix=f"cvq-handler-{slot.name}", on_close=getattr(handler, "aclose", None))
+            thread_prefix=f"cvq-handler-{slot.name}", on_close=getattr(handler, "aclose", None),
+            max_abandoned=worker.max_abandoned_handlers, cancel_grace_s=worker.cancel_grace_s,
+            stuck_threads=_stuck_threads(handler))
     return HandlerPool(
         lambda: JobRunner(handler, settings.retry, classifier, worker_id),
         size=worker.max_in_flight, job_timeout_s=worker.job_timeout_s,

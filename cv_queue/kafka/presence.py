@@ -11,6 +11,7 @@ the slot and layout, so a refusal can say which worker is in the way.
 """
 
 import logging
+import re
 import threading
 import time
 
@@ -28,6 +29,7 @@ log = logging.getLogger("cv_queue.worker")
 SESSION_TIMEOUT_MS = 10_000  # a killed worker counts as alive for at most this long
 HEARTBEAT_INTERVAL_MS = 2_000
 POLL_S = 0.5
+REJOIN_PAUSE_S = 1.0
 
 
 def presence_group(settings: QueueSettings) -> str:
@@ -45,6 +47,24 @@ class LiveWorker(BaseModel):
         return f"{self.client_id} on {self.host}"
 
 
+def member_client_id(conn: KafkaConnection, layout: Layout, slot: Slot) -> str:
+    """What a worker's presence consumer calls itself: the slot and the layout it serves, so that a re-layout can
+    name it and the fleet sensor can tell which slots have a live worker."""
+    return f"{conn.client_id}-worker-{slot.name}-of-{layout.partitions}x{layout.partitions_per_worker}"
+
+
+_MEMBER_SLOT = re.compile(r"-worker-(?P<slot>\d+(?:[-_]\d+)*)-of-(?P<partitions>\d+)x(?P<per_worker>\d+)$")
+
+
+def member_slot(client_id: str, layout: Layout) -> str | None:
+    """The slot a presence member serves, if it serves one of `layout`; None for another layout or another client."""
+    match = _MEMBER_SLOT.search(client_id)
+    if match is None or (int(match["partitions"]), int(match["per_worker"])) != (layout.partitions,
+                                                                                 layout.partitions_per_worker):
+        return None
+    return match["slot"]
+
+
 class FleetPresence:
     """A worker's membership of the presence group, kept by its own thread until `close`."""
 
@@ -52,7 +72,7 @@ class FleetPresence:
         layout = Layout.of(settings)
         conf = conn.client_config()
         conf.update({
-            "client.id": f"{conn.client_id}-worker-{slot.name}-of-{layout.partitions}x{layout.partitions_per_worker}",
+            "client.id": member_client_id(conn, layout, slot),
             "group.id": presence_group(settings),
             "enable.auto.commit": False,
             "auto.offset.reset": "latest",
@@ -62,11 +82,12 @@ class FleetPresence:
             "logger": CLIENT_LOG,
         })
         self._group = presence_group(settings)
+        self._conf, self._topic = conf, layout_topic(settings)
         self.denial: KafkaError | None = None  # an authorization error: joining will never succeed
-        self._consumer = Consumer(conf)
+        self.rejoins = 0
         self._joined = threading.Event()
         self._closing = threading.Event()
-        self._consumer.subscribe([layout_topic(settings)], on_assign=self._on_assign)
+        self._consumer = self._subscribed()
         self._thread = threading.Thread(target=self._keep, name=f"cvq-presence-{slot.name}", daemon=True)
         self._thread.start()
 
@@ -78,19 +99,37 @@ class FleetPresence:
     def _on_assign(self, _consumer: Consumer, _partitions: list[TopicPartition]) -> None:
         self._joined.set()  # every member is called, with or without the topic's one partition
 
+    def _subscribed(self) -> Consumer:
+        consumer = Consumer(self._conf)
+        consumer.subscribe([self._topic], on_assign=self._on_assign)
+        return consumer
+
     def _keep(self) -> None:
-        try:
-            while not self._closing.is_set():
+        """Poll until closed. A consumer that fails is replaced, never given up: a worker missing from the group
+        would look dead to the fleet sensor, which would fail its run and start a replacement (liveness.py)."""
+        while not self._closing.is_set():
+            try:
                 msg = self._consumer.poll(POLL_S)  # serves heartbeats and rebalances; the records are not needed
                 if msg is not None and msg.error() is not None and authorization_code(msg.error()) is not None:
                     self.denial = self.denial or msg.error()
-        except (KafkaException, RuntimeError) as exc:
-            log.warning("presence consumer stopped: %s", exc)
-        finally:
-            try:
-                self._consumer.close()  # leaves the group now rather than at the session timeout
             except (KafkaException, RuntimeError) as exc:
-                log.debug("presence consumer close: %s", exc)
+                log.warning("presence consumer failed (%s); rejoining %s with a new one", exc, self._group)
+                self._close_consumer()
+                if self._closing.wait(REJOIN_PAUSE_S):
+                    return
+                self.rejoins += 1
+                try:
+                    self._consumer = self._subscribed()
+                except (KafkaException, RuntimeError) as again:
+                    log.warning("presence consumer could not be made (%s); trying again", again)
+                    continue
+        self._close_consumer()
+
+    def _close_consumer(self) -> None:
+        try:
+            self._consumer.close()  # leaves the group now rather than at the session timeout
+        except (KafkaException, RuntimeError) as exc:
+            log.debug("presence consumer close: %s", exc)
 
     def wait_joined(self, timeout_s: float) -> bool:
         """True once in the group; False after `timeout_s`, or at once when the broker denied the group or topic
@@ -119,3 +158,10 @@ def live_workers(admin: AdminClient, settings: QueueSettings, timeout_s: float =
             return []
         raise
     return [LiveWorker(client_id=m.client_id, host=m.host, member_id=m.member_id) for m in description.members]
+
+
+def live_slots(admin: AdminClient, settings: QueueSettings, timeout_s: float = 30.0) -> set[str]:
+    """The slots of the settings' layout that have a live worker (any worker: a Dagster run, a CLI one, a pod)."""
+    layout = Layout.of(settings)
+    return {slot for member in live_workers(admin, settings, timeout_s)
+            if (slot := member_slot(member.client_id, layout)) is not None}

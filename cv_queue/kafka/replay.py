@@ -18,12 +18,20 @@ letter alone stop the scan of its partition there instead:
   A filtered replay therefore handles the matching letters at the head of each partition only; the
   first other letter and everything after it wait for a replay whose filter takes them;
 - max messages caps the letters handled in one run.
+Replay trusts a letter's category header over its partition: a letter whose header names a category not asked
+for is moved, whole and in the same transaction, to its own category's DLQ partitions (`refiled`), whatever the
+filters say. It is not replayed as the category of the partition it sat in (an invalid_payload letter is never
+replayed by a transient replay, so never by the sensor), nor left to stop every replay of that partition. The
+DLQ layout itself is checked first (dlq_layout.py): settings that would read partitions as other categories are
+refused before anything is read.
 A letter that does not decode as a dead letter is parked whatever the filters say: it has no class
 or age to filter on, and left in place it would stop every filtered replay of its partition. So is a letter
-too large for the replay target (the DLQ and the parking lot take 2 MiB, the main topic 1 MiB), and a parked
-letter too large for the parking lot is shrunk as the worker shrinks dead letters (provenance kept, value cut).
+too large for the replay target (the DLQ and the parking lot take 2 MiB, the main topic 1 MiB), or one to refile
+that the DLQ no longer takes whole (its max.message.bytes lowered since), and a parked letter too large for the
+parking lot is shrunk as the worker shrinks dead letters (provenance kept, value cut).
 """
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -42,7 +50,9 @@ from cv_queue.kafka.clients import (
     poll_batch,
     transactional_producer,
 )
+from cv_queue.kafka.dlq_layout import check_dlq_layout
 from cv_queue.kafka.envelope import OutputRecord, now_ms, parked_headers, read_dead_letter, replayed_headers
+from cv_queue.kafka.failures import require_topic
 from cv_queue.kafka.fit import (
     KAFKA_DEFAULT_MAX_MESSAGE_BYTES,
     SAFETY_MARGIN,
@@ -55,6 +65,8 @@ from cv_queue.kafka.transaction import commit_atomically
 from cv_queue.messages import DeadLetter
 from cv_queue.settings import KafkaConnection, QueueSettings
 
+log = logging.getLogger("cv_queue.replay")
+
 IDLE_END_S = 2.0  # no records for this long at a partition's end: it is done (an open txn may hold the LSO)
 
 
@@ -63,6 +75,7 @@ class ReplayOutcome(StrEnum):
 
     REPLAYED = "replayed"
     PARKED = "parked"
+    REFILED = "refiled"  # moved to the DLQ partitions of the category its header names
 
 
 class ReplayRequest(BaseModel):
@@ -89,6 +102,8 @@ class ReplayReport(BaseModel):
     scanned: int = 0
     replayed: int = 0
     parked: int = 0
+    refiled: int = Field(0, description="Letters whose category header is not one asked for, moved to that "
+                                        "category's DLQ partitions instead of being replayed.")
     left_too_young: dict[int, int] = Field(default_factory=dict, description="Partition -> first young offset.")
     left_unmatched: dict[int, int] = Field(
         default_factory=dict, description="Partition -> offset of the first letter of an error class not asked for.")
@@ -130,10 +145,13 @@ class _Replayer:
         self.counts: Counter[tuple[str, str]] = Counter()
         self.metrics = ReplayMetrics()
         self.unflushed: list[tuple[ErrorCategory, ReplayOutcome]] = []  # counted in metrics once committed
+        # Before any client of its own: settings that read DLQ partitions as other categories are refused.
+        check_dlq_layout(conn, admin_client(conn), settings, record=False)
         self.partitions = settings.dlq_partitions(request.categories)
         self.consumer = assigned_consumer(conn, settings, settings.replay_group_id, role="dlq-replay")
-        # Sized from the topics it writes, as the worker's producer is: a letter up to the parking lot's 2 MiB must
-        # not stop the replay of its category for ever (librdkafka refuses a record over message.max.bytes itself).
+        # Sized from the topics it writes, as the worker's producer is: a letter up to the parking lot's 2 MiB, or
+        # one refiled whole into a DLQ that takes more, must not stop the replay of its category for ever
+        # (librdkafka refuses a record over message.max.bytes itself).
         self.limits = replay_limits(conn, settings, self.target)
         self.producer = None if request.dry_run else transactional_producer(
             conn, settings.replay_transactional_id, max_message_bytes=self.limits.producer_max_bytes)
@@ -156,7 +174,10 @@ class _Replayer:
         finally:
             self.consumer.close()
             if self.producer is not None:
-                self.producer.flush(10)
+                try:
+                    self.producer.flush(10)
+                except (KafkaException, SystemError) as exc:  # after a fatal error: see PartitionWorker._close
+                    log.debug("flush on close: %s", exc)
         self.report.seconds = round(time.monotonic() - started, 3)
         self.report.by_category = {}
         for (category, outcome), n in sorted(self.counts.items()):
@@ -212,7 +233,7 @@ class _Replayer:
 
     @property
     def _handled(self) -> int:
-        return self.report.replayed + self.report.parked
+        return self.report.replayed + self.report.parked + self.report.refiled
 
     @property
     def _stopped(self) -> set[int]:
@@ -224,7 +245,7 @@ class _Replayer:
         return self.finished | self._stopped
 
     def _handle(self, msg: Message) -> bool:
-        """Replay or park one letter, or stop its partition there; False when the letter was left in place."""
+        """Replay, park or refile one letter, or stop its partition there; False when it was left in place."""
         partition, offset = msg.partition(), msg.offset()
         self.report.scanned += 1
         # Read once: after a failed read the client hands back a broken cached list instead of raising again.
@@ -235,10 +256,7 @@ class _Replayer:
             # Not ours to interpret: keep it, whole, where a human will look.
             self._park(msg, headers, f"undecodable dead letter: {exc}", self.settings.dlq_category(partition))
             return True
-        if h.last(headers, h.VALUE_TRUNCATED) is not None or h.last(headers, h.KEY_TRUNCATED) is not None:
-            # Shrunk to fit the DLQ: what is left is not the job any more, and replaying it would only fail again.
-            self._park(msg, headers, "the letter was cut to fit max.message.bytes; the job cannot be replayed",
-                       letter.category)
+        if self._moved_whatever_the_filters(msg, headers, letter):
             return True
         if letter.failed_at > self.cutoff:
             self.report.left_too_young[partition] = offset
@@ -253,6 +271,19 @@ class _Replayer:
         self._replay(msg, headers, letter)
         return True
 
+    def _moved_whatever_the_filters(self, msg: Message, headers: h.Headers, letter: DeadLetter) -> bool:
+        """Refile a letter of a category not asked for, park one cut to fit the DLQ; False for any other letter."""
+        if letter.category not in self.request.categories:
+            # Its header, not its partition, says what it is (a partition's category depends on settings).
+            self._refile(msg, headers, letter.category)
+            return True
+        if h.last(headers, h.VALUE_TRUNCATED) is not None or h.last(headers, h.KEY_TRUNCATED) is not None:
+            # Shrunk to fit the DLQ: what is left is not the job any more, and replaying it would only fail again.
+            self._park(msg, headers, "the letter was cut to fit max.message.bytes; the job cannot be replayed",
+                       letter.category)
+            return True
+        return False
+
     def _replay(self, msg: Message, headers: h.Headers, letter: DeadLetter) -> None:
         """Republish the letter's job to the target, or park it when it would not fit there."""
         replayed = OutputRecord(topic=self.target, key=letter.key, value=letter.value,
@@ -264,6 +295,22 @@ class _Replayer:
             return
         self.pending.append(replayed)
         self._count(letter.category, ReplayOutcome.REPLAYED)
+        self.next_offsets[msg.partition()] = msg.offset() + 1
+
+    def _refile(self, msg: Message, headers: h.Headers, category: ErrorCategory) -> None:
+        """File the letter, byte-exact with every header, where its category's letters go; committing past it here
+        loses nothing, and a replay of its own category finds it there. A letter the DLQ no longer takes whole (its
+        max.message.bytes lowered since it was filed) is parked instead: refiled anyway, the broker would refuse it
+        in every run, and each would stop at it."""
+        refiled = OutputRecord(topic=self.names.dlq, key=msg.key(), value=msg.value(), headers=headers,
+                               partition=self.settings.dlq_partition(category, msg.key()))
+        if not self.limits.fits(refiled):
+            self._park(msg, headers, f"{refiled.size} bytes do not fit {self.names.dlq} (max.message.bytes "
+                       f"{self.limits.limit(self.names.dlq) + SAFETY_MARGIN}); it cannot be refiled to its "
+                       f"category's ({category.value}) DLQ partitions", category)
+            return
+        self.pending.append(refiled)
+        self._count(category, ReplayOutcome.REFILED)
         self.next_offsets[msg.partition()] = msg.offset() + 1
 
     def _park(self, msg: Message, headers: h.Headers, reason: str, category: ErrorCategory) -> None:
@@ -296,10 +343,12 @@ class _Replayer:
         offsets = [TopicPartition(self.names.dlq, p, o) for p, o in sorted(self.next_offsets.items())]
         if self.producer is not None:
             commit_atomically(self.producer, self.pending, offsets, self.consumer.consumer_group_metadata(),
-                              stopping=lambda: False)
+                              stopping=lambda: False, give_up_after_s=self.settings.replay.transaction_give_up_s)
         self.report.committed_offsets.update({tp.partition: tp.offset for tp in offsets})
         if not self.request.dry_run:  # a dry run moves nothing, so it counts nothing
             for category, outcome in self.unflushed:
+                if outcome == ReplayOutcome.REFILED:  # still a dead letter: the depth gauges see it move
+                    continue
                 counters = self.metrics.replayed if outcome == ReplayOutcome.REPLAYED else self.metrics.parked
                 counters[category].inc()
         self.unflushed.clear()
@@ -310,11 +359,12 @@ class _Replayer:
 
 
 def replay_limits(conn: KafkaConnection, settings: QueueSettings, target: str) -> OutputLimits:
-    """max.message.bytes of the replay target and the parking lot, from the broker (the settings where it won't
-    say)."""
+    """max.message.bytes of every topic replay writes: the replay target, the parking lot and the DLQ (refiled
+    letters), from the broker (the settings where it won't say)."""
     topics = settings.topics
     main_limit = int(topics.main_config.get("max.message.bytes", KAFKA_DEFAULT_MAX_MESSAGE_BYTES))
-    fallback = {target: main_limit, settings.topic_names.parked: topics.max_message_bytes}
+    names = settings.topic_names
+    fallback = {names.dlq: topics.max_message_bytes, names.parked: topics.max_message_bytes, target: main_limit}
     return read_output_limits(admin_client(conn), list(fallback), fallback)
 
 
@@ -328,4 +378,7 @@ def replay_dead_letters(
 
     In a dry run `committed_offsets` shows where a real run would have committed.
     """
+    # Checked first: a missing target (a typo; auto-creation is off) would fail only at the first commit, and every
+    # commit after it, until replay.transaction_give_up_s; this says so at once (TopicStateError, CLI exit 10).
+    require_topic(admin_client(conn), request.target_topic or settings.topic_names.main, conn, "the replay target")
     return _Replayer(conn, settings, request, on_progress).run()

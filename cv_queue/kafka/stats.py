@@ -26,6 +26,7 @@ class WorkerStats:
     abandoned_handlers: int = 0
     lag: int = 0
     stop_reason: str = ""
+    stop_error: str = ""  # what ended a worker that stopped on an error (fatal, denied, topic_state)
 
     def summary(self) -> str:
         return (
@@ -33,5 +34,6 @@ class WorkerStats:
             f"succeeded {self.succeeded}, retried {self.retried}, "
             f"dead-lettered {self.dead_lettered} (invalid {self.invalid}), timed out {self.timed_out}, "
             f"in flight {self.in_flight}, buffered {self.buffered}, waiting retries {self.waiting_retries}, "
-            f"held {self.held_bytes} B, paused partitions {self.paused}, lag {self.lag}, commits {self.commits}"
+            f"held {self.held_bytes} B, paused partitions {self.paused}, lag {self.lag}, commits {self.commits}, "
+            f"abandoned handlers {self.abandoned_handlers}"
         )

@@ -38,10 +38,13 @@ class PartitionTracker(Generic[T]):
 
     `committed` is the offset of the last release (-1 before any), `open_bytes` the bytes of open and held records
     (what the per-partition memory cap reads), `map_bytes` the size of the last map sent (what the metadata
-    backpressure reads).
+    backpressure reads). `recorded`: the offset the group holds when a reset moved `committed` away from it (the
+    committed offset lay outside the log: resume.py); the first release then commits `committed` even with nothing
+    done, so the group's offset is never left outside the log.
     """
 
-    def __init__(self, committed: int, settled_above: SettledAbove | None = None) -> None:
+    def __init__(self, committed: int, settled_above: SettledAbove | None = None, *,
+                 recorded: int | None = None) -> None:
         self.committed = committed
         self.open_bytes = 0
         self.map_bytes = 0
@@ -66,6 +69,8 @@ class PartitionTracker(Generic[T]):
             self._restored_order = deque(self._not_done)
             self._last_sent = (committed, encode(committed, settled_above.high, settled_above.incomplete))
             self.map_bytes = len(self._last_sent[1]) + 1
+        if recorded is not None and recorded != committed:
+            self._last_sent = (recorded, "")
 
     # ------------------------------------------------------------------ records in
 

@@ -38,8 +38,10 @@ from cv_queue.kafka.classify import ErrorClassifier
 from cv_queue.kafka.client_log import CLIENT_LOG
 from cv_queue.kafka.clients import admin_client, assigned_consumer, poll_batch, transactional_producer
 from cv_queue.kafka.commit import WatermarkCommitter, check_still_owner
+from cv_queue.kafka.dlq_layout import check_dlq_layout
 from cv_queue.kafka.envelope import now_ms
 from cv_queue.kafka.execution import Completion
+from cv_queue.kafka.failures import FailureKind, TopicStateError, kind_of_exception
 from cv_queue.kafka.faults import fault_point
 from cv_queue.kafka.fit import OutputLimits
 from cv_queue.kafka.flow import FlowControl
@@ -52,7 +54,7 @@ from cv_queue.kafka.presence import FleetPresence
 from cv_queue.kafka.progress import ProgressReporter
 from cv_queue.kafka.records import Failure, OutputRecord, SourceRecord
 from cv_queue.kafka.resume import metadata_limit as read_metadata_limit
-from cv_queue.kafka.resume import resume_partitions
+from cv_queue.kafka.resume import resume_partitions, track_fetched
 from cv_queue.kafka.routing import Router
 from cv_queue.kafka.stall import WATCHDOG
 from cv_queue.kafka.startup import (
@@ -136,6 +138,8 @@ class PartitionWorker:
         self._consumer = assigned_consumer(self.conn, self.settings, self.settings.group_id,
                                            role=f"worker-{self.slot.name}")
         check_topics(self._consumer, self.conn, self.settings, self.slot)
+        # Dead letters are filed by category partition: settings that would misfile them are refused (exit 9).
+        check_dlq_layout(self.conn, admin_client(self.conn), self.settings, record=True)
         # Before fencing anyone: a worker refused for its layout must leave no trace.
         self._presence, recorded = join_fleet(self.conn, self.settings, self.slot)
         limits = output_limits(self.conn, self.settings)
@@ -155,7 +159,8 @@ class PartitionWorker:
         self._trackers.update(resume_partitions(self._consumer, self.settings, self._source_partitions()))
         self._committer = WatermarkCommitter(self._consumer, self._producer, self._trackers, self._stopping.is_set,
                                              self._metrics, self.settings.worker.client_stall_s, metadata_limit,
-                                             at_once=self.settings.worker.release_outputs == "at_once")
+                                             at_once=self.settings.worker.release_outputs == "at_once",
+                                             give_up_after_s=self.settings.worker.transaction_give_up_s)
         self._pool.start()
         self._metrics.running = 1
         log.info("worker %s started on %s partitions %s (group %s, transactional id %s)", self.worker_id,
@@ -169,7 +174,7 @@ class PartitionWorker:
         key = (source.topic, source.partition)
         self._consumed[key] += 1
         self.stats.consumed += 1
-        if self._trackers[key].track(source.offset, source.size):
+        if track_fetched(self._trackers[key], self._consumer, source):  # TopicStateError below the committed offset
             return True
         self._metrics.skipped[key] += 1
         self.stats.skipped += 1
@@ -268,9 +273,10 @@ class PartitionWorker:
         """Process until `stop` is set; then drain, commit what is complete and close.
 
         Returns the final stats; `stats.stop_reason` is "stopped", "fenced" (a newer worker owns the slot;
-        this one commits nothing more), "fatal" (the producer or consumer cannot go on; a restart recovers) or
-        "handlers_exhausted" (handler threads stuck in timed-out jobs; completed work was committed, and a
-        restart frees them).
+        this one commits nothing more), "fatal" (the producer or consumer cannot go on; a restart recovers),
+        "denied" (a write refused: an ACL revoked), "topic_state" (a topic missing or recreated; `stats.stop_error`
+        says which) or "handlers_exhausted" (handler threads stuck in timed-out jobs; completed work was committed,
+        and a restart frees them). The failures.py kinds give the CLI's exit codes.
         """
         self._stopping = stop
         try:
@@ -291,6 +297,9 @@ class PartitionWorker:
                 log.error("worker %s cannot serve any more: %s. Committing what is complete and exiting.",
                           self.worker_id, exc)
                 self.stats.stop_reason = "handlers_exhausted"
+            except TopicStateError as exc:  # fetched below the committed offset: its restart applies offset_reset
+                log.error("worker %s cannot continue: %s", self.worker_id, exc)
+                self.stats.stop_reason, self.stats.stop_error = FailureKind.TOPIC_STATE.value, str(exc)
             self._shutdown()
         except TransactionFencedError as exc:
             log.error("worker %s was fenced: another worker now owns slot %s or an overlapping slot (transactional "
@@ -303,7 +312,7 @@ class PartitionWorker:
             self.stats.stop_reason = "stopped"
         except (TransactionFatalError, KafkaException) as exc:
             log.error("worker %s cannot continue: %s", self.worker_id, exc)
-            self.stats.stop_reason = "fatal"
+            self.stats.stop_reason, self.stats.stop_error = kind_of_exception(exc).value, str(exc)
         finally:
             self._close()
             self._metrics.running = 0
@@ -384,7 +393,9 @@ class PartitionWorker:
         if self._producer is not None:
             try:
                 self._producer.flush(5)
-            except KafkaException as exc:  # a fenced producer is in a fatal state; nothing left to send
+            except (KafkaException, SystemError) as exc:  # a fenced producer is in a fatal state: nothing to send
+                # (SystemError: confluent-kafka calls the delivery callbacks of the records a fatal error purged with
+                # that error still set; the records were never committed, so dropping their reports loses nothing.)
                 log.debug("flush on close: %s", exc)
             self._producer = None
         if self._presence is not None:  # last: a re-layout waits for this, so everything is committed or aborted

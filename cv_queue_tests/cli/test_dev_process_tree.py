@@ -9,7 +9,7 @@ import time
 
 import psutil
 
-from cv_queue.cli.dev_cmd import ProcessTree, _stop_group
+from cv_queue.cli.process_tree import ProcessTree, stop_group
 from cv_queue_tests.support import wait_for
 
 # A root that dies on SIGINT, leaving two orphans that ignore SIGINT and SIGTERM: one in the root's
@@ -47,7 +47,7 @@ def test_stop_group_kills_stubborn_and_escaped_descendants():
         wait_for(both_children_ready, 30, "the two stubborn children")
         time.sleep(0.5)  # the child that stays has set its handlers too
         started = time.monotonic()
-        _stop_group(root, tree, interrupt_wait_s=2)
+        stop_group(root, tree, interrupt_wait_s=2)
         elapsed = time.monotonic() - started
         assert root.poll() is not None
         assert not [p for p in seen if _running(p)], "a descendant survived the stop"

@@ -1,14 +1,20 @@
 """The DLQ sensor evaluated the way the daemon evaluates it, on a real instance and broker."""
 
+from collections import Counter
+
 import dagster as dg
+import pytest
 from confluent_kafka import Producer
 
 from cv_queue.defs.dlq import dlq_sensor, reprocess_dlq
 from cv_queue.defs.resources import QueueResource
 from cv_queue.defs.topics import topic_assets
 from cv_queue.errors import ErrorCategory, InvalidPayloadError, TransientJobError
+from cv_queue.evaluation.samples import sample_jobs
+from cv_queue.kafka.dlq_layout import DlqLayoutMismatchError
 from cv_queue.kafka.envelope import now_ms
 from cv_queue.kafka.lag import committed_offsets
+from cv_queue_tests.kafka.test_dlq_layout import job_ids, plant_letter
 from cv_queue_tests.kafka.test_replay import _plant_letter
 from cv_queue_tests.support import read_topic
 
@@ -125,3 +131,73 @@ def test_sensor_triggered_replays_take_their_retry_policy_from_the_replay_settin
     assert (config["max_retries"], config["retry_delay_seconds"], config["retry_backoff"], config["retry_jitter"]) \
         == (7, 1.5, "linear", False)
     assert dg.validate_run_config(reprocess_dlq, request.run_config)
+
+
+def _step_failure(result: dg.ExecuteInProcessResult) -> str:
+    event = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    data = event.event_specific_data
+    return data.user_failure_data.description if data.user_failure_data else data.error.message
+
+
+def test_an_invalid_payload_letter_in_a_transient_partition_is_moved_never_replayed(resources, instance, settings,
+                                                                                     conn):
+    resources = {**resources, "queue": QueueResource(replay_cooldown_s=0)}
+    assert dg.materialize(topic_assets, resources=resources, instance=instance).success
+    transient_p = settings.dlq_partition(ErrorCategory.TRANSIENT, None)
+    invalid_p = settings.dlq_partition(ErrorCategory.INVALID_PAYLOAD, None)
+    good, bad = sample_jobs(2, seed=31, prefix="sensor")
+    raw = Producer(conn.client_config())
+    plant_letter(raw, settings, good, TransientJobError("blip"), ErrorCategory.TRANSIENT, transient_p)
+    # Filed where transient letters go, but its header says invalid_payload (a worker with other settings).
+    plant_letter(raw, settings, bad, InvalidPayloadError("not_json"), ErrorCategory.INVALID_PAYLOAD, transient_p)
+    raw.flush(10)
+
+    first = _tick(instance, resources)
+    [request] = first.run_requests
+    run = reprocess_dlq.execute_in_process(run_config=request.run_config, resources=resources, instance=instance,
+                                           tags=request.tags)
+    assert run.success
+    assert job_ids(read_topic(conn, settings.topic_names.main, expect=1)) == Counter({good.job_id: 1})
+    report = run.output_for_node("reprocess_dead_letters")
+    assert (report["replayed"], report.get("refiled")) == (1, 1)
+    dlq = read_topic(conn, settings.topic_names.dlq, expect=3)
+    assert sorted(m.partition() for m in dlq if m.key() == bad.key) == [transient_p, invalid_p]  # moved once
+    admin = resources["kafka"].admin()
+    committed = committed_offsets(admin, settings.replay_group_id, settings.topic_names.dlq, [transient_p, invalid_p])
+    assert committed == {transient_p: 2, invalid_p: None}  # nothing left behind; its new place untouched
+
+    settled = _tick(instance, resources, cursor=first.cursor)
+    assert settled.run_requests == []  # the sensor never looks at invalid_payload letters, wherever they came from
+    assert job_ids(read_topic(conn, settings.topic_names.main, idle_s=1.0)) == Counter({good.job_id: 1})
+
+
+def test_a_tick_and_a_replay_run_with_another_dlq_layout_are_refused(resources, instance, settings, conn,
+                                                                     monkeypatch):
+    resources = {**resources, "queue": QueueResource(replay_cooldown_s=0)}
+    assert dg.materialize(topic_assets, resources=resources, instance=instance).success  # records 1 per category
+    job = next(sample_jobs(1, seed=32, prefix="sensor"))
+    raw = Producer(conn.client_config())
+    plant_letter(raw, settings, job, TransientJobError("blip"), ErrorCategory.TRANSIENT,
+                 settings.dlq_partition(ErrorCategory.TRANSIENT, None))
+    plant_letter(raw, settings, next(sample_jobs(1, seed=33, prefix="bad")), InvalidPayloadError("not_json"),
+                 ErrorCategory.INVALID_PAYLOAD, settings.dlq_partition(ErrorCategory.INVALID_PAYLOAD, None))
+    raw.flush(10)
+    [request] = _tick(instance, resources).run_requests
+
+    # Raised afterwards: at 2 per category the auto-replay categories would be partitions 0-3, the invalid one too.
+    monkeypatch.setenv("CVQ_TOPICS__DLQ_PARTITIONS_PER_CATEGORY", "2")
+    with pytest.raises(DlqLayoutMismatchError, match="CVQ_TOPICS__DLQ_PARTITIONS_PER_CATEGORY=1"):
+        _tick(instance, resources)
+    run = reprocess_dlq.execute_in_process(run_config=request.run_config, resources=resources, instance=instance,
+                                           tags=request.tags, raise_on_error=False)
+    assert not run.success
+    message = _step_failure(run)
+    assert "CVQ_TOPICS__DLQ_PARTITIONS_PER_CATEGORY=1" in message and "2 DLQ partition(s)" in message
+    materialized = dg.materialize(topic_assets, resources=resources, instance=instance, raise_on_error=False)
+    assert not materialized.success
+    assert "CVQ_TOPICS__DLQ_PARTITIONS_PER_CATEGORY=1" in _step_failure(materialized)
+
+    assert read_topic(conn, settings.topic_names.main, idle_s=1.0) == []  # nothing replayed
+    admin = resources["kafka"].admin()
+    assert set(committed_offsets(admin, settings.replay_group_id, settings.topic_names.dlq,
+                                 list(range(4))).values()) == {None}

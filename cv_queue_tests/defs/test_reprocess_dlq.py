@@ -1,6 +1,7 @@
 """reprocess_dlq run in process: it moves the letters, reports counts, and retries per its run config."""
 
 import random
+import threading
 
 import dagster as dg
 import pytest
@@ -9,7 +10,9 @@ from confluent_kafka import Producer
 from cv_queue.defs.dlq import ReprocessConfig, reprocess_dead_letters, reprocess_dlq, retry_wait_s
 from cv_queue.defs.topics import topic_assets
 from cv_queue.errors import ErrorCategory, PermanentJobError, TransientJobError
+from cv_queue.kafka.clients import admin_client
 from cv_queue.kafka.envelope import now_ms
+from cv_queue.kafka.topics import TopicRole, provision, topic_specs
 from cv_queue_tests.kafka.test_replay import _plant_letter
 from cv_queue_tests.support import read_topic
 
@@ -75,8 +78,36 @@ def test_other_topic_without_a_name_is_a_clear_failure(resources, instance):
     assert "target_topic is empty" in failure.event_specific_data.error.message
 
 
-def test_retries_follow_the_run_config(resources, instance):
-    # No topics in this namespace: the replay's broker calls fail, and the step retries as configured.
+def test_a_missing_target_topic_fails_the_run_at_once_naming_it(resources, instance, settings, conn):
+    assert dg.materialize(topic_assets, resources=resources, instance=instance).success
+    raw = Producer(conn.client_config())
+    _plant_letter(raw, settings, b"t0", TransientJobError("x"), ErrorCategory.TRANSIENT, now_ms())
+    raw.flush(10)
+    typo = f"{settings.topic_names.main}-typo"
+    outcome: dict = {}
+
+    def run() -> None:
+        outcome["result"] = reprocess_dlq.execute_in_process(
+            run_config=_config(target="other_topic", target_topic=typo), resources=resources, instance=instance,
+            raise_on_error=False)
+
+    # In a thread, so that the old behaviour (the first transaction redone every few seconds, for ever) fails here.
+    runner = threading.Thread(target=run, name="reprocess-dlq", daemon=True)
+    runner.start()
+    runner.join(60)
+    assert not runner.is_alive(), "the replay into a missing topic is still running after 60 s"
+    result = outcome["result"]
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert f"the replay target {typo!r} does not exist" in failure.event_specific_data.error.message
+    assert "STEP_UP_FOR_RETRY" not in [e.event_type_value for e in result.all_events]  # a retry fails the same way
+    assert read_topic(conn, typo.removesuffix("-typo"), idle_s=0.5) == []
+
+
+def test_retries_follow_the_run_config(resources, instance, settings, conn):
+    # Only the replay's target exists in this namespace (a missing target fails at once, above): its reads of the
+    # DLQ fail, and the step retries as configured.
+    provision(admin_client(conn), [spec for spec in topic_specs(settings) if spec.role == TopicRole.MAIN])
     result = reprocess_dlq.execute_in_process(
         run_config=_config(max_retries=2, retry_delay_seconds=0.05, retry_backoff="constant", retry_jitter=False),
         resources=resources, instance=instance, raise_on_error=False)

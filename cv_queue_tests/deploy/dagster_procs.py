@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
+import psutil
 import yaml
 from dagster._grpc.client import DagsterGrpcClient
 
@@ -79,12 +80,18 @@ class ProductionDagster:
             return False
 
     def kill_code_server(self) -> int:
-        """SIGKILL the code server's own process only, as a crash or a container restart would end it. Its runs
-        (the worker runs among them) are other processes and keep going. Returns the pid."""
+        """SIGKILL the code server, as a crash would end it: `dagster code-server start` and the gRPC server it runs
+        (which watches the run processes it launched, and would report their deaths). The runs, the worker runs among
+        them, are other processes and keep going. Returns the pid."""
         assert self.code_server is not None
         pid = self.code_server.pid
-        os.kill(pid, signal.SIGKILL)
+        servers = [psutil.Process(pid)] + [child for child in psutil.Process(pid).children(recursive=True)
+                                           if "grpc" in " ".join(child.cmdline())]
+        for server in servers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                server.kill()
         self.code_server.wait(STOP_TIMEOUT_S)
+        psutil.wait_procs(servers, timeout=STOP_TIMEOUT_S)
         return pid
 
     def start_webserver(self) -> None:

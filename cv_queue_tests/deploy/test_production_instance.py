@@ -5,7 +5,8 @@ swapped by its one setting (CVQ_RUN_LAUNCHER=default: each run is a process of t
 One test walks the operator's path and asserts each step: the topic assets materialized through the webserver, the
 fleet started by its sensor, jobs processed exactly once, a DLQ replay triggered by its sensor, stop_worker_fleet and
 start_worker_fleet, a SIGKILLed worker run replaced, and a code-server restart the fleet survives (it ends through a
-stop launched after the restart)."""
+stop launched after the restart), and then one of its runs SIGKILLed, which nothing reports: the fleet sensor finds
+its slot has no live worker, fails the run and replaces it."""
 
 import os
 import signal
@@ -46,6 +47,9 @@ ENV = {
     # Sensors tick often, so each step waits seconds rather than the production intervals.
     "CVQ_FLEET__SENSOR_INTERVAL_S": str(SENSOR_INTERVAL_S),
     "CVQ_FLEET__RESTART_BACKOFF_S": "0",
+    # A run whose slot has no live worker is dead after 20 s rather than 60: step 6b's slot serves again well within
+    # its 90 s (the presence session takes 10 s to lapse, a replacement run ~20 s to start on 2 shared cores).
+    "CVQ_FLEET__DEAD_AFTER_S": "20",
     "CVQ_REPLAY__SENSOR_INTERVAL_S": str(SENSOR_INTERVAL_S),
     "CVQ_REPLAY__COOLDOWN_S": "1",
     # A failing job reaches the DLQ within a second: two quick tries, one hop through the retry topic.
@@ -56,6 +60,7 @@ ENV = {
 }
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 RUN_TIMEOUT_S = 180.0  # a run is a fresh Python process importing Dagster on 2 shared cores
+ORPHAN_RECOVERY_S = 90.0  # what the issue asks of a slot whose run died unreported
 
 
 def _launch(graphql: DagsterGraphQLClient, dagster: ProductionDagster, job: str, **kwargs: object) -> dg.DagsterRun:
@@ -67,7 +72,10 @@ def _launch(graphql: DagsterGraphQLClient, dagster: ProductionDagster, job: str,
 
 
 def _messages(dagster: ProductionDagster, run_id: str) -> str:
-    return "\n".join(e.user_message or "" for e in dagster.instance.all_logs(run_id))[-3000:]
+    """The run's event log as text: user messages, and the messages of events reported from outside the run (an
+    engine event or a run failure reported by the instance carries its text on the event, not as a user message)."""
+    return "\n".join(e.user_message or (e.dagster_event.message if e.dagster_event else "") or ""
+                     for e in dagster.instance.all_logs(run_id))[-3000:]
 
 
 def _full_fleet(dagster: ProductionDagster, but_not: set[str] = frozenset()) -> Callable[[], bool]:
@@ -194,6 +202,26 @@ def test_production_instance_with_three_processes(conn, settings, postgres, tmp_
         producer.enqueue_batch(last_jobs)
         enqueued += last_jobs
         _exactly_once(conn, settings, enqueued, timeout_s=RUN_TIMEOUT_S)
+
+        # 6b. Then a worker run of the killed code server dies. Nothing reports that (only the code server that
+        # launched a run watches its process), so it would stay STARTED for ever and its slot would get no worker;
+        # but its slot has no live worker in the presence group any more, so the fleet sensor fails it, saying why,
+        # and launches a replacement: the slot serves again within 90 s, nothing lost or doubled.
+        orphan = fleet["0-1"]
+        orphan_pid = _worker_pid(daemon, orphan.run_id)
+        assert orphan_pid is not None
+        os.kill(orphan_pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        orphan_jobs = list(sample_jobs(100, seed=46, prefix="prod-orphaned"))
+        producer.enqueue_batch(orphan_jobs)
+        enqueued += orphan_jobs
+        _exactly_once(conn, settings, enqueued, timeout_s=ORPHAN_RECOVERY_S)
+        print(f"slot 0-1 served again {time.monotonic() - killed_at:.0f}s after its orphaned run was SIGKILLed")
+        assert instance.get_run_by_id(orphan.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert "declared dead by worker_fleet_sensor" in _messages(dagster, orphan.run_id)
+        fleet = _started_by_slot(daemon)
+        assert orphan.run_id not in {r.run_id for r in fleet.values()}
+        _assert_launched_by_the_fleet_sensor(fleet)
 
         # 7. Runs launch through the webserver and the restarted code server: a stop ends the surviving fleet.
         _launch(graphql, dagster, "stop_worker_fleet", run_config={"ops": {"stop_fleet": {"config": {"wait_s": 90}}}})

@@ -7,7 +7,9 @@ the main topic must hold every planted job exactly once. A replay that committed
 transaction would republish the killed batch twice, or lose it.
 """
 
+import json
 import os
+import re
 import signal
 import subprocess
 from collections import Counter
@@ -15,7 +17,7 @@ from collections import Counter
 import pytest
 from confluent_kafka import Producer
 
-from cv_queue.errors import ErrorCategory, TransientJobError
+from cv_queue.errors import ErrorCategory, PermanentJobError, TransientJobError
 from cv_queue.evaluation.samples import sample_jobs
 from cv_queue.kafka.envelope import Failure, SourceRecord, dead_letter_record, now_ms
 from cv_queue.settings import KafkaConnection, QueueSettings
@@ -97,3 +99,53 @@ def test_a_letter_too_large_for_the_main_topic_is_parked_and_its_category_replay
     assert b"do not fit" in dict(parked[0].headers())["cvq.parked.reason"]
     main = read_topic(conn, settings.topic_names.main, timeout_s=60)
     assert sorted(m.key() for m in main) == sorted(j.key for j in small)
+
+
+def plant_misfiled_letters(conn: KafkaConnection, settings: QueueSettings) -> tuple[set[str], set[str]]:
+    """LETTERS dead letters in the transient partition, every 4th of them a permanent one filed there by mistake (its
+    header says permanent); returns the job ids of the transient letters and of the misfiled ones."""
+    producer = Producer({**conn.client_config(), "linger.ms": 20})
+    transient = Failure.from_exception(TransientJobError("upstream timeout"), ErrorCategory.TRANSIENT)
+    permanent = Failure.from_exception(PermanentJobError("no such model"), ErrorCategory.PERMANENT)
+    failed_at = now_ms() - 60_000
+    partition = settings.dlq_partition(ErrorCategory.TRANSIENT, None)
+    replayable, misfiled = set(), set()
+    for i, job in enumerate(sample_jobs(LETTERS, seed=53, prefix=unique("mixed-"))):
+        source = SourceRecord(topic=settings.topic_names.main, partition=i % 8, offset=i, timestamp_ms=failed_at,
+                              key=job.key, value=job.to_bytes(), headers=[])
+        failure = permanent if i % 4 == 3 else transient
+        out = dead_letter_record(source, failure, 5, 7, "test", settings.topic_names.dlq, partition, failed_at)
+        producer.produce(out.topic, key=out.key, value=out.value, headers=out.headers, partition=out.partition)
+        (misfiled if failure is permanent else replayable).add(job.job_id)
+    assert producer.flush(60) == 0
+    return replayable, misfiled
+
+
+@pytest.mark.chaos
+@pytest.mark.parametrize("point", ["after_produce", "after_send_offsets"])
+def test_a_replay_killed_between_refiling_and_committing_refiles_and_replays_each_letter_once(conn, provisioned,
+                                                                                              point):
+    """Refiles ride in the replay's transaction: killed after producing a batch of replayed jobs and refiled letters
+    but before its commit, a rerun must neither refile nor replay any letter of that batch twice, nor lose one."""
+    settings = provisioned
+    names = settings.topic_names
+    replayable, misfiled = plant_misfiled_letters(conn, settings)
+    fault = f"{point}@2:kill"
+    killed = replay(settings, fault)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert f"CVQ_FAULT={fault}: injecting it now" in killed.stderr
+    finished = replay(settings, None)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    # The first run committed its first transaction (1,000 letters or more), the rerun did the rest.
+    rerun = re.search(r"replayed (\d+), parked 0 .*; moved (\d+) letter\(s\)", finished.stdout)
+    assert rerun, finished.stdout
+    assert 0 < int(rerun[1]) < len(replayable) and 0 < int(rerun[2]) < len(misfiled), finished.stdout
+
+    replayed = Counter(json.loads(m.value())["job_id"] for m in read_topic(conn, names.main, timeout_s=60))
+    assert replayed == Counter(dict.fromkeys(replayable, 1)), "a replayable letter lost, or replayed twice"
+    permanent_p = settings.dlq_partition(ErrorCategory.PERMANENT, None)
+    refiled = Counter(json.loads(m.value())["job_id"] for m in read_topic(conn, names.dlq, timeout_s=60)
+                      if m.partition() == permanent_p)
+    assert refiled == Counter(dict.fromkeys(misfiled, 1)), "a misfiled letter lost, or refiled twice"
+    again = replay(settings, None)
+    assert "replayed 0," in again.stdout and "moved" not in again.stdout  # nothing left, nothing moved again

@@ -193,7 +193,7 @@ def replay_run(worker_run: Run, conn: KafkaConnection, tmp_path_factory: pytest.
         result = scrape(url)
     finally:
         codes = _stop([proc])
-    assert codes == [-signal.SIGTERM]  # lingering until stopped
+    assert codes == [0]  # lingering until stopped: a stop during the linger still ends the command well
     assert f"replayed {PERMANENT}, parked 1" in (folder / "replay.out").read_text()
     return Run(settings, [result], [folder / "replay.log"])
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import dagster as dg
 import psutil
 
-from cv_queue.cli.dev_cmd import ProcessTree
+from cv_queue.cli.process_tree import ProcessTree
 from cv_queue_tests.conftest import CV_QUEUE, PROJECT_ROOT
 from cv_queue_tests.support import free_port_block, wait_for
 

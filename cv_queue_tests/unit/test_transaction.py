@@ -11,12 +11,15 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from cv_queue.kafka import faults, transaction
+from cv_queue.kafka.auth import EXIT_DENIED
 from cv_queue.kafka.envelope import OutputRecord
+from cv_queue.kafka.failures import FailureKind
 from cv_queue.kafka.faults import FaultPlan
 from cv_queue.kafka.transaction import (
     STEP_ATTEMPTS,
@@ -87,6 +90,10 @@ class ScriptedProducer:
 
     def poll(self, timeout: float) -> int:
         return 0
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> SimpleNamespace:
+        """Every topic exists (a deleted one is tested against the broker: cv_queue_tests/kafka/)."""
+        return SimpleNamespace(topics={topic: SimpleNamespace(error=None)})
 
 
 ONE_TRANSACTION = ["begin", "produce", "produce", "send_offsets", "commit"]
@@ -222,6 +229,18 @@ def test_fatal_error_whose_abort_is_refused_is_logged_and_still_fatal(caplog):
         commit(producer)
     assert producer.calls == [*ONE_TRANSACTION, "abort"]  # a fatal refusal is not retried
     assert any("abort failed" in r.getMessage() for r in caplog.records)
+
+
+def test_an_abortable_error_that_keeps_coming_back_ends_after_the_limit_with_the_exit_code_of_its_kind():
+    # A revoked write ACL: librdkafka says abort and redo, and every redone transaction meets it again.
+    denied = abortable(KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    producer = ScriptedProducer(commit=[denied] * 1_000_000)
+    with pytest.raises(TransactionFatalError, match=r"kept failing for .* without a commit.*TOPIC_AUTHORIZATION") \
+            as ended:
+        commit_atomically(producer, OUTPUTS, OFFSETS, object(), stopping=lambda: False,  # type: ignore[arg-type]
+                          give_up_after_s=0.05)
+    assert ended.value.kind == FailureKind.DENIED and ended.value.exit_code == EXIT_DENIED
+    assert producer.calls[-1] == "abort" and producer.calls.count("begin") > 1  # redone until the limit, then ended
 
 
 def test_unexpected_local_error_from_produce_aborts_then_raises_fatal():

@@ -15,6 +15,7 @@ import openai
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 from pydantic import SecretStr
 
+from cv_queue.evaluation.files import FileReads
 from cv_queue.evaluation.handler import JobContext
 from cv_queue.evaluation.llm.api_errors import (
     LLMConfigError,
@@ -105,7 +106,7 @@ class LLMEvaluator:
     uses_llm_settings = True  # load_handler passes the queue's LLM settings (in Dagster: with an EnvVar key)
 
     def __init__(self, *, settings: LLMSettings | None = None, prompt_version: str | None = None,
-                 **overrides: Any) -> None:
+                 file_reads: FileReads | None = None, **overrides: Any) -> None:
         if "api_key" in overrides:
             raise LLMConfigError("api_key is not an evaluator option: set CVQ_LLM__API_KEY or OPENAI_API_KEY")
         unknown = sorted(set(overrides) - set(LLMSettings.model_fields))
@@ -116,6 +117,8 @@ class LLMEvaluator:
         base = settings if settings is not None else QueueSettings().llm
         self.settings = LLMSettings.model_validate({**base.model_dump(), **overrides})
         self._api_key = resolve_api_key(self.settings)
+        # cv_ref files are read on threads of their own, never the loop's default executor (see files.py).
+        self._reads = file_reads or FileReads(self.settings.file_read_threads)
         self.templates = load_templates(prompt_version or PROMPT_VERSION)
         requested = self.settings.structured_output
         self._mode: OutputMode = FALLBACK_ORDER[0] if requested == "auto" else requested
@@ -137,8 +140,13 @@ class LLMEvaluator:
     def prompt_version(self) -> str:
         return self.templates.version
 
+    @property
+    def stuck_threads(self) -> int:
+        """cv_ref reads still running after their jobs gave up on them: the worker counts them as abandoned."""
+        return self._reads.stuck
+
     async def __call__(self, job: EvaluationJob, ctx: JobContext) -> Evaluation:
-        cv_text = await read_cv_text(job)
+        cv_text = await read_cv_text(job, self._reads)
         criteria = list(job.scoring_rubric)
         schema = answer_schema(criteria)
         prompt = build_messages(self.templates, job, cv_text, schema)

@@ -5,7 +5,6 @@ string.Template ($name). The newest folder is PROMPT_VERSION; the version that p
 result, so a score can always be traced to the exact wording that asked for it.
 """
 
-import asyncio
 import json
 import re
 from dataclasses import dataclass
@@ -20,7 +19,9 @@ from urllib.parse import unquote, urlparse
 from openai.types.chat import ChatCompletionMessageParam
 
 from cv_queue.errors import PermanentJobError
+from cv_queue.evaluation.files import FileReads
 from cv_queue.messages import EvaluationJob
+from cv_queue.settings import LLMSettings
 
 _VERSION_FOLDER = re.compile(r"v(\d+)")
 _NO_PROJECT = "(No project report was submitted. Judge the project from what the CV says about projects.)"
@@ -99,11 +100,14 @@ def repair_messages(
     ]
 
 
-def _read_cv_file(ref: str) -> str:
+def _cv_path(ref: str) -> Path:
     parsed = urlparse(ref)
     if parsed.scheme != "file":
         raise PermanentJobError(f"cv_ref scheme {parsed.scheme!r} is not supported (use file:///abs/path.txt)")
-    path = Path(unquote(parsed.path))
+    return Path(unquote(parsed.path))
+
+
+def _read_cv_file(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -112,8 +116,14 @@ def _read_cv_file(ref: str) -> str:
         raise PermanentJobError(f"cv_ref unreadable: {path}: {exc}") from exc
 
 
-async def read_cv_text(job: EvaluationJob) -> str:
-    """The CV's text, inline or from its file:// reference (read off the event loop)."""
+#: For callers that bring no FileReads of their own (its threads start only when a read needs one).
+DEFAULT_FILE_READS = FileReads(LLMSettings.model_fields["file_read_threads"].default)
+
+
+async def read_cv_text(job: EvaluationJob, reads: FileReads | None = None) -> str:
+    """The CV's text, inline or from its file:// reference, read off the event loop on `reads`' bounded threads
+    (not the loop's default executor, which a read hung on a dead mount would fill: see files.py)."""
     if job.cv_text is not None:
         return job.cv_text
-    return await asyncio.to_thread(_read_cv_file, job.cv_ref or "")
+    path = _cv_path(job.cv_ref or "")  # a wrong reference fails as permanent without a thread
+    return await (reads or DEFAULT_FILE_READS).call(_read_cv_file, path)

@@ -9,6 +9,7 @@ import asyncio
 import threading
 from typing import Any
 
+from cv_queue.evaluation.files import FileReads
 from cv_queue.evaluation.handler import JobContext
 from cv_queue.evaluation.llm.evaluator import LLMEvaluator
 from cv_queue.messages import Evaluation, EvaluationJob
@@ -21,7 +22,10 @@ class ThreadedLLMEvaluator:
 
     def __init__(self, **options: Any) -> None:
         self._options = options
-        LLMEvaluator(**options)  # configuration errors now, at load time, not on the first job
+        checked = LLMEvaluator(**options)  # configuration errors now, at load time, not on the first job
+        # One set of cv_ref read threads for all handler threads; a read stuck in one is already counted as its
+        # handler thread, abandoned at the job's timeout.
+        self._reads = FileReads(checked.settings.file_read_threads)
         self._local = threading.local()
 
     def __call__(self, job: EvaluationJob, ctx: JobContext) -> Evaluation:
@@ -29,5 +33,5 @@ class ThreadedLLMEvaluator:
         if not hasattr(local, "loop"):
             # One loop and one evaluator (so one HTTP connection pool) per handler thread, kept for its lifetime.
             local.loop = asyncio.new_event_loop()
-            local.evaluator = LLMEvaluator(**self._options)
+            local.evaluator = LLMEvaluator(file_reads=self._reads, **self._options)
         return local.loop.run_until_complete(local.evaluator(job, ctx))

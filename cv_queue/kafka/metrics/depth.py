@@ -8,8 +8,8 @@ thread, never on a worker's poll loop, where a broker outage would stall the loo
 import logging
 import threading
 
-from cv_queue.errors import CATEGORY_ORDER
 from cv_queue.kafka.clients import admin_client
+from cv_queue.kafka.dlq_layout import DlqLayout, read_dlq_layout
 from cv_queue.kafka.lag import group_lag, partition_count, retained_offsets
 from cv_queue.kafka.metrics import families as f
 from cv_queue.settings import KafkaConnection, QueueSettings
@@ -25,7 +25,9 @@ class DepthPoller:
     def __init__(self, conn: KafkaConnection, settings: QueueSettings, interval_s: float = DEPTH_INTERVAL_S) -> None:
         self.settings = settings
         self.interval_s = interval_s
+        self._conn = conn
         self._admin = admin_client(conn)
+        self._recorded: DlqLayout | None = None  # kept once read: a recorded DLQ layout never changes
         self._stop = threading.Event()
         self._lock = threading.Lock()  # refresh() may also be called by the owner (after a replay run)
         self._failing = False
@@ -40,8 +42,10 @@ class DepthPoller:
         names = self.settings.topic_names
         with self._lock:
             try:
-                dlq = group_lag(self._admin, self.settings.replay_group_id, names.dlq,
-                                self.settings.dlq_partitions(list(CATEGORY_ORDER)))
+                # Category labels by the recorded layout; these settings' only until one is recorded.
+                self._recorded = self._recorded or read_dlq_layout(self._conn, self._admin, self.settings)
+                layout = self._recorded or DlqLayout.of(self.settings)
+                dlq = group_lag(self._admin, self.settings.replay_group_id, names.dlq, list(range(layout.partitions)))
                 parked = retained_offsets(self._admin, names.parked,
                                           list(range(partition_count(self._admin, names.parked))))
             except Exception as exc:  # KafkaException mostly; a poller thread must outlive any one failure
@@ -51,7 +55,7 @@ class DepthPoller:
                 return False
             self._failing = False
             for row in dlq:
-                f.DLQ_DEPTH.labels(str(row.partition), self.settings.dlq_category(row.partition).value).set(row.lag)
+                f.DLQ_DEPTH.labels(str(row.partition), layout.label(row.partition)).set(row.lag)
             for partition, retained in parked.items():
                 f.PARKED_DEPTH.labels(str(partition)).set(retained)
             return True
