@@ -7,6 +7,9 @@ one of the ways real handlers swallow a cancel:
     finally   a `finally` that awaits a long clean-up
     late      swallows the cancel, then returns a result `late_s` later: a late answer that must be dropped
     read      reads its cv_ref, a FIFO nobody writes (a read hung on a dead mount), on the handler's FileReads
+and one that is no defect of the handler's but must not be taken for the job's cancel:
+    selfcancel  a library that times out its own call by cancelling the job's task (never uncancel()ing it), then
+                raises a transient ConnectionError: the job fails as that, at once, and is not held
 """
 
 import asyncio
@@ -56,6 +59,14 @@ class StubbornHandler:
                 await asyncio.sleep(self.hold_s)
             except asyncio.CancelledError:
                 await asyncio.sleep(self.late_s)
+        elif mode == "selfcancel":
+            current = asyncio.current_task()
+            assert current is not None
+            current.cancel()
+            try:
+                await asyncio.sleep(self.hold_s)
+            except asyncio.CancelledError:
+                raise ConnectionError("upstream timed out") from None
         elif mode == "read":
             return score(job, await read_cv_text(job, self._reads))
         await asyncio.sleep(self.latency_s)

@@ -4,7 +4,8 @@ The handler (stubborn.py) swallows the job timeout's cancel in the ways real han
 a `finally` that awaits, an answer long after the cancel, and a cv_ref read hung on a "dead mount" (a FIFO). Each such
 job must be settled as timed out (one dead letter: retries are off), its key's later jobs must still get results,
 the worker must count what it abandoned, and past `max_abandoned_handlers` exit 5 with everything finished committed.
-Outputs are read read_committed and counted by job.
+A job whose library cancels its own task and converts that into a transient error fails as that error, at once,
+and its key flows on too. Outputs are read read_committed and counted by job.
 """
 
 import json
@@ -83,10 +84,11 @@ def test_async_jobs_that_ignore_their_cancel_are_settled_and_their_keys_flow_on(
     fifo = hung_file(tmp_path, "cv-on-a-dead-mount.txt")
     modes = ("swallow", "shield", "finally", "late", "read")
     stuck = [_stubborn(mode, seed, fifo) for seed, mode in enumerate(modes)]
-    followers = {job.request_id: _followers(job, 3) for job in stuck}
+    self_cancelled = _stubborn("selfcancel", len(modes), fifo)  # fails at once, as ConnectionError: no timeout
+    followers = {job.request_id: _followers(job, 3) for job in [*stuck, self_cancelled]}
     ordinary = list(sample_jobs(40, seed=77, prefix="ordinary"))
     producer = JobProducer(conn, settings.topic_names.main)
-    for job in stuck:
+    for job in [*stuck, self_cancelled]:
         producer.enqueue_batch([job, *followers[job.request_id]])
     producer.enqueue_batch(ordinary)
     log = tmp_path / "worker.log"
@@ -94,8 +96,8 @@ def test_async_jobs_that_ignore_their_cancel_are_settled_and_their_keys_flow_on(
     try:
         expected = sum(len(f) for f in followers.values()) + len(ordinary)
         read_topic(conn, settings.topic_names.results, expect=expected, timeout_s=90)
-        wait_for(lambda: len(read_topic(conn, settings.topic_names.dlq, idle_s=0.3)) >= len(stuck), 30,
-                 "a dead letter for each stuck job")
+        wait_for(lambda: len(read_topic(conn, settings.topic_names.dlq, idle_s=0.3)) >= len(stuck) + 1, 30,
+                 "a dead letter for each stuck job and the self-cancelled one")
         url = metrics_url(log)
         assert url is not None
         # swallow, shield and finally still run, abandoned; "late" ended after it was abandoned; the hung read's
@@ -118,11 +120,12 @@ def test_async_jobs_that_ignore_their_cancel_are_settled_and_their_keys_flow_on(
     per_request = Counter(r.request_id for r in results)
     assert max(per_request.values()) == 1, "a job got two results"
     assert set(per_request) == {j.request_id for f in followers.values() for j in f} | {j.request_id for j in ordinary}
-    for job in stuck:  # the key's later jobs ran, in offset order, after the stuck one let go of the key
+    for job in [*stuck, self_cancelled]:  # the key's later jobs ran, in offset order, after it let go of the key
         order = [r.request_id for r in results if r.job_id == job.job_id]
         assert order == [f.request_id for f in followers[job.request_id]]
     letters = _letters(read_topic(conn, settings.topic_names.dlq, idle_s=1.0))
-    assert letters == {j.request_id: JOB_TIMEOUT_CLASS for j in stuck}
+    assert letters == {j.request_id: JOB_TIMEOUT_CLASS for j in stuck} | {
+        self_cancelled.request_id: "builtins.ConnectionError"}
 
 
 def test_past_max_abandoned_handlers_an_async_worker_exits_5_with_finished_work_committed_once(conn, tmp_path):
