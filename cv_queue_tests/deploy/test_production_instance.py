@@ -145,10 +145,14 @@ def test_production_instance_with_three_processes(conn, settings, postgres, tmp_
         # Letters reach the DLQ at different moments, so the sensor may ask for a second batch, which waits for the
         # first (one replay at a time) and then finds its letters already moved: wait until every replay ended.
         finished = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
-        wait_for(lambda: all(r.status in finished for r in instance.get_runs(
-            filters=dg.RunsFilter(job_name=REPLAY_JOB))), RUN_TIMEOUT_S, "every replay run to end")
-        replays = instance.get_runs(filters=dg.RunsFilter(job_name=REPLAY_JOB))
-        assert replays, "no reprocess_dlq run"
+        snapshot: list[dg.DagsterRun] = []
+
+        def replays_ended() -> bool:  # judged on one read: a later tick may request one more, which finds nothing
+            snapshot[:] = instance.get_runs(filters=dg.RunsFilter(job_name=REPLAY_JOB))
+            return bool(snapshot) and all(r.status in finished for r in snapshot)
+
+        wait_for(replays_ended, RUN_TIMEOUT_S, "every replay run to end")
+        replays = list(snapshot)
         assert {r.tags.get("cv-queue/trigger") for r in replays} == {"dlq_sensor"}
         assert {r.status for r in replays} == {dg.DagsterRunStatus.SUCCESS}
 
