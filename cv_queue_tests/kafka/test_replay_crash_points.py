@@ -52,17 +52,23 @@ def replay(settings: QueueSettings, fault: str | None) -> subprocess.CompletedPr
     return subprocess.run([CV_QUEUE, "dlq", "replay"], capture_output=True, text=True, timeout=180, env=env)
 
 
-@pytest.mark.chaos
-@pytest.mark.parametrize("point", ["after_produce", "after_send_offsets", "after_commit"])
-def test_a_replay_killed_in_its_transaction_then_run_again_republishes_each_letter_once(conn, provisioned, point):
-    settings = provisioned
-    planted = plant_letters(conn, settings)
+def killed_then_run_again(settings: QueueSettings, point: str) -> subprocess.CompletedProcess:
+    """A replay SIGKILLed at `point` of its 2nd transaction, then a replay run to the end; returns the second."""
     fault = f"{point}@2:kill"
     killed = replay(settings, fault)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert f"CVQ_FAULT={fault}: injecting it now" in killed.stderr
     finished = replay(settings, None)
     assert finished.returncode == 0, finished.stderr[-2000:]
+    return finished
+
+
+@pytest.mark.chaos
+@pytest.mark.parametrize("point", ["after_produce", "after_send_offsets", "after_commit"])
+def test_a_replay_killed_in_its_transaction_then_run_again_republishes_each_letter_once(conn, provisioned, point):
+    settings = provisioned
+    planted = plant_letters(conn, settings)
+    finished = killed_then_run_again(settings, point)
     # The first run committed one transaction (two when killed after its second commit); the second did the rest.
     first_batches = 2 if point == "after_commit" else 1
     assert f"replayed {LETTERS - 1000 * first_batches}," in finished.stdout, finished.stdout
@@ -130,12 +136,7 @@ def test_a_replay_killed_between_refiling_and_committing_refiles_and_replays_eac
     settings = provisioned
     names = settings.topic_names
     replayable, misfiled = plant_misfiled_letters(conn, settings)
-    fault = f"{point}@2:kill"
-    killed = replay(settings, fault)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert f"CVQ_FAULT={fault}: injecting it now" in killed.stderr
-    finished = replay(settings, None)
-    assert finished.returncode == 0, finished.stderr[-2000:]
+    finished = killed_then_run_again(settings, point)
     # The first run committed its first transaction (1,000 letters or more), the rerun did the rest.
     rerun = re.search(r"replayed (\d+), parked 0 .*; moved (\d+) letter\(s\)", finished.stdout)
     assert rerun, finished.stdout
