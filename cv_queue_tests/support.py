@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from cv_queue.kafka.clients import admin_client, poll_batch
 from cv_queue.kafka.lag import end_offsets
 from cv_queue.kafka.worker import PartitionWorker, WorkerStats
+from cv_queue.messages import EvaluationResult
 from cv_queue.settings import KafkaConnection, QueueSettings, Slot
 
 
@@ -193,3 +195,9 @@ def tuned(settings: QueueSettings, **sections: dict) -> QueueSettings:
     """A copy of settings with some fields of some sections changed: tuned(s, retry={"max_attempts": 2})."""
     updates = {name: getattr(settings, name).model_copy(update=fields) for name, fields in sections.items()}
     return settings.model_copy(update=updates)
+
+
+def results_by_job(conn: KafkaConnection, settings: QueueSettings, **read: float) -> Counter[str]:
+    """How many committed results each job has (read_committed; `read` goes to read_topic)."""
+    return Counter(EvaluationResult.model_validate_json(m.value()).job_id
+                   for m in read_topic(conn, settings.topic_names.results, **read))

@@ -18,7 +18,6 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -31,11 +30,10 @@ import pytest
 from cv_queue.defs.workers import SLOTS, WORKER_JOB
 from cv_queue.evaluation.samples import sample_jobs
 from cv_queue.kafka.producer import JobProducer
-from cv_queue.messages import EvaluationResult
 from cv_queue.settings import KafkaConnection, QueueSettings
 from cv_queue_tests.conftest import CV_QUEUE, PROJECT_ROOT
 from cv_queue_tests.stress import cpu_hog, with_sigint_ignored
-from cv_queue_tests.support import free_port_block, read_topic, unique, wait_for
+from cv_queue_tests.support import free_port_block, results_by_job, unique, wait_for
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(900)]
 
@@ -158,11 +156,6 @@ def _stop_and_check(dev: Dev, sig: int, ports: list[int], instance: dg.DagsterIn
     return elapsed
 
 
-def _results(conn: KafkaConnection, settings: QueueSettings) -> Counter:
-    return Counter(EvaluationResult.model_validate_json(m.value()).job_id
-                   for m in read_topic(conn, settings.topic_names.results, timeout_s=60))
-
-
 def _is_up(dev: Dev) -> bool:
     assert dev.proc.poll() is None, f"cv-queue dev exited early ({dev.proc.returncode}):\n{dev.tail()}"
     return "cv-queue is running." in dev.log.read_text(errors="replace")
@@ -202,8 +195,8 @@ def test_dev_heals_from_a_crash_and_stops_on_ctrl_c_it_inherited_ignored(tmp_pat
         _wait_for_fleet(first, instance, since=None)
         assert _ui_answers(ui_port)
         JobProducer(conn, settings.topic_names.main).enqueue_batch(before)
-        wait_for(lambda: len(_results(conn, settings)) >= BEFORE_CRASH // 2, 180, "half the jobs' results",
-                 interval_s=1)
+        wait_for(lambda: len(results_by_job(conn, settings, timeout_s=60)) >= BEFORE_CRASH // 2, 180,
+                 "half the jobs' results", interval_s=1)
         _crash(first)
     stranded = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
     assert stranded, "the crash left no run STARTED: the test lost its point"
@@ -218,11 +211,11 @@ def test_dev_heals_from_a_crash_and_stops_on_ctrl_c_it_inherited_ignored(tmp_pat
         up_at = time.monotonic()
         JobProducer(conn, settings.topic_names.main).enqueue_batch(after)
         wanted = {job.job_id for job in before + after}
-        wait_for(lambda: wanted <= set(_results(conn, settings)), SERVE_BOUND_S,
+        wait_for(lambda: wanted <= set(results_by_job(conn, settings, timeout_s=60)), SERVE_BOUND_S,
                  f"every job's result within {SERVE_BOUND_S:.0f}s of the restart (every slot serving again)",
                  interval_s=2)
         print(f"every slot served again {time.monotonic() - up_at:.0f}s after the restarted cv-queue dev was up")
-        results = _results(conn, settings)
+        results = results_by_job(conn, settings, timeout_s=60)
         assert set(results) == wanted
         assert [job for job, n in results.items() if n > 1] == [], "a job has two results"
         for run in stranded:

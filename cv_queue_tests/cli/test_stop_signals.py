@@ -12,19 +12,17 @@ import json
 import os
 import signal
 import subprocess
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from cv_queue.evaluation.samples import sample_jobs
 from cv_queue.kafka.producer import JobProducer
-from cv_queue.messages import EvaluationResult
 from cv_queue_tests.conftest import CV_QUEUE
 from cv_queue_tests.kafka.procs import spawn_worker, started, stop_all
 from cv_queue_tests.kafka.test_replay_crash_points import plant_letters
 from cv_queue_tests.stress import cpu_hog, with_sigint_ignored
-from cv_queue_tests.support import read_topic, unique, wait_for
+from cv_queue_tests.support import results_by_job, unique, wait_for
 
 JOBS = 300
 STOP_BOUND_S = 90.0  # generous for a starved CPU; the point is that it stops at all, and cleanly
@@ -41,11 +39,6 @@ def _worker(settings, log: Path) -> subprocess.Popen:
                                 stdout=out, stderr=out)
 
 
-def _result_ids(conn, settings) -> Counter:
-    return Counter(EvaluationResult.model_validate_json(m.value()).job_id
-                   for m in read_topic(conn, settings.topic_names.results, timeout_s=60))
-
-
 # SIGHUP: a worker that relied on the defaults died at once, without committing. (Its SIGINT handler was its own.)
 @pytest.mark.parametrize("sig", [signal.SIGHUP])
 def test_a_worker_started_with_sigint_ignored_stops_cleanly_on_a_busy_machine(conn, provisioned, tmp_path, sig):
@@ -57,7 +50,7 @@ def test_a_worker_started_with_sigint_ignored_stops_cleanly_on_a_busy_machine(co
     try:
         wait_for(lambda: started(log) or proc.poll() is not None, 180, "the worker to start", interval_s=0.5)
         assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
-        wait_for(lambda: len(_result_ids(conn, settings)) >= 20 or proc.poll() is not None, 180,
+        wait_for(lambda: len(results_by_job(conn, settings, timeout_s=60)) >= 20 or proc.poll() is not None, 180,
                  "the worker's first results", interval_s=1)
         with cpu_hog():  # the stop, with every core busy: only around it, the rest of the suite runs beside this
             proc.send_signal(sig)
@@ -75,10 +68,11 @@ def test_a_worker_started_with_sigint_ignored_stops_cleanly_on_a_busy_machine(co
     second_log = tmp_path / "second.log"
     second = spawn_worker(settings, "0-7", second_log, latency_ms=1, extra_env=ONE_SLOT)
     try:
-        wait_for(lambda: len(_result_ids(conn, settings)) >= JOBS, 180, "every job's result", interval_s=1)
+        wait_for(lambda: len(results_by_job(conn, settings, timeout_s=60)) >= JOBS, 180, "every job's result",
+                 interval_s=1)
     finally:
         stop_all(second)
-    results = _result_ids(conn, settings)
+    results = results_by_job(conn, settings, timeout_s=60)
     assert set(results) == {job.job_id for job in jobs}
     assert [job for job, n in results.items() if n > 1] == []
 

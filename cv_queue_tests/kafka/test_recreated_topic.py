@@ -10,7 +10,6 @@
 - A topic recreated under a running worker ends it with exit 10, never a crash out of its loop."""
 
 import time
-from collections import Counter
 from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
@@ -20,11 +19,11 @@ from cv_queue.kafka.failures import EXIT_TOPIC_STATE
 from cv_queue.kafka.lag import group_lag
 from cv_queue.kafka.producer import JobProducer
 from cv_queue.kafka.topics import provision, topic_specs
-from cv_queue.messages import EvaluationJob, EvaluationResult
+from cv_queue.messages import EvaluationJob
 from cv_queue.settings import KafkaConnection, QueueSettings
 from cv_queue_tests.chaos.partitioning import jobs_on_partition
 from cv_queue_tests.kafka.procs import spawn_worker, started, stop_all
-from cv_queue_tests.support import read_topic, wait_for
+from cv_queue_tests.support import read_topic, results_by_job, wait_for
 
 OLD_PER_PARTITION = 12
 NEW_PER_PARTITION = 3  # fewer than the committed offset: the new log ends below it
@@ -96,11 +95,6 @@ def _refused_start(settings: QueueSettings, log: Path) -> str:
     return text
 
 
-def _results_by_job(conn: KafkaConnection, settings: QueueSettings) -> Counter[str]:
-    return Counter(EvaluationResult.model_validate_json(m.value()).job_id
-                   for m in read_topic(conn, settings.topic_names.results, idle_s=2))
-
-
 def test_a_recreated_topic_stops_the_start_by_default_and_earliest_runs_its_records_exactly_once(conn, provisioned,
                                                                                               tmp_path):
     settings = provisioned
@@ -123,7 +117,7 @@ def test_a_recreated_topic_stops_the_start_by_default_and_earliest_runs_its_reco
     reset_env = {"CVQ_WORKER__OFFSET_RESET": "earliest"}
     reset = spawn_worker(settings, slot.name, tmp_path / "reset.log", extra_env=reset_env)
     try:
-        wait_for(lambda: all(_results_by_job(conn, settings)[j.job_id] for j in new), 90,
+        wait_for(lambda: all(results_by_job(conn, settings, idle_s=2)[j.job_id] for j in new), 90,
                  "a result for every job of the recreated topic")
         wait_for(lambda: all(c == NEW_PER_PARTITION for c in _committed(conn, settings).values()), 60,
                  "the new log's offsets to be committed")
@@ -141,7 +135,7 @@ def test_a_recreated_topic_stops_the_start_by_default_and_earliest_runs_its_reco
     finally:
         stop_all(again)
     assert again.returncode == 0 and "OFFSET_RESET" not in again_log.read_text()
-    per_job = _results_by_job(conn, settings)
+    per_job = results_by_job(conn, settings, idle_s=2)
     assert {j.job_id: per_job[j.job_id] for j in new} == {j.job_id: 1 for j in new}
 
 
@@ -174,7 +168,7 @@ def test_records_deleted_below_the_committed_offset_stop_the_start_and_earliest_
         stop_all(reset)
     assert reset.returncode == 0
     assert "offsets 12-15 are skipped, they are no longer in the log" in reset_log.read_text()
-    per_job = _results_by_job(conn, settings)
+    per_job = results_by_job(conn, settings, idle_s=2)
     deleted, kept = late[0:4] + late[8:12], late[4:8] + late[12:16]  # per partition: offsets 12-15, then 16-19
     assert {j.job_id: per_job[j.job_id] for j in kept} == {j.job_id: 1 for j in kept}
     assert not any(per_job[j.job_id] for j in deleted)
