@@ -171,6 +171,8 @@ def _close_runs_left_by_a_crash(instance: "dg.DagsterInstance") -> None:
     survived after all, the replacement's init_transactions fences it.)"""
     import dagster as dg
 
+    from cv_queue.defs.liveness import fail_run
+
     stranded = instance.get_runs(filters=dg.RunsFilter(statuses=[
         dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]))
     for run in stranded:
@@ -179,8 +181,7 @@ def _close_runs_left_by_a_crash(instance: "dg.DagsterInstance") -> None:
                   "failed so that its slot gets a fresh run.")
         print(f"run {run.run_id} ({run.job_name}) was left {run.status.value} by an earlier cv-queue dev; "
               "marking it failed", file=sys.stderr)
-        instance.report_engine_event(reason, run)
-        instance.report_run_failed(run, reason)
+        fail_run(instance, run, reason)
 
 
 LLM_HANDLER = "cv_queue.evaluation.llm:LLMEvaluator"

@@ -109,10 +109,16 @@ def close_dead_run(instance: dg.DagsterInstance, dead: DeadRun, dead_after_s: fl
               f"{dead_after_s:.0f}, fleet.start_timeout_s for a run still starting). Its process is "
               "gone and nothing reported it (the code server that launched it was restarted or killed); a "
               "replacement is launched now.")
-    instance.report_engine_event(reason, run)
-    instance.report_run_failed(run, reason)
+    fail_run(instance, run, reason)
     log.warning(reason)
     return True
+
+
+def fail_run(instance: dg.DagsterInstance, run: dg.DagsterRun, reason: str) -> None:
+    """Mark a run whose process is gone failed: the reason first as an engine event, which the failure alert quotes
+    (alerts.failure_cause), then the run failure itself."""
+    instance.report_engine_event(reason, run)
+    instance.report_run_failed(run, reason)
 
 
 def now_s() -> float:
