@@ -132,13 +132,13 @@ def read_records(conn: KafkaConnection, settings: QueueSettings, wanted: Callabl
     consumer = Consumer({**_client_config(conn, "layout-reader"), "group.id": layout_reader_group(settings),
                          "enable.auto.commit": False, "isolation.level": "read_committed",
                          "enable.partition.eof": True})
+    deadline = time.monotonic() + READ_TIMEOUT_S
     try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(name, 0), timeout=READ_TIMEOUT_S)
+        low, high = _log_bounds(consumer, name, deadline)
         if high <= low:
             return []
         consumer.assign([TopicPartition(name, 0, OFFSET_BEGINNING)])
         found: list[tuple[bytes, bytes]] = []
-        deadline = time.monotonic() + READ_TIMEOUT_S
         while time.monotonic() < deadline:
             msg = consumer.poll(0.5)
             if msg is None:
@@ -146,12 +146,37 @@ def read_records(conn: KafkaConnection, settings: QueueSettings, wanted: Callabl
             if msg.error() is not None:
                 if msg.error().code() == KafkaError._PARTITION_EOF:
                     return found
+                if _transient(msg.error()):
+                    continue
                 raise LayoutError(f"reading {name}: {msg.error().str()}") from KafkaException(msg.error())
             if wanted(msg.key()) and msg.value():
                 found.append((msg.key(), msg.value()))
         raise LayoutError(f"could not read the {what} record from {name} within {READ_TIMEOUT_S:.0f}s")
     finally:
         consumer.close()
+
+
+#: Errors of a topic that a node does not serve yet: on a cluster, the node asked may learn of a topic created a
+#: moment ago (by another worker starting at the same time) after the node that acknowledged it.
+_NOT_SERVED_YET = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC,
+                             KafkaError.LEADER_NOT_AVAILABLE,
+                             KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError._TIMED_OUT, KafkaError._TRANSPORT})
+
+
+def _transient(error: KafkaError) -> bool:
+    return error.code() in _NOT_SERVED_YET
+
+
+def _log_bounds(consumer: Consumer, name: str, deadline: float) -> tuple[int, int]:
+    """The layout topic's log start and end, asked again while the node is not serving it yet (until `deadline`)."""
+    while True:
+        try:
+            return consumer.get_watermark_offsets(TopicPartition(name, 0),
+                                                  timeout=max(1.0, min(10.0, deadline - time.monotonic())))
+        except KafkaException as exc:
+            if not _transient(exc.args[0]) or time.monotonic() > deadline:
+                raise LayoutError(f"could not read the log bounds of {name}: {exc.args[0].str()}") from exc
+            time.sleep(0.5)
 
 
 def read_layout(conn: KafkaConnection, settings: QueueSettings) -> LayoutRecord | None:

@@ -195,11 +195,19 @@ def start_fleet(settings: QueueSettings, bootstrap: str, log_dir: Path, latency_
         wait_for(lambda: all(started(worker_log(log_dir, s)) or p.poll() is not None for s, p in fleet.items()),
                  120, "every worker to start")
         exited = {s: p.returncode for s, p in fleet.items() if p.poll() is not None}
-        assert not exited, f"workers exited during start-up (slot: code): {exited}; see {log_dir}"
+        # The logs' tails are in the message: CI keeps the test output, not the temporary directory.
+        tails = "\n".join(f"--- worker {slot} (exit {code}):\n{log_tail(worker_log(log_dir, slot))}"
+                          for slot, code in exited.items())
+        assert not exited, f"workers exited during start-up (slot: code): {exited}; see {log_dir}\n{tails}"
     except BaseException:
         stop_fleet(fleet)
         raise
     return fleet
+
+
+def log_tail(log: Path, lines: int = 25) -> str:
+    """The last lines of a process's log ('' when it wrote none)."""
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
 
 
 def worker_log(log_dir: Path, slot: str) -> Path:
