@@ -41,7 +41,7 @@ lint: install
 # Everything CI runs: install, fetch the broker, lint, then the whole suite against a real Kafka broker
 # that the test session starts and stops itself. Two pytest workers, each with its own broker: the tests that run
 # Dagster (and share the worker runs' metrics ports) keep to one of them, one at a time (cv_queue_tests/conftest.py).
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 test: install broker-fetch system-deps lint
 	CVQ_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=30
 
