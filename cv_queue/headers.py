@@ -23,7 +23,9 @@ ERROR_CLASS = "cvq.error.class"
 ERROR_MESSAGE = "cvq.error.message"
 ERROR_STACKTRACE = "cvq.error.stacktrace"
 # bookkeeping across deliveries
-ATTEMPTS = "cvq.attempts"  # deliveries whose handler ran and failed so far
+ATTEMPTS = "cvq.attempts"  # failed deliveries that count toward retry.max_attempts (throttled ones do not)
+THROTTLES = "cvq.throttles"  # deliveries refused by a rate limiter (429) so far
+THROTTLED_SINCE = "cvq.throttled.since"  # when the first of them was refused (ms): rate_limit_budget_s runs from it
 HANDLER_CALLS = "cvq.handler.calls"  # handler invocations across every delivery, in-process retries included
 FIRST_FAILED_AT = "cvq.first.failed.at"
 FAILED_AT = "cvq.failed.at"
@@ -32,7 +34,8 @@ REPLAYS = "cvq.replays"
 RETRY_DUE_AT = "cvq.retry.due.at"
 PARKED_AT = "cvq.parked.at"
 PARKED_REASON = "cvq.parked.reason"
-# a rate limiter's Retry-After over the retry policy's cap: the letter says what was asked for (seconds)
+# a dead letter of a job a rate limiter refused past retry.rate_limit_budget_s: the wait it asked for (seconds), which
+# a replay honours
 RETRY_AFTER_REQUESTED = "cvq.retry.after.requested.s"
 # a dead letter shrunk to fit its topic: the original size of what was cut
 VALUE_TRUNCATED = "cvq.value.truncated"

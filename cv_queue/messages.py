@@ -152,6 +152,8 @@ class DeadLetter(BaseModel):
     failed_at: datetime
     worker: str
     replays: int
+    retry_after_requested_s: float | None = Field(
+        None, description="A rate limiter's wait that outlasted the rate-limit budget (cvq.retry.after.requested.s).")
 
     def age_s(self, now: datetime | None = None) -> float:
         return ((now or datetime.now(UTC)) - self.failed_at).total_seconds()

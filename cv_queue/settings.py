@@ -247,9 +247,16 @@ class RetrySettings(BaseModel):
     multiplier: float = Field(2.0, ge=1.0, description="Each further delivery waits this much longer.")
     max_delay_ms: int = Field(
         60_000, ge=0,
-        description="Cap on one retry-topic delay. A rate limiter asking for longer (Retry-After) gets its job "
-        "dead-lettered as rate_limited at once, with the asked-for delay in cvq.retry.after.requested.s, instead of "
-        "holding the record in memory.",
+        description="Cap on one retry-topic backoff delay. A rate limiter's own Retry-After is honoured beyond it, "
+        "within rate_limit_budget_s.",
+    )
+    rate_limit_budget_s: float = Field(
+        3600.0, gt=0,
+        description="How long a job may keep being refused by a rate limiter (429), from its first refusal. A "
+        "throttled job waits (the provider's Retry-After, else the backoff) and comes back through the retry topic; "
+        "throttled deliveries do not count toward max_attempts. A wait that would end past this budget (an absurd "
+        "Retry-After included) dead-letters the job as rate_limited, with the asked-for wait in "
+        "cvq.retry.after.requested.s, which a replay honours (up to this budget).",
     )
     jitter: float = Field(0.2, ge=0.0, le=1.0, description="Delays vary uniformly by ± this fraction.")
     max_attempts: int = Field(

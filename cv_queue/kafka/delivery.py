@@ -12,7 +12,8 @@ from cv_queue import headers as h
 from cv_queue.errors import InvalidPayloadError
 from cv_queue.kafka.records import SourceRecord
 
-_INT_HEADERS = (h.ATTEMPTS, h.HANDLER_CALLS, h.REPLAYS, h.RETRY_DUE_AT, h.FIRST_FAILED_AT)
+_INT_HEADERS = (h.ATTEMPTS, h.HANDLER_CALLS, h.REPLAYS, h.RETRY_DUE_AT, h.FIRST_FAILED_AT, h.THROTTLES,
+                h.THROTTLED_SINCE)
 
 
 @dataclass(slots=True, frozen=True)
@@ -38,13 +39,15 @@ class Delivery:
     """One delivery of a job: the record plus what its headers say about earlier deliveries."""
 
     source: SourceRecord
-    attempts: int  # deliveries whose handler ran and failed so far (0 on the main topic)
+    attempts: int  # failed deliveries counted toward max_attempts so far (0 on the main topic)
     handler_calls: int  # handler invocations so far, across deliveries
     replays: int  # times the job came back from the DLQ
     due_at_ms: int  # 0 = run now
     first_failed_at_ms: int  # 0 = never failed
     provenance: Provenance
     foreign_headers: h.Headers  # what the producer of the original record sent, byte-exact
+    throttles: int = 0  # deliveries a rate limiter refused so far (not counted in attempts)
+    throttled_since_ms: int = 0  # when the first of them was refused; 0 = never
 
 
 def _own_values(headers: h.Headers) -> dict[str, bytes | None]:
@@ -57,7 +60,7 @@ def _own_values(headers: h.Headers) -> dict[str, bytes | None]:
 
 
 MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: later ones cannot be dates at all
-_TIMESTAMP_HEADERS = frozenset({h.RETRY_DUE_AT, h.FIRST_FAILED_AT, h.ORIGINAL_TIMESTAMP})
+_TIMESTAMP_HEADERS = frozenset({h.RETRY_DUE_AT, h.FIRST_FAILED_AT, h.ORIGINAL_TIMESTAMP, h.THROTTLED_SINCE})
 
 
 def _int(own: dict[str, bytes | None], name: str, strict: bool) -> int:
@@ -136,4 +139,6 @@ def parse_delivery(source: SourceRecord, from_retry: bool, *, strict: bool = Tru
         first_failed_at_ms=_int(own, h.FIRST_FAILED_AT, strict),
         provenance=provenance,
         foreign_headers=h.foreign(source.headers),
+        throttles=_int(own, h.THROTTLES, strict) if from_retry else 0,
+        throttled_since_ms=_int(own, h.THROTTLED_SINCE, strict) if from_retry else 0,
     )

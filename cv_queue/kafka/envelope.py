@@ -30,10 +30,13 @@ def _as_delivery(record: SourceRecord | Delivery) -> Delivery:
 
 def failure_headers(
     record: SourceRecord | Delivery, failure: Failure, attempts: int, handler_calls: int, worker: str,
-    failed_at_ms: int,
+    failed_at_ms: int, throttles: int = 0, throttled_since_ms: int = 0,
 ) -> h.Headers:
-    """Foreign headers + provenance + the last error + bookkeeping. The replays count is carried over."""
+    """Foreign headers + provenance + the last error + bookkeeping. The replays count is carried over; the
+    throttle count and its start only when a rate limiter refused the job (`throttles` > 0)."""
     delivery = _as_delivery(record)
+    throttled = [(h.THROTTLES, h.int_value(throttles)),
+                 (h.THROTTLED_SINCE, h.int_value(throttled_since_ms))] if throttles else []
     return [
         *delivery.foreign_headers,
         *delivery.provenance.headers(),
@@ -47,23 +50,28 @@ def failure_headers(
         (h.FAILED_AT, h.int_value(failed_at_ms)),
         (h.WORKER, h.str_value(worker)),
         (h.REPLAYS, h.int_value(delivery.replays)),
+        *throttled,
     ]
 
 
 def retry_record(record: SourceRecord | Delivery, failure: Failure, attempts: int, handler_calls: int, worker: str,
-                 retry_topic: str, due_at_ms: int, failed_at_ms: int) -> OutputRecord:
+                 retry_topic: str, due_at_ms: int, failed_at_ms: int, throttles: int = 0,
+                 throttled_since_ms: int = 0) -> OutputRecord:
     """The job, back on the retry topic partition numbered like its source partition."""
     source = record.source if isinstance(record, Delivery) else record
-    hdrs = failure_headers(record, failure, attempts, handler_calls, worker, failed_at_ms)
+    hdrs = failure_headers(record, failure, attempts, handler_calls, worker, failed_at_ms, throttles,
+                           throttled_since_ms)
     hdrs.append((h.RETRY_DUE_AT, h.int_value(due_at_ms)))
     return OutputRecord(topic=retry_topic, key=source.key, value=source.value, headers=hdrs,
                         partition=source.partition)
 
 
 def dead_letter_record(record: SourceRecord | Delivery, failure: Failure, attempts: int, handler_calls: int,
-                       worker: str, dlq_topic: str, dlq_partition: int, failed_at_ms: int) -> OutputRecord:
+                       worker: str, dlq_topic: str, dlq_partition: int, failed_at_ms: int, throttles: int = 0,
+                       throttled_since_ms: int = 0) -> OutputRecord:
     source = record.source if isinstance(record, Delivery) else record
-    hdrs = failure_headers(record, failure, attempts, handler_calls, worker, failed_at_ms)
+    hdrs = failure_headers(record, failure, attempts, handler_calls, worker, failed_at_ms, throttles,
+                           throttled_since_ms)
     return OutputRecord(topic=dlq_topic, key=source.key, value=source.value, headers=hdrs, partition=dlq_partition)
 
 
@@ -76,6 +84,15 @@ def _ms_to_dt(ms: int) -> datetime:
         return datetime.fromtimestamp(ms / 1000, tz=UTC)
     except (ValueError, OverflowError, OSError) as exc:  # past year 9999: anyone can write such a header
         raise InvalidDeadLetterError("not_a_dead_letter", f"timestamp {ms} ms is out of range") from exc
+
+
+def _seconds(text: str | None) -> float | None:
+    """A wait in seconds from a header anyone could have written: None unless a number >= 0 (inf included)."""
+    try:
+        value = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and value >= 0 else None  # NaN compares False: dropped too
 
 
 def read_dead_letter(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
@@ -115,6 +132,7 @@ def read_dead_letter(topic: str, partition: int, offset: int, key: bytes | None,
             failed_at=_ms_to_dt(need_int(h.FAILED_AT)),
             worker=need_str(h.WORKER),
             replays=h.read_int(hdrs, h.REPLAYS, 0),
+            retry_after_requested_s=_seconds(h.read_str(hdrs, h.RETRY_AFTER_REQUESTED)),
         )
     except InvalidPayloadError as exc:
         raise InvalidDeadLetterError("not_a_dead_letter", exc.detail or str(exc)) from exc

@@ -5,8 +5,9 @@
 - A record whose headers, bookkeeping or value cannot be decoded is settled at once with an invalid_payload dead
   letter: the bytes will not get better, so it is never retried.
 - A retry-topic record that is not yet due waits in memory (counted per retry partition, apart from main-topic
-  work, for flow control); its due time is clamped to the longest delay the retry policy could have given, so a
-  hand-made or foreign record cannot hold its partition for longer. A record whose lane (its key) has an older
+  work, for flow control); its due time is clamped to the longest delay the retry policy could have given (for a
+  job a rate limiter refused, the rate-limit budget), so a hand-made or foreign record cannot hold its partition
+  for longer. A record whose lane (its key) has an older
   record still waiting waits until that one is due too, so a key's records run in offset order.
 - Anything else becomes a Task, ready for the handler pool.
 """
@@ -49,6 +50,7 @@ class Intake:
         self._settle = settle
         retry = settings.retry
         self._max_wait_ms = int(retry.max_delay_ms * (1 + retry.jitter)) + 1000
+        self._max_throttle_wait_ms = max(self._max_wait_ms, int(retry.rate_limit_budget_s * 1000 * (1 + retry.jitter)))
         self.ready: list[Task] = []
         self.due: DueQueue[Task] = DueQueue()
         self.waiting_by_partition: dict[int, int] = {}
@@ -79,7 +81,8 @@ class Intake:
         job = decode_job(source.value, source.key, self.settings.worker.max_job_bytes)
         lane = (source.topic, source.partition) if self.settings.worker.ordering == "partition" else job.key
         task = Task(delivery=delivery, job=job, lane=lane)
-        due = min(delivery.due_at_ms, source.timestamp_ms + self._max_wait_ms) if delivery.due_at_ms else 0
+        longest = self._max_throttle_wait_ms if delivery.throttles else self._max_wait_ms
+        due = min(delivery.due_at_ms, source.timestamp_ms + longest) if delivery.due_at_ms else 0
         lane_key = (source.topic, source.partition, lane)
         waiting = self._waiting_lanes.get(lane_key)
         if waiting is not None:

@@ -258,7 +258,7 @@ class _Replayer:
             return True
         if self._moved_whatever_the_filters(msg, headers, letter):
             return True
-        if letter.failed_at > self.cutoff:
+        if letter.failed_at > self.cutoff or not self._wait_over(letter):
             self.report.left_too_young[partition] = offset
             return False
         if not _class_matches(letter.error_class, self.request.error_classes):
@@ -270,6 +270,15 @@ class _Replayer:
             return True
         self._replay(msg, headers, letter)
         return True
+
+    def _wait_over(self, letter: DeadLetter) -> bool:
+        """A letter a rate limiter asked to wait for longer than the budget replays once that wait is over (up to
+        retry.rate_limit_budget_s: an absurd Retry-After must not hold its DLQ partition for ever)."""
+        asked = letter.retry_after_requested_s
+        if asked is None:
+            return True
+        wait_s = min(asked, self.settings.retry.rate_limit_budget_s)
+        return letter.failed_at + timedelta(seconds=wait_s) <= datetime.now(UTC)
 
     def _moved_whatever_the_filters(self, msg: Message, headers: h.Headers, letter: DeadLetter) -> bool:
         """Refile a letter of a category not asked for, park one cut to fit the DLQ; False for any other letter."""

@@ -1,9 +1,11 @@
 """Where a finished delivery goes: its result, a retry record, or a dead letter; always exactly one output.
 
 - success: the result, unless it is too large for the results topic (then a permanent dead letter);
-- retryable failure with attempts left: a retry record due after the backoff, with a rate limiter's Retry-After as
-  the floor. A Retry-After beyond the policy's max delay is not held in memory for its whole length: the job is
-  dead-lettered as rate_limited with the asked-for delay in a header;
+- a transient failure with attempts left: a retry record due after the backoff;
+- a rate-limited failure (a 429) is not a failure of the job: a retry record due when the provider said (its
+  Retry-After; else the backoff by throttle count), counted in `cvq.throttles`, not in attempts. Only a wait that
+  would end past retry.rate_limit_budget_s from the first refusal (an absurd Retry-After included) dead-letters it,
+  as rate_limited with the asked-for wait in a header;
 - everything else: a dead letter, in the DLQ partition of its category.
 Every output is sized against its topic (see fit.py) before it is handed to a transaction.
 """
@@ -57,17 +59,39 @@ class Router:
 
     def failure(self, delivery: Delivery, failure: Failure, calls: int) -> OutputRecord:
         """The output of a delivery whose handler failed after `calls` calls in this delivery."""
-        attempts = delivery.attempts + 1
         total_calls = delivery.handler_calls + calls
+        if failure.category == ErrorCategory.RATE_LIMITED:
+            return self._throttled(delivery, failure, total_calls)
+        attempts = delivery.attempts + 1
         retry = self.settings.retry
         if not (failure.category.retryable and attempts < retry.max_attempts):
             return self.dead_letter(delivery, failure, attempts, total_calls)
-        asked_s = failure.retry_after_s
-        if asked_s is not None and (math.isinf(asked_s) or asked_s * 1000 > retry.max_delay_ms):
-            return self._over_retry_after_cap(delivery, failure, attempts, total_calls, asked_s)
         failed_at = now_ms()
-        due = failed_at + retry_delay_ms(attempts, retry, self._rng, asked_s)
-        out = retry_record(delivery, failure, attempts, total_calls, self.worker_id, self.names.retry, due, failed_at)
+        due = failed_at + retry_delay_ms(attempts, retry, self._rng)
+        return self._retry(delivery, failure, attempts, total_calls, due, failed_at)
+
+    def _throttled(self, delivery: Delivery, failure: Failure, calls: int) -> OutputRecord:
+        """A job a rate limiter refused: back through the retry topic when the provider said, within the budget."""
+        retry = self.settings.retry
+        failed_at = now_ms()
+        since = delivery.throttled_since_ms or failed_at
+        throttles = delivery.throttles + 1
+        asked_s = failure.retry_after_s
+        if asked_s is None:
+            wait_ms = float(retry_delay_ms(throttles, retry, self._rng))
+        else:
+            # Spread a fleet refused at the same moment: the same Retry-After would bring every job back at once.
+            wait_ms = asked_s * 1000.0 * (1 + self._rng.uniform(0, retry.jitter))
+        budget_end = since + retry.rate_limit_budget_s * 1000
+        if math.isinf(wait_ms) or failed_at + wait_ms > budget_end:
+            return self._over_rate_limit_budget(delivery, failure, calls, asked_s, since, throttles)
+        return self._retry(delivery, failure, delivery.attempts, calls, failed_at + int(wait_ms), failed_at,
+                           throttles, since)
+
+    def _retry(self, delivery: Delivery, failure: Failure, attempts: int, total_calls: int, due: int,
+               failed_at: int, throttles: int = 0, since: int = 0) -> OutputRecord:
+        out = retry_record(delivery, failure, attempts, total_calls, self.worker_id, self.names.retry, due, failed_at,
+                           throttles or delivery.throttles, since or delivery.throttled_since_ms)
         limit = self.limits.limit(self.names.retry)
         if out.size > limit:
             out = trim_error_detail(out)
@@ -81,22 +105,27 @@ class Router:
         self.metrics.retried[failure.category] += 1
         return out
 
-    def _over_retry_after_cap(self, delivery: Delivery, failure: Failure, attempts: int, calls: int,
-                              asked_s: float) -> OutputRecord:
-        capped = Failure(
+    def _over_rate_limit_budget(self, delivery: Delivery, failure: Failure, calls: int, asked_s: float | None,
+                                since: int, throttles: int) -> OutputRecord:
+        budget_s = self.settings.retry.rate_limit_budget_s
+        asked = f"Retry-After {asked_s:g}s" if asked_s is not None else "the next wait"
+        over = Failure(
             ErrorCategory.RATE_LIMITED, failure.error_class,
-            f"{failure.message} [Retry-After {asked_s:g}s exceeds the retry policy's max_delay_ms="
-            f"{self.settings.retry.max_delay_ms}; dead-lettered instead of waiting]",
+            f"{failure.message} [rate limited {throttles} time(s) since {since} ms; {asked} would end past "
+            f"retry.rate_limit_budget_s={budget_s:g}; dead-lettered instead of waiting]",
             failure.stacktrace)
-        out = self.dead_letter(delivery, capped, attempts, calls)
-        out.headers.append((h.RETRY_AFTER_REQUESTED, h.str_value(f"{asked_s:g}")))
+        out = self.dead_letter(delivery, over, delivery.attempts, calls, throttles, since)
+        if asked_s is not None:
+            out.headers.append((h.RETRY_AFTER_REQUESTED, h.str_value(f"{asked_s:g}")))
         return out
 
-    def dead_letter(self, delivery: Delivery, failure: Failure, attempts: int, calls: int) -> OutputRecord:
+    def dead_letter(self, delivery: Delivery, failure: Failure, attempts: int, calls: int, throttles: int = 0,
+                    throttled_since_ms: int = 0) -> OutputRecord:
         self.stats.dead_lettered += 1
         self.metrics.dead_lettered[failure.category] += 1
         if failure.category == ErrorCategory.INVALID_PAYLOAD:
             self.stats.invalid += 1
         out = dead_letter_record(delivery, failure, attempts, calls, self.worker_id, self.names.dlq,
-                                 self.settings.dlq_partition(failure.category, delivery.source.key), now_ms())
+                                 self.settings.dlq_partition(failure.category, delivery.source.key), now_ms(),
+                                 throttles or delivery.throttles, throttled_since_ms or delivery.throttled_since_ms)
         return shrink_dead_letter(out, self.limits.limit(self.names.dlq))

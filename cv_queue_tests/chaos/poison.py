@@ -97,8 +97,9 @@ FAULTS = [
     Fault("SystemExit", "base_exception:SystemExit", "result", handler_calls=2, attempts=2),
     Fault("CancelledError", "base_exception:CancelledError", "result", handler_calls=2, attempts=2),
     Fault("999,800-byte record", "", "dlq", "invalid_payload", "cv_queue.errors.InvalidPayloadError", attempts=0),
-    Fault("one-hour Retry-After", "rate_limited:1:3600", "dlq", "rate_limited",
-          "cv_queue.errors.RateLimitedError", handler_calls=1, attempts=1),
+    # Past retry.rate_limit_budget_s (an hour): dead-lettered at once; a throttle is not an attempt.
+    Fault("one-day Retry-After", "rate_limited:1:86400", "dlq", "rate_limited",
+          "cv_queue.errors.RateLimitedError", handler_calls=1, attempts=0),
     Fault("non-UTF-8 header name", "", "dlq", "invalid_payload", "cv_queue.errors.InvalidPayloadError",
           attempts=0),
     Fault("ValidationError once", "invalid_output:1", "result", handler_calls=2, attempts=1),

@@ -1,5 +1,5 @@
 """Issue 8's poison mix, in one run: "each of these leaves its partition's other jobs flowing, and the worker keeps
-serving: a hung handler; a BaseException; a 999,800-byte record; a one-hour Retry-After; a non-UTF-8 header name;
+serving: a hung handler; a BaseException; a 999,800-byte record; a one-day Retry-After; a non-UTF-8 header name;
 a handler raising ValidationError."
 
 Four worker processes (the default 8-partition layout), a few hundred normal jobs around ten poison records, one
@@ -132,9 +132,9 @@ def test_poison_mix_leaves_partitions_flowing_and_workers_serving(conn, provisio
             assert "undecodable_headers" in letter.error_message and letter.value == header_value
         else:
             assert letter.value == job.to_bytes()
-    rate_limited = next(j for j, (f, _, _) in placed.items() if f.name == "one-hour Retry-After")
-    assert ledger.of(rate_limited)[0].headers[h.RETRY_AFTER_REQUESTED] == b"3600"
-    assert rate_limited not in retried_keys, "the one-hour Retry-After was held on the retry topic"
+    rate_limited = next(j for j, (f, _, _) in placed.items() if f.name == "one-day Retry-After")
+    assert ledger.of(rate_limited)[0].headers[h.RETRY_AFTER_REQUESTED] == b"86400"
+    assert rate_limited not in retried_keys, "the one-day Retry-After was held on the retry topic"
     # The hung job's partition flowed: its other jobs' results were committed before the hung job's dead letter.
     hung = next(j for j, (f, _, _) in placed.items() if f.name == "hung handler")
     hung_partition = placed[hung][1]

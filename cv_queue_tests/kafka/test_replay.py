@@ -6,7 +6,7 @@ from collections import Counter
 from confluent_kafka import Producer
 
 from cv_queue import headers as h
-from cv_queue.errors import ErrorCategory, PermanentJobError
+from cv_queue.errors import ErrorCategory, PermanentJobError, RateLimitedError
 from cv_queue.evaluation.samples import sample_jobs
 from cv_queue.evaluation.simulated import SimulatedLLM
 from cv_queue.kafka.clients import admin_client, transactional_producer
@@ -204,3 +204,34 @@ def test_a_filter_stop_at_the_last_letter_does_not_commit_to_the_end_offset(conn
     assert rest.replayed == 1
     assert _committed_and_depth(conn, settings, permanent) == (3, 0)
     assert sorted(m.key() for m in read_topic(conn, settings.topic_names.main, expect=3)) == [b"a", b"b", b"t"]
+
+
+def test_replay_honours_the_wait_a_rate_limiter_asked_for_up_to_the_budget(conn, provisioned):
+    settings = tuned(provisioned, retry={"rate_limit_budget_s": 600})
+    raw = Producer(conn.client_config())
+    an_hour_ago, twenty_minutes_ago = now_ms() - 3_600_000, now_ms() - 1_200_000
+
+    def plant(key: bytes, failed_at_ms: int, asked: str) -> None:
+        source = SourceRecord(topic=settings.topic_names.main, partition=0, offset=1, timestamp_ms=failed_at_ms,
+                              key=key, value=b"{}", headers=[])
+        failure = Failure.from_exception(RateLimitedError("429"), ErrorCategory.RATE_LIMITED)
+        out = dead_letter_record(source, failure, 0, 1, "planted", settings.topic_names.dlq,
+                                 settings.dlq_partition(ErrorCategory.RATE_LIMITED, key), failed_at_ms)
+        raw.produce(out.topic, key=out.key, value=out.value, partition=out.partition,
+                    headers=[*out.headers, (h.RETRY_AFTER_REQUESTED, asked.encode())])
+
+    rate_limited_partition = settings.dlq_partition(ErrorCategory.RATE_LIMITED, None)
+    plant(b"waited", an_hour_ago, "1800")  # asked for 30 minutes an hour ago: over
+    plant(b"absurd", twenty_minutes_ago, "1e+12")  # the budget (10 minutes) caps it: over
+    plant(b"waiting", now_ms(), "120")  # two minutes from now: not yet, and it stops the partition there
+    plant(b"behind", an_hour_ago, "garbage")  # no readable wait, but behind one that waits
+    raw.flush(10)
+
+    first = replay_dead_letters(conn, settings, ReplayRequest(categories=[ErrorCategory.RATE_LIMITED]))
+    assert first.replayed == 2
+    assert first.left_too_young == {rate_limited_partition: 2}
+    assert sorted(m.key() for m in read_topic(conn, settings.topic_names.main, expect=2)) == [b"absurd", b"waited"]
+    # Without the wait, as a replay that does not read it would: everything goes.
+    shorter = tuned(settings, retry={"rate_limit_budget_s": 1e-3})
+    rest = replay_dead_letters(conn, shorter, ReplayRequest(categories=[ErrorCategory.RATE_LIMITED]))
+    assert (rest.replayed, rest.left_too_young) == (2, {})

@@ -4,6 +4,7 @@ paid API. Exactly-once results carry the model usage; 429s, 5xx and malformed an
 import json
 from collections import Counter
 
+from cv_queue import headers as h
 from cv_queue.errors import ErrorCategory
 from cv_queue.evaluation.samples import sample_jobs
 from cv_queue.kafka.envelope import read_dead_letter
@@ -35,6 +36,8 @@ def test_llm_jobs_through_four_workers_over_http(conn, provisioned, tmp_path):
         "CVQ_RETRY__MAX_ATTEMPTS": "2",
         "CVQ_RETRY__BASE_DELAY_MS": "200",
         "CVQ_RETRY__INPROCESS_TRIES": "1",
+        # The always-429 job is refused until its budget runs out: several throttles, none of them an attempt.
+        "CVQ_RETRY__RATE_LIMIT_BUDGET_S": "4",
     }
     with server_process("--latency-ms", "500") as server:
         env["CVQ_LLM__BASE_URL"] = server.base_url
@@ -62,13 +65,18 @@ def test_llm_jobs_through_four_workers_over_http(conn, provisioned, tmp_path):
                and r.usage.total_tokens > 0 for r in results)
     repaired = next(r for r in results if r.job_id == special["repaired"].job_id)
     assert repaired.usage is not None and repaired.usage.calls == 2
+    dlq = read_topic(conn, settings.topic_names.dlq, idle_s=1.0)
     letters = {m.key().decode(): read_dead_letter(m.topic(), m.partition(), m.offset(), m.key(), m.value(),
                                                   m.headers())
-               for m in read_topic(conn, settings.topic_names.dlq, idle_s=1.0)}
+               for m in dlq}
+    throttles = {m.key().decode(): int(dict(m.headers() or []).get(h.THROTTLES, b"0")) for m in dlq}
     assert set(letters) == {special["rate_limited"].job_id, special["server_error"].job_id}
     assert letters[special["rate_limited"].job_id].category == ErrorCategory.RATE_LIMITED
     assert letters[special["server_error"].job_id].category == ErrorCategory.TRANSIENT
-    assert all(letter.attempts == 2 for letter in letters.values())
+    assert letters[special["server_error"].job_id].attempts == 2
+    # max_attempts is 2, yet the throttled job was refused at least three times (every second, for 4 s).
+    assert (letters[special["rate_limited"].job_id].attempts, throttles[special["server_error"].job_id]) == (0, 0)
+    assert throttles[special["rate_limited"].job_id] >= 3, throttles
     # Async: far more calls in flight at once than the 32 threads a thread handler would have.
     assert stats["max_in_flight"] > 100, json.dumps(stats)[:500]
     assert "local-test-key" not in "".join(log.read_text() for log in logs)

@@ -1,4 +1,5 @@
-"""Routing and output sizing alone: Retry-After caps, records that would not fit, dead letters shrunk to fit."""
+"""Routing and output sizing alone: throttled jobs and their budget, records that would not fit, dead letters
+shrunk to fit."""
 
 import math
 
@@ -6,8 +7,9 @@ import pytest
 
 from cv_queue import headers as h
 from cv_queue.errors import ErrorCategory, RateLimitedError
+from cv_queue.kafka.backoff import delay_bounds_ms
 from cv_queue.kafka.delivery import parse_delivery
-from cv_queue.kafka.envelope import read_dead_letter
+from cv_queue.kafka.envelope import now_ms, read_dead_letter
 from cv_queue.kafka.fit import OutputLimits, shrink_dead_letter
 from cv_queue.kafka.records import Failure, OutputRecord, SourceRecord
 from cv_queue.kafka.routing import RESULT_TOO_LARGE_CLASS, Router
@@ -32,20 +34,66 @@ def _rate_limited(after: float) -> Failure:
     return Failure.from_exception(RateLimitedError("429", retry_after_s=after), ErrorCategory.RATE_LIMITED)
 
 
-def test_a_retry_after_within_the_cap_is_the_floor_of_the_delay() -> None:
-    out = _router().failure(_delivery(), _rate_limited(30), calls=1)  # type: ignore[arg-type]
+def _rate_limited_without_hint() -> Failure:
+    return Failure.from_exception(RateLimitedError("429"), ErrorCategory.RATE_LIMITED)
+
+
+def _throttled(headers: h.Headers) -> object:
+    return _delivery(headers=headers, topic=NAMES.retry)
+
+
+def test_a_retry_after_beyond_the_backoff_cap_is_waited_for_on_the_retry_topic() -> None:
+    # 300 s is five times retry.max_delay_ms: the provider's word, not our backoff, sets the wait.
+    out = _router().failure(_delivery(), _rate_limited(300), calls=1)  # type: ignore[arg-type]
     assert out.topic == NAMES.retry
-    due = h.read_int(out.headers, h.RETRY_DUE_AT, 0)
-    failed = h.read_int(out.headers, h.FAILED_AT, 0)
-    assert due - failed >= 30_000
+    due, failed = h.read_int(out.headers, h.RETRY_DUE_AT, 0), h.read_int(out.headers, h.FAILED_AT, 0)
+    assert 300_000 <= due - failed <= 300_000 * (1 + SETTINGS.retry.jitter)
+    assert h.read_int(out.headers, h.ATTEMPTS, -1) == 0
+    assert h.read_int(out.headers, h.THROTTLES, 0) == 1
+    assert h.read_int(out.headers, h.THROTTLED_SINCE, 0) == failed
 
 
-@pytest.mark.parametrize("after", [3600.0, math.inf, 1e308])
-def test_a_retry_after_over_the_cap_is_dead_lettered_as_rate_limited_with_what_was_asked(after: float) -> None:
+def test_throttles_never_use_up_max_attempts() -> None:
+    attempts = SETTINGS.retry.max_attempts - 1  # one more failed delivery would be the last
+    headers: h.Headers = [(h.ATTEMPTS, b"%d" % attempts), (h.HANDLER_CALLS, b"9")]
+    for throttles in range(1, 60):
+        out = _router().failure(_throttled(headers), _rate_limited(1), calls=1)  # type: ignore[arg-type]
+        assert out.topic == NAMES.retry, f"throttle {throttles} was dead-lettered"
+        assert h.read_int(out.headers, h.ATTEMPTS, -1) == attempts
+        assert h.read_int(out.headers, h.THROTTLES, 0) == throttles
+        headers = out.headers
+    transient = Failure(ErrorCategory.TRANSIENT, "x.Boom", "boom", "")
+    assert _router().failure(_throttled(headers), transient, calls=1).topic == NAMES.dlq  # type: ignore[arg-type]
+
+
+def test_without_a_retry_after_a_throttle_backs_off_by_its_throttle_count() -> None:
+    headers: h.Headers = [(h.THROTTLES, b"3"), (h.THROTTLED_SINCE, b"%d" % now_ms())]
+    out = _router().failure(_throttled(headers), _rate_limited_without_hint(), calls=1)  # type: ignore[arg-type]
+    due, failed = h.read_int(out.headers, h.RETRY_DUE_AT, 0), h.read_int(out.headers, h.FAILED_AT, 0)
+    low, high = delay_bounds_ms(4, SETTINGS.retry)
+    assert out.topic == NAMES.retry and low <= due - failed <= high + 1
+
+
+def test_the_budget_runs_from_the_first_refusal() -> None:
+    budget_ms = int(SETTINGS.retry.rate_limit_budget_s * 1000)
+    since = now_ms() - budget_ms + 5_000  # five seconds of budget left
+    headers: h.Headers = [(h.THROTTLES, b"40"), (h.THROTTLED_SINCE, b"%d" % since)]
+    kept = _router().failure(_throttled(headers), _rate_limited(1), calls=1)  # type: ignore[arg-type]
+    assert kept.topic == NAMES.retry and h.read_int(kept.headers, h.THROTTLED_SINCE, 0) == since
+    out = _router().failure(_throttled(headers), _rate_limited(30), calls=1)  # type: ignore[arg-type]
+    assert out.topic == NAMES.dlq
+    letter = read_dead_letter(out.topic, 1, 0, out.key, out.value, out.headers)
+    assert letter.category == ErrorCategory.RATE_LIMITED and "rate_limit_budget_s" in letter.error_message
+    assert h.read_int(out.headers, h.THROTTLES, 0) == 41
+
+
+@pytest.mark.parametrize("after", [7200.0, math.inf, 1e308])
+def test_a_retry_after_past_the_budget_is_dead_lettered_as_rate_limited_with_what_was_asked(after: float) -> None:
     out = _router().failure(_delivery(), _rate_limited(after), calls=1)  # type: ignore[arg-type]
     assert out.topic == NAMES.dlq
     letter = read_dead_letter(out.topic, 1, 0, out.key, out.value, out.headers)
     assert letter.category == ErrorCategory.RATE_LIMITED
+    assert letter.retry_after_requested_s == after
     assert h.read_str(out.headers, h.RETRY_AFTER_REQUESTED) == f"{after:g}"
     assert out.partition == SETTINGS.dlq_partition(ErrorCategory.RATE_LIMITED, b"job-1")
 

@@ -8,10 +8,10 @@ from cv_queue.evaluation.llm.api_errors import (
     LLMConfigError,
     LLMPermanentError,
     UnusableAnswerError,
-    retry_after_floor,
 )
 from cv_queue.evaluation.llm.evaluator import LLMEvaluator
 from cv_queue.evaluation.llm.prompt import PROMPT_VERSION
+from cv_queue.evaluation.llm.rate_headers import retry_after_hint
 from cv_queue.evaluation.llm.threaded import ThreadedLLMEvaluator
 
 __all__ = [
@@ -21,5 +21,5 @@ __all__ = [
     "LLMPermanentError",
     "ThreadedLLMEvaluator",
     "UnusableAnswerError",
-    "retry_after_floor",
+    "retry_after_hint",
 ]

@@ -1,26 +1,22 @@
 """From the openai SDK's exceptions to the queue's failure categories, by exception type.
 
-Timeouts, dropped connections and 5xx are transient; 429 is rate_limited with the provider's own wait as the floor;
+Timeouts, dropped connections and 5xx are transient; 429 is rate_limited with the provider's Retry-After as the wait;
 the other 4xx cannot improve on retry and are permanent, and the ones a deployment causes (401, 403, 404) say which
 setting to check. No message built here may carry the API key: providers echo it back (OpenAI masks it only in part).
 """
 
 import re
-import time
-from collections.abc import Mapping
-from email.utils import parsedate_to_datetime
 
 import openai
 
 from cv_queue.errors import JobError, PermanentJobError, RateLimitedError, TransientJobError
+from cv_queue.evaluation.llm.rate_headers import retry_after_hint
 from cv_queue.settings import LLMSettings
 
 _KEY_SETTING = "CVQ_LLM__API_KEY (or OPENAI_API_KEY)"
 _MAX_DETAIL_CHARS = 300
 # What a provider's echo of a key looks like: OpenAI-style "sk-..." tokens, masked or not.
 _KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_\-*.]{3,}")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|h|m|s)")
-_DURATION_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 # 408 and 409 are the 4xx the SDK itself would retry: a slow upstream and a lock conflict.
 _RETRYABLE_4XX = frozenset({408, 409})
 
@@ -52,53 +48,6 @@ def scrub(text: str, secret: str | None) -> str:
     return _KEY_LIKE.sub("sk-***", text)
 
 
-def parse_duration(text: str) -> float | None:
-    """Seconds in a rate-limit reset header: Go-style durations ("1s", "6m0s", "250ms", "1h2m3.5s") or a bare
-    number of seconds. None when the text is neither."""
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(number + unit for number, unit in parts) != text:
-        return None
-    return sum(float(number) * _DURATION_UNIT_S[unit] for number, unit in parts)
-
-
-def _retry_after_value(text: str, now: float) -> float | None:
-    """Retry-After is delta-seconds or an HTTP date (RFC 9110)."""
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return when.timestamp() - now
-
-
-def retry_after_floor(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """The longest wait any of the provider's rate-limit headers asks for, in seconds; None if none does.
-
-    Read: retry-after (seconds or HTTP date), retry-after-ms, x-ratelimit-reset-requests and
-    x-ratelimit-reset-tokens. The largest wins: retrying when only one of the limits has reset fails again."""
-    now = time.time() if now is None else now
-    lowered = {key.lower(): value for key, value in headers.items()}
-    waits: list[float | None] = []
-    if "retry-after" in lowered:
-        waits.append(_retry_after_value(lowered["retry-after"], now))
-    if "retry-after-ms" in lowered:
-        ms = parse_duration(lowered["retry-after-ms"])
-        waits.append(ms / 1000 if ms is not None else None)
-    for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
-        if name in lowered:
-            waits.append(parse_duration(lowered[name]))
-    known = [max(wait, 0.0) for wait in waits if wait is not None]
-    return max(known) if known else None
-
-
 def _detail(exc: openai.APIError, secret: str | None) -> str:
     text = scrub(str(exc), secret)
     return text if len(text) <= _MAX_DETAIL_CHARS else text[:_MAX_DETAIL_CHARS] + "..."
@@ -116,7 +65,7 @@ _PERMANENT_HINTS: dict[type[openai.APIStatusError], str] = {
 
 def _status_error(exc: openai.APIStatusError, settings: LLMSettings, detail: str) -> JobError:
     if isinstance(exc, openai.RateLimitError):
-        wait = retry_after_floor(exc.response.headers)
+        wait = retry_after_hint(exc.response.headers)
         asked = f", retry after {wait:g} s" if wait is not None else ""
         return RateLimitedError(f"LLM rate limited (429{asked}): {detail}", retry_after_s=wait)
     if exc.status_code >= 500 or exc.status_code in _RETRYABLE_4XX:
