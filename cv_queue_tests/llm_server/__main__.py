@@ -22,11 +22,18 @@ def _options(argv: list[str] | None) -> tuple[argparse.Namespace, ServerOptions]
     parser.add_argument("--no-json-object", action="store_true", help="400 on response_format json_object")
     parser.add_argument("--require-key-from-env", metavar="VAR", default=None,
                         help="401 unless the Bearer token equals this environment variable's value")
+    parser.add_argument("--rpm", type=float, default=None, help="requests per minute per API key (429 beyond)")
+    parser.add_argument("--tpm", type=float, default=None,
+                        help="tokens per minute per API key (prompt + max_tokens, charged on arrival; 429 beyond)")
     args = parser.parse_args(argv)
+    for flag, value in (("--rpm", args.rpm), ("--tpm", args.tpm)):
+        if value is not None and not value > 0:
+            parser.error(f"{flag} must be a positive number, not {value:g}")
     options = ServerOptions(
         latency_ms=args.latency_ms, latency_p99_ms=args.latency_p99_ms,
         json_schema_supported=not args.no_json_schema, json_object_supported=not args.no_json_object,
-        api_key=os.environ[args.require_key_from_env] if args.require_key_from_env else None)
+        api_key=os.environ[args.require_key_from_env] if args.require_key_from_env else None,
+        requests_per_minute=args.rpm, tokens_per_minute=args.tpm)
     return args, options
 
 

@@ -14,6 +14,10 @@ per request by directives in the prompt (see answers.py) and server-wide by Serv
     [[llm:fenced]]                the valid answer wrapped in prose and a ```json fence
     [[llm:cut-off]]               the valid answer cut in half, finish_reason "length" (max_tokens reached)
 
+With requests_per_minute or tokens_per_minute set, the server enforces them per API key like a provider, with its
+headers (quota.py): a request over the limit gets 429 with retry-after, and every response says how full the limits
+are.
+
 A valid answer satisfies the JSON schema the request asked for (response_format, or the schema quoted in the
 prompt), with values derived from a hash of the prompt: the same request always gets the same scores.
 """
@@ -40,6 +44,7 @@ from cv_queue_tests.llm_server.answers import (
     message_texts,
     schema_in_prompt,
 )
+from cv_queue_tests.llm_server.quota import Quotas
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
                 404: "not_found_error", 422: "invalid_request_error", 429: "rate_limit_error"}
@@ -54,6 +59,8 @@ class ServerOptions:
     api_key: str | None = None  # set: 401 unless "Authorization: Bearer <api_key>"
     hang_s: float = 600.0  # how long [[llm:hang]] waits when the client does not hang up
     seed: int = 0
+    requests_per_minute: float | None = None  # set: enforced per API key (quota.py)
+    tokens_per_minute: float | None = None
 
 
 @dataclass
@@ -78,6 +85,7 @@ class ServerStats:
 
 OPTIONS_KEY = web.AppKey("options", ServerOptions)
 STATS_KEY = web.AppKey("stats", ServerStats)
+QUOTAS_KEY = web.AppKey("quotas", Quotas)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None, param: str | None = None
@@ -131,9 +139,13 @@ def _content(directives: list[Directive], messages: list[dict[str, Any]], fmt: d
     return ("out_of_range" if out_of_range else "ok"), answer
 
 
+def prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    """Roughly four characters a token, like English text through a BPE tokenizer."""
+    return max(1, math.ceil(sum(len(text) for text in message_texts(messages)) / 4))
+
+
 def _completion(model: str, messages: list[dict[str, Any]], content: str, finish_reason: str) -> dict[str, Any]:
-    # Roughly four characters a token, like English text through a BPE tokenizer.
-    prompt_tokens = max(1, math.ceil(sum(len(text) for text in message_texts(messages)) / 4))
+    prompt_tokens_used = prompt_tokens(messages)
     completion_tokens = max(1, math.ceil(len(content) / 4))
     return {
         "id": "chatcmpl-" + hashlib.sha256(f"{time.time_ns()}{content}".encode()).hexdigest()[:24],
@@ -142,8 +154,8 @@ def _completion(model: str, messages: list[dict[str, Any]], content: str, finish
         "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": None},
                      "logprobs": None, "finish_reason": finish_reason}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
+        "usage": {"prompt_tokens": prompt_tokens_used, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens_used + completion_tokens},
     }
 
 
@@ -164,17 +176,33 @@ async def chat_completions(request: web.Request) -> web.Response:
 
 
 async def _answer(request: web.Request, options: ServerOptions) -> tuple[str, web.Response]:
-    if options.api_key is not None:
-        presented = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        if presented != options.api_key:
-            # The real API echoes the presented key (partly masked); echoing it whole proves the client scrubs it.
-            return "unauthorized", _error(401, f"Incorrect API key provided: {presented}.")
+    presented = request.headers.get("Authorization", "").removeprefix("Bearer ")
+    if options.api_key is not None and presented != options.api_key:
+        # The real API echoes the presented key (partly masked); echoing it whole proves the client scrubs it.
+        return "unauthorized", _error(401, f"Incorrect API key provided: {presented}.")
     try:
         body = await request.json()
         messages = body["messages"]
         model = body["model"]
     except (json.JSONDecodeError, KeyError, TypeError):
         return "bad_request", _error(400, "the body must be JSON with model and messages")
+    quotas = request.app[QUOTAS_KEY]
+    limit_headers: dict[str, str] = {}
+    if quotas.enabled:
+        asked = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+        if not isinstance(asked, int) or asked < 0:
+            return "bad_request", _error(400, "max_tokens must be a non-negative integer", param="max_tokens")
+        verdict = quotas.charge(presented, prompt_tokens(messages) + asked)
+        if not verdict.admitted:
+            return "rate_limited", _error(429, verdict.message, verdict.headers)
+        limit_headers = verdict.headers
+    outcome, response = await _respond(request, options, body, messages, model)
+    response.headers.update(limit_headers)
+    return outcome, response
+
+
+async def _respond(request: web.Request, options: ServerOptions, body: dict[str, Any],
+                   messages: list[dict[str, Any]], model: str) -> tuple[str, web.Response]:
     fmt = body.get("response_format")
     request.app[STATS_KEY].response_formats[(fmt or {}).get("type", "none")] += 1
     directives = find_directives(messages)
@@ -200,12 +228,22 @@ async def list_models(request: web.Request) -> web.Response:
         {"id": "cvq-local-model", "object": "model", "created": 0, "owned_by": "cv-queue-tests"}]})
 
 
+def stats_snapshot(app: web.Application) -> dict[str, Any]:
+    """The counters, and per API key what the quotas admitted, charged and refused."""
+    return {**app[STATS_KEY].snapshot(), "quota": app[QUOTAS_KEY].snapshot()}
+
+
+def reset_stats_of(app: web.Application) -> None:
+    app[STATS_KEY].reset()
+    app[QUOTAS_KEY].reset()
+
+
 async def get_stats(request: web.Request) -> web.Response:
-    return web.json_response(request.app[STATS_KEY].snapshot())
+    return web.json_response(stats_snapshot(request.app))
 
 
 async def reset_stats(request: web.Request) -> web.Response:
-    request.app[STATS_KEY].reset()
+    reset_stats_of(request.app)
     return web.json_response({"reset": True})
 
 
@@ -213,6 +251,7 @@ def make_app(options: ServerOptions | None = None) -> web.Application:
     app = web.Application(client_max_size=8 * 1024 * 1024)
     app[OPTIONS_KEY] = options or ServerOptions()
     app[STATS_KEY] = ServerStats()
+    app[QUOTAS_KEY] = Quotas(app[OPTIONS_KEY].requests_per_minute, app[OPTIONS_KEY].tokens_per_minute)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/stats", get_stats)

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cv_queue_tests.llm_server.app import STATS_KEY, ServerOptions, make_app
+from cv_queue_tests.llm_server.app import ServerOptions, make_app, reset_stats_of, stats_snapshot
 
 LOOPBACK = "127.0.0.1"
 READY_PREFIX = "llm-server listening on "
@@ -36,11 +36,11 @@ class LLMServer:
         return f"http://{self.host}:{self.port}/v1"
 
     def stats(self) -> dict[str, Any]:
-        """Counters; call from the server's own loop (see ThreadedLLMServer.stats otherwise)."""
-        return self.runner.app[STATS_KEY].snapshot()
+        """Counters (GET /stats); call from the server's own loop (see ThreadedLLMServer.stats otherwise)."""
+        return stats_snapshot(self.runner.app)
 
     def reset_stats(self) -> None:
-        self.runner.app[STATS_KEY].reset()
+        reset_stats_of(self.runner.app)
 
     async def close(self) -> None:
         await self.runner.cleanup()
@@ -173,5 +173,7 @@ def _announced_url(process: subprocess.Popen[str], timeout_s: float) -> str:
     reader.join(timeout_s)
     line = result[0].strip() if result else ""
     if not line.startswith(READY_PREFIX):
+        if not line and process.poll() is not None:  # its own error is on stderr, which it shares with ours
+            raise RuntimeError(f"the LLM server exited with code {process.returncode} before it announced its port")
         raise RuntimeError(f"the LLM server did not announce its port within {timeout_s} s (got {line!r})")
     return line.removeprefix(READY_PREFIX)
