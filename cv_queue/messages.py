@@ -96,6 +96,8 @@ class ModelUsage(BaseModel):
     completion_tokens: int = Field(0, ge=0)
     total_tokens: int = Field(0, ge=0)
     calls: int = Field(1, ge=1, description="Chat-completion calls this answer took (repairs included).")
+    cost: float | None = Field(
+        None, ge=0, description="What those calls cost, from llm.prices (None: the model has no price there).")
 
 
 class Evaluation(BaseModel):

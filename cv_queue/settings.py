@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cv_queue.errors import CATEGORY_ORDER, DEFAULT_REPLAY_CATEGORIES, ErrorCategory
+from cv_queue.quota_settings import BudgetTuning, ModelPrice, ModelRateLimits
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
@@ -357,6 +358,16 @@ class LLMSettings(BaseModel):
     structured_output: Literal["auto", "json_schema", "json_object", "none"] = Field(
         "auto", description="How JSON is requested: JSON-schema structured output, JSON mode, or the prompt alone. "
         "auto tries json_schema and falls back when the server refuses it.")
+    rate_limits: dict[str, ModelRateLimits] = Field(
+        default_factory=dict,
+        description="The provider's limits by model name, for the whole fleet: a JSON object such as "
+        '{"gpt-4o-mini": {"requests_per_minute": 500, "tokens_per_minute": 200000}}. The live workers share them '
+        "and pause intake while their share is spent. Empty: unlimited (a 429 still slows a worker down).")
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description='Prices by model name: {"gpt-4o-mini": {"input_per_million": 0.15, "output_per_million": 0.6}}. '
+        "A result's usage then carries its cost, and cvq_llm_cost_total counts it. Empty: no cost is computed.")
+    budget: BudgetTuning = Field(default_factory=BudgetTuning)
 
 
 class MetricsSettings(BaseModel):

@@ -73,18 +73,23 @@ def provisioned(conn: KafkaConnection, settings: QueueSettings) -> QueueSettings
 #: run one test at a time by one xdist worker, so at most two run at once on this 2-core machine while the third
 #: worker takes the light tests. The groups are cut by folder, about equal in time (seconds measured in one run):
 #: deploy (production instance ~175), cli (dev stop ~145) and security (~80) in one; defs (~140), e2e (~90) and ui
-#: (~125) in the other. The 3-node cluster tests keep to one group of their own. Nothing fixed is shared between
-#: groups: every test has its own namespace, Dagster home and ports (a worker run's metrics port, 9400 + slot, is
-#: served by whichever run binds it first; another logs that it serves none and works on).
+#: (~125) in the other. Every security test goes with the daemon ones of its folder: the secured broker is a
+#: session fixture, started once per xdist worker that needs it (a JVM, TLS and SASL: 30-50 s of CPU). The 3-node
+#: cluster tests keep to one group of their own. Nothing fixed is shared between groups: every test has its own
+#: namespace, Dagster home and ports (a worker run's metrics port, 9400 + slot, is served by whichever run binds it
+#: first; another logs that it serves none and works on).
 _DAEMON_GROUPS = {"deploy": "daemon-a", "cli": "daemon-a", "security": "daemon-a"}
 _DEFAULT_DAEMON_GROUP = "daemon-b"
+_WHOLE_FOLDER_GROUPS = {"security": "daemon-a"}
 
 
 def _xdist_group(item: pytest.Item) -> str | None:
+    folder = Path(str(item.fspath)).relative_to(PROJECT_ROOT / "cv_queue_tests").parts[0]
     if item.get_closest_marker("cluster"):
         return "cluster"
+    if folder in _WHOLE_FOLDER_GROUPS:
+        return _WHOLE_FOLDER_GROUPS[folder]
     if item.get_closest_marker("daemon"):
-        folder = Path(str(item.fspath)).relative_to(PROJECT_ROOT / "cv_queue_tests").parts[0]
         return _DAEMON_GROUPS.get(folder, _DEFAULT_DAEMON_GROUP)
     return None
 

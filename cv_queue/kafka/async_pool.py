@@ -10,7 +10,10 @@ The same contract as the thread pool (pool.py), so the worker drives either one:
   dropped. Abandoned tasks, plus the handler's own stuck threads (`stuck_threads`, e.g. file reads hung on a dead
   mount), past `max_abandoned` make the pool `broken`: the worker commits what is complete and exits (code 5);
 - a handler that blocks the loop (a sync call inside `async def`) stops every job and every timeout with it: a
-  heartbeat on the loop notices, and the pool reports itself broken, so the worker commits and exits (code 5).
+  heartbeat on the loop notices, and the pool reports itself broken, so the worker commits and exits (code 5);
+- with `admit` (a handler that keeps a budget of the provider's quota: LLMEvaluator.admit), the next job starts
+  only once admit says it may; until then it waits in the pool, counted as buffered, so the worker's flow control
+  pauses intake instead of starting calls the provider would refuse. Its job timeout starts when it starts.
 
 Every job taken is settled exactly once (its completion queued, then its lane freed), whatever its task does: returns,
 raises (BaseExceptions and a CancelledError the pool did not send included: a failure of the job), swallows its
@@ -35,6 +38,7 @@ from cv_queue.kafka.records import Failure
 log = logging.getLogger("cv_queue.worker")
 
 HEARTBEAT_S = 0.5
+ADMIT_RECHECK_S = 0.5
 CLOSE_TIMEOUT_S = 5.0
 
 
@@ -55,8 +59,11 @@ class AsyncHandlerPool:
     def __init__(self, run: Callable[[Task], Awaitable[Completion]], size: int, job_timeout_s: float,
                  thread_prefix: str, on_close: Callable[[], Awaitable[None]] | None = None,
                  max_abandoned: int = 32, cancel_grace_s: float = 5.0,
-                 stuck_threads: Callable[[], int] | None = None) -> None:
+                 stuck_threads: Callable[[], int] | None = None,
+                 admit: Callable[[Task], float] | None = None) -> None:
         self._run = run
+        self._admit = admit  # 0: the task may start; else seconds to wait before asking again
+        self._admit_timer: asyncio.TimerHandle | None = None
         self._on_close = on_close  # e.g. the handler's aclose(): its HTTP connections belong to this loop
         self._stuck_threads = stuck_threads  # threads of the handler's own left in calls a timed-out job gave up
         self.size = size
@@ -168,7 +175,7 @@ class AsyncHandlerPool:
     def _pump(self) -> None:
         while not self._closing:
             with self._lock:
-                taken = self._scheduler.take() if self._taking else None
+                taken = self._take_admitted()
             if taken is None:
                 return
             job = _Job(taken[1])
@@ -176,6 +183,33 @@ class AsyncHandlerPool:
             job.timer = self._loop.call_later(self.job_timeout_s, self._deadline, job)
             self._jobs.add(job)
             job.runner.add_done_callback(partial(self._ended, job))
+
+    def _take_admitted(self) -> tuple[object, Task] | None:
+        """The next task the scheduler would start, if `admit` lets it (under the lock)."""
+        if not self._taking:
+            return None
+        if self._admit is not None:
+            head = self._scheduler.peek()
+            if head is None:
+                return None
+            wait = self._admit(head[1])
+            if wait > 0:
+                self._pump_in(wait)
+                return None
+        return self._scheduler.take()
+
+    def _pump_in(self, wait_s: float) -> None:
+        # Asked again at least every half second: the budget may grow sooner (a worker left the fleet).
+        when = self._loop.time() + min(wait_s, ADMIT_RECHECK_S)
+        if self._admit_timer is not None and self._admit_timer.when() <= when:
+            return
+        if self._admit_timer is not None:
+            self._admit_timer.cancel()
+        self._admit_timer = self._loop.call_at(when, self._pump_after_wait)
+
+    def _pump_after_wait(self) -> None:
+        self._admit_timer = None
+        self._pump()
 
     async def _one(self, job: _Job) -> None:
         task = job.task

@@ -42,6 +42,12 @@ class KeyedScheduler(Generic[T]):
             self._busy[key] = deque()
             self._ready.append((key, item))
 
+    def peek(self) -> tuple[K, T] | None:
+        """What `take` would hand out now, without taking it."""
+        if self.in_flight >= self.max_in_flight or not self._ready:
+            return None
+        return self._ready[0]
+
     def take(self) -> tuple[K, T] | None:
         if self.in_flight >= self.max_in_flight or not self._ready:
             return None

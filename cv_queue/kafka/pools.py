@@ -29,12 +29,14 @@ def handler_pool(handler: JobHandler, settings: QueueSettings, classifier: Error
     if getattr(handler, "inline", False) is True:
         return InlinePool(JobRunner(handler, settings.retry, classifier, worker_id))
     if is_async_handler(handler):
+        admit = getattr(handler, "admit", None)
         return AsyncHandlerPool(
             AsyncJobRunner(handler, settings.retry, classifier, worker_id),
             size=worker.max_in_flight, job_timeout_s=worker.job_timeout_s,
             thread_prefix=f"cvq-handler-{slot.name}", on_close=getattr(handler, "aclose", None),
             max_abandoned=worker.max_abandoned_handlers, cancel_grace_s=worker.cancel_grace_s,
-            stuck_threads=_stuck_threads(handler))
+            stuck_threads=_stuck_threads(handler),
+            admit=(lambda task: float(admit(task.job))) if callable(admit) else None)
     return HandlerPool(
         lambda: JobRunner(handler, settings.retry, classifier, worker_id),
         size=worker.max_in_flight, job_timeout_s=worker.job_timeout_s,

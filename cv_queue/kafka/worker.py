@@ -44,6 +44,7 @@ from cv_queue.kafka.execution import Completion
 from cv_queue.kafka.failures import FailureKind, TopicStateError, kind_of_exception
 from cv_queue.kafka.faults import fault_point
 from cv_queue.kafka.fit import OutputLimits
+from cv_queue.kafka.fleet_share import FleetShare
 from cv_queue.kafka.flow import FlowControl
 from cv_queue.kafka.inflight import PartitionTracker
 from cv_queue.kafka.intake import Intake
@@ -126,6 +127,7 @@ class PartitionWorker:
         self._producer: Producer | None = None
         self._committer: WatermarkCommitter | None = None
         self._presence: FleetPresence | None = None
+        self._share: FleetShare | None = None
         self._stopping = threading.Event()
         self._progress = ProgressReporter(self.stats, self._metrics, on_progress)
 
@@ -162,6 +164,9 @@ class PartitionWorker:
                                              at_once=self.settings.worker.release_outputs == "at_once",
                                              give_up_after_s=self.settings.worker.transaction_give_up_s)
         self._pool.start()
+        self._share = FleetShare.for_handler(self.handler, self.conn, self.settings, self._metrics)
+        if self._share is not None:
+            self._share.start()
         self._metrics.running = 1
         log.info("worker %s started on %s partitions %s (group %s, transactional id %s)", self.worker_id,
                  self.names.main, list(self.slot.partitions), self.settings.group_id,
@@ -382,6 +387,8 @@ class PartitionWorker:
                         "redelivery", self.slot.name, abandoned)
 
     def _close(self) -> None:
+        if self._share is not None:
+            self._share.stop()
         self._pool.close()
         if self._committer is not None and (error := self._committer.abort_if_open()) is not None:
             log.warning("abort on close failed: %s", error)

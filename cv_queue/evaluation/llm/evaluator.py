@@ -3,6 +3,12 @@
 One evaluation is one chat completion, plus up to `max_repairs` follow-ups when the answer is malformed or out of
 range. The SDK never retries (max_retries=0): the queue does, with backoff, the retry topic and the DLQ, and an SDK
 retry underneath would hide both the failure and its cost.
+
+Every call spends the model's budget (budget.py): the worker's async pool asks `admit(job)` before it starts a job,
+which reserves the first call's request and estimated tokens, or says how long to wait (the job then waits in the
+pool, not in a call the provider would refuse). Repair calls, and calls of a job started without `admit` (the
+threaded evaluator), reserve their own, waiting on the loop. The usage that comes back settles the tokens, and prices
+it (llm.prices) into the result's usage.
 """
 
 import asyncio
@@ -23,6 +29,7 @@ from cv_queue.evaluation.llm.api_errors import (
     hides_cause,
     map_api_error,
 )
+from cv_queue.evaluation.llm.budget import ProviderBudget, Reservation
 from cv_queue.evaluation.llm.parsing import AnswerError, parse_answer
 from cv_queue.evaluation.llm.prompt import (
     PROMPT_VERSION,
@@ -31,8 +38,10 @@ from cv_queue.evaluation.llm.prompt import (
     read_cv_text,
     repair_messages,
 )
+from cv_queue.evaluation.llm.rate_headers import retry_after_hint
 from cv_queue.evaluation.llm.schema import FALLBACK_ORDER, OutputMode, answer_schema, next_mode, response_format
 from cv_queue.messages import Evaluation, EvaluationJob, ModelUsage
+from cv_queue.quota_settings import ModelPrice, ModelRateLimits
 from cv_queue.settings import LLMSettings, QueueSettings
 
 log = logging.getLogger(__name__)
@@ -70,10 +79,18 @@ class _UsageTally:
             self.completion_tokens += completion.usage.completion_tokens
             self.total_tokens += completion.usage.total_tokens
 
-    def usage(self, prompt_version: str) -> ModelUsage:
+    def usage(self, prompt_version: str, price: ModelPrice | None) -> ModelUsage:
+        cost = price.cost(self.prompt_tokens, self.completion_tokens) if price is not None else None
         return ModelUsage(
             model=self.model, prompt_version=prompt_version, prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens, total_tokens=self.total_tokens, calls=max(self.calls, 1))
+            completion_tokens=self.completion_tokens, total_tokens=self.total_tokens, calls=max(self.calls, 1),
+            cost=cost)
+
+
+def estimated_tokens(texts: list[str], max_tokens: int) -> int:
+    """What a provider counts against tokens per minute before the call: the prompt (about four characters a
+    token) plus the completion it may write."""
+    return sum(len(text) for text in texts) // 4 + 1 + max_tokens
 
 
 def _answer_text(completion: ChatCompletion) -> str:
@@ -106,7 +123,8 @@ class LLMEvaluator:
     uses_llm_settings = True  # load_handler passes the queue's LLM settings (in Dagster: with an EnvVar key)
 
     def __init__(self, *, settings: LLMSettings | None = None, prompt_version: str | None = None,
-                 file_reads: FileReads | None = None, **overrides: Any) -> None:
+                 file_reads: FileReads | None = None, budget: ProviderBudget | None = None,
+                 **overrides: Any) -> None:
         if "api_key" in overrides:
             raise LLMConfigError("api_key is not an evaluator option: set CVQ_LLM__API_KEY or OPENAI_API_KEY")
         unknown = sorted(set(overrides) - set(LLMSettings.model_fields))
@@ -127,6 +145,17 @@ class LLMEvaluator:
         self._client: openai.AsyncOpenAI | None = None
         self._semaphore: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.budget = budget or ProviderBudget(
+            self.settings.rate_limits.get(self.settings.model, ModelRateLimits()), self.settings.budget)
+        self.price = self.settings.prices.get(self.settings.model)
+        self._template_chars = sum(len(t.template) for t in (self.templates.system, self.templates.user))
+        # By id() of the job admitted: the job (so that a later job at the same address is not mistaken for it) and
+        # its first call's reservation.
+        self._reserved: dict[int, tuple[EvaluationJob, Reservation]] = {}
+        self._held: set[int] = set()  # jobs admit() told to wait, not yet admitted
+        self.held = 0  # jobs that had to wait for budget
+        self.rate_limited = 0  # 429s
+        self.cost = 0.0  # of every answered call, from llm.prices
 
     def __repr__(self) -> str:
         return f"LLMEvaluator(model={self.settings.model!r}, base_url={self.settings.base_url!r})"
@@ -145,15 +174,43 @@ class LLMEvaluator:
         """cv_ref reads still running after their jobs gave up on them: the worker counts them as abandoned."""
         return self._reads.stuck
 
+    def admit(self, job: EvaluationJob) -> float:
+        """Reserve the budget of the job's first call: 0 when it may start now, else the seconds to wait (call
+        again then)."""
+        texts = [job.cv_text or "", job.job_description, job.study_case_brief, job.project_text or "",
+                 *job.scoring_rubric, "x" * self._template_chars]
+        reservation, wait = self.budget.try_reserve(estimated_tokens(texts, self.settings.max_tokens))
+        key = id(job)
+        if reservation is None:
+            if key not in self._held:
+                self._held.add(key)
+                self.held += 1
+            return wait
+        self._held.discard(key)
+        self._reserved[key] = (job, reservation)
+        return 0.0
+
+    def set_fleet_size(self, live_workers: int) -> None:
+        """The live workers that share the model's limits (the worker counts them in the presence group)."""
+        self.budget.set_fleet_size(live_workers)
+
     async def __call__(self, job: EvaluationJob, ctx: JobContext) -> Evaluation:
-        cv_text = await read_cv_text(job, self._reads)
+        admitted = self._reserved.pop(id(job), None)
+        reservation = admitted[1] if admitted is not None and admitted[0] is job else None
+        try:
+            cv_text = await read_cv_text(job, self._reads)
+        except BaseException:
+            if reservation is not None:
+                self.budget.release(reservation)  # no call was made for it
+            raise
         criteria = list(job.scoring_rubric)
         schema = answer_schema(criteria)
         prompt = build_messages(self.templates, job, cv_text, schema)
         messages = prompt
         tally = _UsageTally(model=self.settings.model)
         while True:
-            completion = await self._complete(messages, schema)
+            completion = await self._complete(messages, schema, reservation)
+            reservation = None  # spent by that call: repairs reserve their own
             tally.add(completion)
             raw = ""
             try:
@@ -165,7 +222,9 @@ class LLMEvaluator:
                     raise _unusable(raw, problem, tally) from None
                 messages = repair_messages(self.templates, prompt, raw, problem)
                 continue
-            return Evaluation(scores=scores, usage=tally.usage(self.templates.version))
+            usage = tally.usage(self.templates.version, self.price)
+            self.cost += usage.cost or 0.0
+            return Evaluation(scores=scores, usage=usage)
 
     def _cut_off_hint(self, completion: ChatCompletion) -> str:
         # A truncated answer is malformed for a reason the model cannot see; the dead letter should name the cure.
@@ -195,34 +254,63 @@ class LLMEvaluator:
             self._loop = loop
         return self._client, self._semaphore
 
-    async def _complete(self, messages: list[ChatCompletionMessageParam], schema: dict[str, Any]) -> ChatCompletion:
-        """One chat completion, falling back to weaker structured output while `auto` has not settled."""
+    async def _reserve(self, messages: list[ChatCompletionMessageParam]) -> Reservation:
+        """Wait for the budget of one call with these messages."""
+        texts = [str(message.get("content") or "") for message in messages]
+        tokens = estimated_tokens(texts, self.settings.max_tokens)
+        while True:
+            reservation, wait = self.budget.try_reserve(tokens)
+            if reservation is not None:
+                return reservation
+            await asyncio.sleep(wait)
+
+    async def _complete(self, messages: list[ChatCompletionMessageParam], schema: dict[str, Any],
+                        reservation: Reservation | None = None) -> ChatCompletion:
+        """One chat completion, falling back to weaker structured output while `auto` has not settled. Each
+        request spends a reservation of the budget (`reservation`, else one reserved here)."""
         client, semaphore = self._client_for_this_loop()
         mode = self._mode
         while True:
             fmt = response_format(mode, schema)
+            spent = reservation if reservation is not None else await self._reserve(messages)
+            reservation = None
             try:
                 async with semaphore:
-                    completion = await client.chat.completions.create(
+                    raw = await client.chat.completions.with_raw_response.create(
                         model=self.settings.model, messages=messages, temperature=self.settings.temperature,
                         max_tokens=self.settings.max_tokens,
                         # The same JSON on the wire; as extra_body the SDK does not walk the whole schema through
                         # its typed-parameter transform on every call (a third of the client's CPU per call).
                         extra_body={"response_format": fmt} if fmt is not None else None,
                     )
+                completion = raw.parse()
+            except openai.RateLimitError as exc:
+                self.budget.settle(spent, 0)  # refused before any work: the provider counted no tokens
+                self.rate_limited += 1
+                self.budget.refused(retry_after_hint(exc.response.headers))
+                raise map_api_error(exc, self.settings, self._api_key.get_secret_value()) from exc
             except openai.BadRequestError as exc:
+                self.budget.settle(spent, 0)
                 weaker = next_mode(mode) if self._may_fall_back and not self._mode_confirmed else None
                 if weaker is None:
                     raise map_api_error(exc, self.settings, self._api_key.get_secret_value()) from exc
                 log.info("LLM server at %s refused response_format %s (%s); trying %s",
-                            self.settings.base_url, mode, exc.status_code, weaker)
+                         self.settings.base_url, mode, exc.status_code, weaker)
                 mode = weaker
                 continue
             except openai.APIError as exc:
+                self.budget.settle(spent, spent.tokens)  # what the provider counted is not known: the estimate
                 mapped = map_api_error(exc, self.settings, self._api_key.get_secret_value())
                 if hides_cause(exc):
                     raise mapped from None
                 raise mapped from exc
+            except BaseException:
+                self.budget.settle(spent, spent.tokens)
+                raise
+            self.budget.observe(raw.headers)
+            usage = completion.usage
+            # As the provider counts it: the prompt, and the max_tokens it reserved for the answer.
+            self.budget.settle(spent, usage.prompt_tokens + self.settings.max_tokens if usage else spent.tokens)
             self._settle(mode)
             return completion
 

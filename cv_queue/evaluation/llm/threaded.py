@@ -2,7 +2,8 @@
 
 The async LLMEvaluator is the one to deploy: a thousand calls in flight are a thousand awaits on one loop. This
 wrapper exists for comparison (the `llm-1s-threads` benchmark) and for a deployment that must run LLM calls as
-thread handlers; with `max_in_flight` threads it can only ever have that many calls in flight.
+thread handlers; with `max_in_flight` threads it can only ever have that many calls in flight. Its threads share one
+budget of the provider's quota (budget.py); a job waits for it in its thread.
 """
 
 import asyncio
@@ -27,11 +28,16 @@ class ThreadedLLMEvaluator:
         # handler thread, abandoned at the job's timeout.
         self._reads = FileReads(checked.settings.file_read_threads)
         self._local = threading.local()
+        self.settings = checked.settings
+        self.budget = checked.budget  # one for every handler thread's evaluator
+
+    def set_fleet_size(self, live_workers: int) -> None:
+        self.budget.set_fleet_size(live_workers)
 
     def __call__(self, job: EvaluationJob, ctx: JobContext) -> Evaluation:
         local = self._local
         if not hasattr(local, "loop"):
             # One loop and one evaluator (so one HTTP connection pool) per handler thread, kept for its lifetime.
             local.loop = asyncio.new_event_loop()
-            local.evaluator = LLMEvaluator(file_reads=self._reads, **self._options)
+            local.evaluator = LLMEvaluator(file_reads=self._reads, budget=self.budget, **self._options)
         return local.loop.run_until_complete(local.evaluator(job, ctx))

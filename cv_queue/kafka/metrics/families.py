@@ -80,6 +80,18 @@ WORKER_FAMILIES: dict[str, Family] = {f.name: f for f in (
            "Transactions aborted (then redone, or given up on the way out).", SLOT),
     Family("cvq_transaction_commit_duration_seconds", "histogram",
            "Producing one transaction's outputs and committing it, retries included.", SLOT, COMMIT_BUCKETS),
+    # the provider's quota as a budget (handlers that keep one: the LLM evaluator)
+    Family("cvq_llm_budget_used_total", "counter",
+           "Requests and tokens the worker's budget granted to calls (tokens as the provider counts them).",
+           ("slot", "model", "kind")),
+    Family("cvq_llm_budget_share", "gauge",
+           "Fraction of the model's configured limits this worker may use now: 1 / live workers, times its AIMD "
+           "factor (1: the whole share).", ("slot", "model")),
+    Family("cvq_llm_calls_held_total", "counter",
+           "Jobs that waited for budget before their call could start (not started into a 429).", ("slot", "model")),
+    Family("cvq_llm_rate_limited_total", "counter", "429 responses from the provider, by model.", ("slot", "model")),
+    Family("cvq_llm_cost_total", "counter",
+           "What the answered calls cost, from their usage and llm.prices (the prices' currency).", ("slot", "model")),
 )}
 
 # ---------------------------------------------------------------- LLM usage (from results' usage)

@@ -8,7 +8,8 @@ Workers of one slot in one process (tests run several) share that slot's figures
 
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -44,6 +45,19 @@ class Histogram:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class BudgetFigures:
+    """A handler's budget as it stands (cv_queue.evaluation.llm.budget), read at scrape time."""
+
+    model: str
+    requests: int
+    tokens: int
+    share: float
+    held: int
+    rate_limited: int
+    cost: float
+
+
 class WorkerMetrics:
     """One slot's figures. Get it with `worker_metrics(slot, sources)`."""
 
@@ -65,6 +79,7 @@ class WorkerMetrics:
         self.in_flight = self.buffered = self.held_bytes = self.retries_waiting = self.abandoned = 0
         self.commits = self.aborts = 0
         self.commit_seconds = Histogram(COMMIT_BUCKETS)
+        self.budget: Callable[[], BudgetFigures] | None = None  # set by a worker whose handler keeps a budget
 
     def add_sources(self, sources: Iterable[TopicPartitionKey]) -> None:
         for tp in sources:
@@ -105,10 +120,22 @@ class WorkerMetrics:
                                  ("cvq_records_skipped_total", self.skipped)):
             for (topic, partition), value in list(per_source.items()):
                 families[name].add_metric([self.slot, topic, str(partition)], value)
+        if self.budget is not None:
+            self._export_budget(self.budget(), families)
         for name, histogram in (("cvq_handler_duration_seconds", self.handler_seconds),
                                 ("cvq_job_latency_seconds", self.latency_seconds),
                                 ("cvq_transaction_commit_duration_seconds", self.commit_seconds)):
             families[name].add_metric(slot, histogram.cumulative(), histogram.sum)  # type: ignore[call-arg]
+
+
+    def _export_budget(self, figures: BudgetFigures, families: dict[str, MetricFamily]) -> None:
+        model = [self.slot, figures.model]
+        families["cvq_llm_budget_used_total"].add_metric([*model, "requests"], figures.requests)
+        families["cvq_llm_budget_used_total"].add_metric([*model, "tokens"], figures.tokens)
+        for name, value in (("cvq_llm_budget_share", figures.share), ("cvq_llm_calls_held_total", figures.held),
+                            ("cvq_llm_rate_limited_total", figures.rate_limited),
+                            ("cvq_llm_cost_total", figures.cost)):
+            families[name].add_metric(model, value)
 
 
 _by_slot: dict[str, WorkerMetrics] = {}

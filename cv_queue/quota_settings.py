@@ -1,0 +1,43 @@
+"""Settings of the provider's quota as a budget: rate limits and prices per model, and how workers share them.
+
+Part of LLMSettings (CVQ_LLM__RATE_LIMITS, CVQ_LLM__PRICES as JSON objects by model name; CVQ_LLM__BUDGET__*), kept
+apart so that settings.py stays one screen per section."""
+
+from pydantic import BaseModel, Field
+
+
+class ModelRateLimits(BaseModel):
+    """A model's limits at the provider, for the whole fleet (every worker with the same API key)."""
+
+    requests_per_minute: float | None = Field(None, gt=0, description="Requests per minute; unset: unlimited.")
+    tokens_per_minute: float | None = Field(
+        None, gt=0, description="Tokens per minute (a call counts its prompt plus max_tokens, as providers reserve "
+        "them); unset: unlimited.")
+
+
+class ModelPrice(BaseModel):
+    """What a model costs, in the currency of your bill, per million tokens."""
+
+    input_per_million: float = Field(ge=0, description="Price of a million prompt tokens.")
+    output_per_million: float = Field(ge=0, description="Price of a million completion tokens.")
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million) / 1_000_000
+
+
+class BudgetTuning(BaseModel):
+    """How each worker keeps to its share of a model's limits (see cv_queue/evaluation/llm/budget.py)."""
+
+    burst_s: float = Field(
+        2.0, gt=0, description="A worker may spend this many seconds of its share at once (its bucket's size).")
+    fleet_refresh_s: float = Field(
+        5.0, gt=0, description="How often a worker counts the live workers (the presence group) to set its share.")
+    decrease: float = Field(
+        0.5, gt=0, lt=1, description="On a 429, the worker's rate is multiplied by this (at most once per second).")
+    increase_per_s: float = Field(
+        0.05, gt=0, description="Each second without a 429, the rate grows by this fraction of the share, up to it.")
+    min_factor: float = Field(
+        0.05, gt=0, le=1, description="The rate never drops below this fraction of the share.")
+    low_remaining: float = Field(
+        0.05, ge=0, lt=1, description="When the provider's x-ratelimit-remaining-* falls under this fraction of its "
+        "x-ratelimit-limit-*, the worker slows down as on a 429 (the provider sees the whole fleet).")

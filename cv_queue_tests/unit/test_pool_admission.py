@@ -1,0 +1,41 @@
+"""The async pool starts a job only when the handler's budget admits it: until then the job waits in the pool,
+counted as buffered (so flow control pauses intake), and its job timeout has not started."""
+
+import threading
+import time
+
+from cv_queue.kafka.async_pool import AsyncHandlerPool
+from cv_queue.kafka.classify import ErrorClassifier
+from cv_queue.kafka.execution import AsyncJobRunner, Task
+from cv_queue_tests.unit.test_async_abandon import RETRY, SCORES, _collect, _eventually, _task
+
+
+def test_jobs_wait_in_the_pool_until_admitted_in_offer_order_without_their_timeout_running() -> None:
+    opened = threading.Event()
+    asked: list[str] = []
+    started: list[str] = []
+
+    def admit(task: Task) -> float:
+        asked.append(task.job.job_id)
+        return 0.0 if opened.is_set() else 5.0  # long: the pool must ask again sooner than that on its own
+
+    async def handler(job, ctx):  # type: ignore[no-untyped-def]
+        started.append(job.job_id)
+        return SCORES
+
+    pool = AsyncHandlerPool(AsyncJobRunner(handler, RETRY, ErrorClassifier(), "w"), size=4,  # type: ignore[arg-type]
+                            job_timeout_s=0.3, thread_prefix="cvq-handler-admission-test", admit=admit)
+    pool.start()
+    try:
+        tasks = [_task(i) for i in range(6)]
+        pool.offer(tasks)
+        _eventually(lambda: len(asked) >= 3, "the pool to ask again while the budget is spent")
+        time.sleep(0.6)  # twice the job timeout: a timeout started at offer time would have fired by now
+        assert (pool.in_flight, pool.buffered, started) == (0, 6, [])
+        opened.set()
+        completions = _collect(pool, 6)
+    finally:
+        pool.close()
+    assert all(c.failure is None for c in completions), [c.failure for c in completions]
+    assert started == [t.job.job_id for t in tasks]
+    assert set(asked) == {t.job.job_id for t in tasks}
