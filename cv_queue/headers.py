@@ -24,6 +24,7 @@ ERROR_MESSAGE = "cvq.error.message"
 ERROR_STACKTRACE = "cvq.error.stacktrace"
 # bookkeeping across deliveries
 ATTEMPTS = "cvq.attempts"  # failed deliveries that count toward retry.max_attempts (throttled ones do not)
+LANE = "cvq.lane"  # "interactive" on a retry record or letter of an interactive job; absent for bulk
 THROTTLES = "cvq.throttles"  # deliveries refused by a rate limiter (429) so far
 THROTTLED_SINCE = "cvq.throttled.since"  # when the first of them was refused (ms): rate_limit_budget_s runs from it
 HANDLER_CALLS = "cvq.handler.calls"  # handler invocations across every delivery, in-process retries included

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cv_queue.errors import CATEGORY_ORDER, DEFAULT_REPLAY_CATEGORIES, ErrorCategory
+from cv_queue.lanes import Lane
 from cv_queue.quota_settings import BudgetTuning, ModelPrice, ModelRateLimits
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -439,13 +440,23 @@ class K8sSettings(BaseModel):
 
 class TopicNames(BaseModel):
     main: str
+    interactive: str
     retry: str
     dlq: str
     results: str
     parked: str
 
     def all(self) -> list[str]:
-        return [self.main, self.retry, self.dlq, self.results, self.parked]
+        return [self.main, self.interactive, self.retry, self.dlq, self.results, self.parked]
+
+    @property
+    def consumed(self) -> tuple[str, str, str]:
+        """The topics a worker slot reads, each at the slot's partition numbers: the two lanes' and the retry topic."""
+        return self.main, self.interactive, self.retry
+
+    def for_lane(self, lane: Lane) -> str:
+        """The topic jobs of `lane` are enqueued to."""
+        return self.interactive if lane == Lane.INTERACTIVE else self.main
 
 
 class QueueSettings(BaseSettings):
@@ -477,6 +488,7 @@ class QueueSettings(BaseSettings):
     def topic_names(self) -> TopicNames:
         return TopicNames(
             main=self._ns("evaluate-jobs"),
+            interactive=self._ns("evaluate-jobs-interactive"),
             retry=self._ns("evaluate-jobs-retry"),
             dlq=self._ns("evaluate-jobs-dlq"),
             results=self._ns("evaluate-results"),

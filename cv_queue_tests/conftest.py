@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from cv_queue.broker.cluster import start_cluster, stop_cluster
 from cv_queue.kafka.clients import admin_client
@@ -16,6 +17,11 @@ from cv_queue.settings import KafkaConnection, QueueSettings
 from cv_queue_tests.support import free_port_block, unique
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# No per-example deadline: the suite runs beside brokers, Dagster and other tests on a shared 2-core machine, where
+# one example of a few milliseconds can take half a second; a property is judged by what it checks, not its speed.
+hypothesis_settings.register_profile("cv-queue", deadline=None)
+hypothesis_settings.load_profile("cv-queue")
 CV_QUEUE = str(Path(sys.executable).parent / "cv-queue")
 
 

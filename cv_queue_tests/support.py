@@ -28,11 +28,16 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+#: Below Linux's ephemeral range (32768-60999 by default): a port found free there can be taken by any outgoing
+#: connection in the seconds before a broker's JVM binds it (it happened: "Address already in use" at start-up).
+PORT_RANGE = (20000, 32000)
+
+
 def free_port_block(width: int = 3, controller_offset: int = 100) -> int:
     """A base port such that base..base+width-1 and the controller ports above them are all free."""
     rng = random.Random()
     for _ in range(200):
-        base = rng.randrange(20000, 40000)
+        base = rng.randrange(PORT_RANGE[0], PORT_RANGE[1] - controller_offset - width)
         ports = [base + i for i in range(width)] + [base + controller_offset + i for i in range(width)]
         if all(port_is_free(p) for p in ports):
             return base

@@ -56,7 +56,7 @@ def other_table(rows: list[dict]) -> str:
 
 def llm_table(rows: list[dict]) -> str:
     """The LLM evaluator over HTTP: the async path against the thread path, both against a 1 s server."""
-    llm = [r for r in rows if r["scenario"].startswith("llm-")]
+    llm = [r for r in rows if r["scenario"].startswith("llm-") and "budget" not in r]
     if not llm:
         return ""
     return render(["scenario", "jobs", "seconds", "jobs/s", "in flight (limit)", "in flight (reached)", "efficiency",
@@ -81,3 +81,16 @@ def release_table(rows: list[dict]) -> str:
                     _share(r.get("fast_share_within_3s")),
                     f"{r['reexecuted_jobs']} / {r['extra_calls']}" if "reexecuted_jobs" in r else "-",
                     _fmt(r.get("victim_unsettled_at_kill")), r["lost"], r["duplicated"]] for r in release])
+
+
+def quota_table(rows: list[dict]) -> str:
+    """llm-quota: the same fleet against a provider's quota without and with the fleet's budget."""
+    quota = [r for r in rows if "budget" in r]
+    if not quota:
+        return ""
+    return render(["budget", "jobs", "seconds", "limit used", "429s / calls", "dead-lettered / parked",
+                   "interactive p99", "bulk p99", "interactive / bulk", "total cost"],
+                  [["on" if r["budget"] else "off (baseline)", r["jobs"], r["seconds"],
+                    f"{_share(r['share_of_limit_used'])} ({r['binding_limit']})", _share(r["share_429"]),
+                    f"{r['dead_lettered']} / {r['parked']}", f"{r['interactive_p99_ms']} ms", f"{r['bulk_p99_ms']} ms",
+                    _fmt(r["interactive_over_bulk_p99"]), r["total_cost"]] for r in quota])

@@ -47,7 +47,8 @@ HUNG = "hung-job"  # the cv-queue deployment with one job that never returns at 
 HEAD_OF_LINE = "head-of-line"  # 1% of jobs take 20 s and sit at partition heads: how long do the fast ones wait?
 CRASH_REWORK = "crash-rework"  # the same, with a worker SIGKILLed mid-run: how many handler calls are paid twice?
 RELEASE_SCENARIOS = [HEAD_OF_LINE, CRASH_REWORK]
-ALL = [*SCENARIOS, BARE, REPLAY, HUNG, *RELEASE_SCENARIOS]
+QUOTA = "llm-quota"  # four LLM workers against a provider quota, without and with the fleet's budget (quota.py)
+ALL = [*SCENARIOS, BARE, REPLAY, HUNG, *RELEASE_SCENARIOS, QUOTA]
 
 
 class Workload(BaseModel):

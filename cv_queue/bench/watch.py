@@ -44,3 +44,27 @@ class SettleWatcher(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join(10)
+
+
+def read_values(conn: KafkaConnection, topic: str, timeout_s: float = 60.0) -> list[bytes]:
+    """The values of every committed record of `topic`, read from the start to the end offsets it had."""
+    consumer = Consumer({**conn.client_config(), "group.id": f"bench-read-{time.time()}", "enable.auto.commit": False,
+                         "isolation.level": "read_committed"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        bounds = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in partitions}
+        ends = {p: high for p, (low, high) in bounds.items() if high > low}  # empty partitions are read already
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        values: list[bytes] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            positions = {tp.partition: tp.offset for tp in consumer.position(
+                [TopicPartition(topic, p) for p in partitions])}
+            if all(positions[p] >= end for p, end in ends.items()):  # past the last record and its marker
+                return values
+            for msg in poll_batch(consumer, 5000, 0.2):
+                if msg.error() is None and msg.value() is not None:
+                    values.append(msg.value())
+        raise TimeoutError(f"could not read {topic} to its end within {timeout_s:.0f}s")
+    finally:
+        consumer.close()

@@ -8,8 +8,17 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from cv_queue.bench.quota import run_llm_quota
 from cv_queue.bench.release import FAST_MS, run_crash_rework, run_head_of_line
-from cv_queue.bench.report import add_ratios, json_lines, llm_table, other_table, release_table, seed_table
+from cv_queue.bench.report import (
+    add_ratios,
+    json_lines,
+    llm_table,
+    other_table,
+    quota_table,
+    release_table,
+    seed_table,
+)
 from cv_queue.bench.runner import (
     BenchError,
     run_bare_consumer,
@@ -25,6 +34,7 @@ from cv_queue.bench.scenarios import (
     HEAD_OF_LINE,
     HUNG,
     LLM_SCENARIOS,
+    QUOTA,
     RELEASE_SCENARIOS,
     REPLAY,
     SCENARIOS,
@@ -92,6 +102,9 @@ STANDARD = [
     # the 20 s slow jobs set the pace (crash-rework adds the restart, ~10 s).
     (HEAD_OF_LINE, 2000, FAST_MS),
     (CRASH_REWORK, 1000, FAST_MS),
+    # Both rows (without and with the budget) against 1,200 requests and 200,000 tokens a minute: a call counts
+    # about 1,270 tokens (prompt and max_tokens=200), so tokens bind at ~155 calls a minute; ~3 min a row.
+    (QUOTA, 500, 1000.0),
 ]
 
 
@@ -113,6 +126,8 @@ def _run_one(args: argparse.Namespace, conn: KafkaConnection, name: str, count: 
         return run_head_of_line(conn, count, tmp_path, progress)
     if name == CRASH_REWORK:
         return run_crash_rework(conn, count, tmp_path, progress)
+    if name == QUOTA:
+        return run_llm_quota(conn, count, tmp_path, progress)
     return [_run_single(args, conn, name, count, workload, tmp_path, progress)]
 
 
@@ -162,7 +177,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 stop_cluster(state_file, progress=False)
     add_ratios(rows)
     print(json_lines(rows))
-    for table in (seed_table(rows), other_table(rows), llm_table(rows), release_table(rows)):
+    for table in (seed_table(rows), other_table(rows), llm_table(rows), release_table(rows), quota_table(rows)):
         if table:
             print()
             print(table)

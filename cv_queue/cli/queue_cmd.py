@@ -22,6 +22,7 @@ from cv_queue.kafka.lag import end_offsets, group_lag, partition_count
 from cv_queue.kafka.metrics import MetricsServer, start_metrics_server
 from cv_queue.kafka.producer import EnqueueError, JobProducer, RawRecord, deliveries_by_partition
 from cv_queue.kafka.worker import PartitionWorker
+from cv_queue.lanes import Lane
 from cv_queue.messages import EvaluationJob, decode_job
 from cv_queue.settings import QueueSettings, Slot
 
@@ -51,6 +52,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     enq.add_argument("--until-replay", type=float, default=0.0,
                      help="fraction that fail until replayed from the DLQ once")
     enq.add_argument("--invalid", type=int, default=0, help="also send this many invalid records")
+    enq.add_argument("--lane", choices=[lane.value for lane in Lane], default=Lane.BULK.value,
+                     help="bulk (the main topic, the default) or interactive (its own topic: started first when the "
+                     "provider's budget is tight)")
     enq.set_defaults(func=cmd_enqueue)
 
     work = sub.add_parser("worker", help="run one partition-pair worker in the foreground")
@@ -110,13 +114,13 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
             args.seed = random.SystemRandom().randrange(2**31)
         jobs = list(sample_jobs(args.count, args.seed, args.prefix, _labels_for(args)))
     conn = connection(args)  # checks the login first: exit 6 within seconds, not a 60 s flush
-    producer = JobProducer(conn, qs.topic_names.main)
+    producer = JobProducer.for_lane(conn, qs, Lane(args.lane))
     try:
         return _send(args, producer, jobs, qs)
     except EnqueueError as exc:
         first = next(iter(exc.failures.values()))
         if authorization_code(first) is not None:
-            raise denied(first, conn, qs.topic_names.main, "WRITE") from exc
+            raise denied(first, conn, producer.topic, "WRITE") from exc
         raise
 
 
@@ -137,7 +141,7 @@ def _send(args: argparse.Namespace, producer: JobProducer, jobs: list[Evaluation
         deliveries += producer.send_raw(invalid)
     counts = deliveries_by_partition(deliveries)
     print(render(["partition", "records"], sorted(counts.items())))
-    print(f"enqueued {len(deliveries)} record(s) to {qs.topic_names.main}")
+    print(f"enqueued {len(deliveries)} record(s) to {producer.topic}")
     return 0
 
 
@@ -205,7 +209,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     qs = settings(args)
     names = qs.topic_names
     admin = admin_client(connection(args))
-    for topic in (names.main, names.retry):
+    for topic in names.consumed:
         rows = [[x.partition, x.end_offset, "-" if x.committed is None else x.committed, x.lag]
                 for x in group_lag(admin, qs.group_id, topic)]
         print(section(f"{topic} (group {qs.group_id})", render(["partition", "end", "committed", "lag"], rows)))

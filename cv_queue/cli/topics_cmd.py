@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     prov = tsub.add_parser("provision", help="create missing topics, repair config drift, grow partitions")
     prov.set_defaults(func=cmd_provision)
     desc = tsub.add_parser("describe", help="partitions, leaders and configs")
-    desc.add_argument("name", nargs="?", help="one topic (default: all five)")
+    desc.add_argument("name", nargs="?", help="one topic (default: all six)")
     desc.set_defaults(func=cmd_describe)
 
 

@@ -54,6 +54,7 @@ class QueueDepths:
 
     main: list[PartitionLag]
     retry: list[PartitionLag]
+    interactive: list[PartitionLag]
     dlq: list[PartitionLag]  # lag of the replay group: letters not yet replayed (or parked)
     parked: dict[int, int]  # retained offsets per partition
     # Which DLQ partitions hold which category: the recorded layout, not the settings', which could differ.
@@ -83,6 +84,7 @@ def read_queue_depths(conn: KafkaConnection, admin: AdminClient, settings: Queue
     names = settings.topic_names
     return QueueDepths(main=group_lag(admin, settings.group_id, names.main),
                        retry=group_lag(admin, settings.group_id, names.retry),
+                       interactive=group_lag(admin, settings.group_id, names.interactive),
                        dlq=group_lag(admin, settings.replay_group_id, names.dlq),
                        parked=_retained(admin, names.parked),
                        dlq_layout=recorded_dlq_layout(conn, admin, settings))
@@ -116,10 +118,13 @@ def evaluate(depths: QueueDepths, settings: QueueSettings, alerts: AlertsResourc
     ]
     evaluations.append(_evaluation(asset_key(TopicRole.PARKED), PARKED_DEPTH, sum(depths.parked.values()),
                                    alerts.parked_depth_warn, alerts.parked_depth_error, "parked letter offsets"))
+    # Both lanes' jobs wait for the same workers: the lag is theirs together.
     evaluations.append(_evaluation(
-        asset_key(TopicRole.MAIN), CONSUMER_LAG, sum(x.lag for x in depths.main), alerts.consumer_lag_warn,
-        alerts.consumer_lag_error, f"lag of {settings.group_id}",
-        {"lag_by_partition": dg.MetadataValue.json({str(x.partition): x.lag for x in depths.main})}))
+        asset_key(TopicRole.MAIN), CONSUMER_LAG, sum(x.lag for x in [*depths.main, *depths.interactive]),
+        alerts.consumer_lag_warn, alerts.consumer_lag_error, f"lag of {settings.group_id} (main and interactive)",
+        {"lag_by_partition": dg.MetadataValue.json({str(x.partition): x.lag for x in depths.main}),
+         "interactive_lag_by_partition": dg.MetadataValue.json({str(x.partition): x.lag
+                                                                for x in depths.interactive})}))
     return evaluations
 
 
@@ -152,6 +157,7 @@ def check_alerts(previous: dict[str, str], evaluations: list[dg.AssetCheckEvalua
 def _observations(depths: QueueDepths, settings: QueueSettings) -> list[dg.AssetObservation]:
     events = []
     for role, lags, group in ((TopicRole.MAIN, depths.main, settings.group_id),
+                              (TopicRole.INTERACTIVE, depths.interactive, settings.group_id),
                               (TopicRole.RETRY, depths.retry, settings.group_id),
                               (TopicRole.DLQ, depths.dlq, settings.replay_group_id)):
         metadata: dict[str, int | str] = {"depth": sum(x.lag for x in lags), "group": group}

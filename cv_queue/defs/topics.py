@@ -28,6 +28,7 @@ from cv_queue.settings import QueueSettings
 GROUP = "kafka_topics"
 ASSET_NAMES = {
     TopicRole.MAIN: "evaluate_jobs",
+    TopicRole.INTERACTIVE: "evaluate_jobs_interactive",
     TopicRole.RETRY: "evaluate_jobs_retry",
     TopicRole.DLQ: "evaluate_jobs_dlq",
     TopicRole.RESULTS: "evaluate_results",
@@ -35,6 +36,8 @@ ASSET_NAMES = {
 }
 DESCRIPTIONS = {
     TopicRole.MAIN: "Jobs to evaluate: 8 partitions, the seed's configs, consumed by the worker slots.",
+    TopicRole.INTERACTIVE: "The interactive lane: jobs started before the main topic's when the provider's budget "
+    "is tight; laid out like the main topic, read by the same slots.",
     TopicRole.RETRY: "Failed jobs waiting for their next delivery (cvq.retry.due.at); same partition count.",
     TopicRole.DLQ: "Dead letters with full provenance headers, partitioned by error category.",
     TopicRole.RESULTS: "One result per job, written exactly once in the worker's transactions.",
@@ -70,8 +73,8 @@ def _spec(role: TopicRole, kafka: KafkaResource, queue: QueueResource) -> TopicS
 
 def _acl_rules_of(role: TopicRole, settings: QueueSettings, topic: str) -> list[AclRule]:
     """The ACLs this asset applies: its topic's, and for the main topic every rule no other asset applies (groups,
-    transactional ids, the cluster, and topics that are not one of the queue's five, such as the layout topic every
-    worker reads at start). Over the five assets each rule of acl_rules() is applied exactly once."""
+    transactional ids, the cluster, and topics that are not one of the queue's six, such as the layout topic every
+    worker reads at start). Over the six assets each rule of acl_rules() is applied exactly once."""
     rules = acl_rules(settings)
     if role == TopicRole.MAIN:
         others = set(settings.topic_names.all()) - {topic}

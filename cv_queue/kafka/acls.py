@@ -94,9 +94,9 @@ def acl_rules(settings: QueueSettings) -> list[AclRule]:
         *_rules(ADMIN, "TOPIC", [layout], ["READ", "WRITE"]),  # `fleet relayout` records the new layout
         *_rules(ADMIN, "GROUP", [layout_reader_group(settings)], ["READ"]),
         *_rules(ADMIN, "GROUP", groups, ["DESCRIBE"]),
-        *_rules(WORKER, "TOPIC", [t.main, t.retry], ["READ"]),
+        *_rules(WORKER, "TOPIC", list(t.consumed), ["READ"]),
         *_rules(WORKER, "TOPIC", [t.results, t.retry, t.dlq], ["WRITE", "DESCRIBE_CONFIGS"]),
-        *_rules(WORKER, "TOPIC", [t.main, t.retry, t.results, t.dlq, t.parked], ["DESCRIBE"]),
+        *_rules(WORKER, "TOPIC", [*t.consumed, t.results, t.dlq, t.parked], ["DESCRIBE"]),
         *_rules(WORKER, "GROUP", [settings.group_id], ["READ", "DESCRIBE"]),
         *_rules(WORKER, "GROUP", [settings.replay_group_id], ["DESCRIBE"]),
         # The layout record: read at every start; the very first worker records its layout (and creates the
@@ -117,7 +117,7 @@ def acl_rules(settings: QueueSettings) -> list[AclRule]:
         *_rules(REPLAYER, "GROUP", [settings.replay_group_id], ["READ", "DESCRIBE"]),
         *_rules(REPLAYER, "TRANSACTIONAL_ID", [settings.replay_transactional_id], ["WRITE", "DESCRIBE"]),
         *_rules(REPLAYER, "CLUSTER", [CLUSTER_NAME], ["IDEMPOTENT_WRITE"]),
-        *_rules(PRODUCER, "TOPIC", [t.main], ["WRITE", "DESCRIBE"]),
+        *_rules(PRODUCER, "TOPIC", [t.main, t.interactive], ["WRITE", "DESCRIBE"]),
     ]
     return sorted(set(rules), key=lambda r: (PRINCIPALS.index(r.principal), r.resource, r.name, r.operation))
 

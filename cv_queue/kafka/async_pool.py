@@ -94,7 +94,7 @@ class AsyncHandlerPool:
             return
         with self._lock:
             for task in tasks:
-                self._scheduler.offer(task.lane, task)
+                self._scheduler.offer(task.lane, task, task.delivery.interactive)
         self._loop.call_soon_threadsafe(self._pump)
 
     def completed(self) -> list[Completion]:

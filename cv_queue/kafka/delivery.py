@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from cv_queue import headers as h
 from cv_queue.errors import InvalidPayloadError
 from cv_queue.kafka.records import SourceRecord
+from cv_queue.lanes import Lane
 
 _INT_HEADERS = (h.ATTEMPTS, h.HANDLER_CALLS, h.REPLAYS, h.RETRY_DUE_AT, h.FIRST_FAILED_AT, h.THROTTLES,
                 h.THROTTLED_SINCE)
@@ -46,6 +47,7 @@ class Delivery:
     first_failed_at_ms: int  # 0 = never failed
     provenance: Provenance
     foreign_headers: h.Headers  # what the producer of the original record sent, byte-exact
+    interactive: bool = False  # the interactive lane's job (its topic, or cvq.lane on the retry topic)
     throttles: int = 0  # deliveries a rate limiter refused so far (not counted in attempts)
     throttled_since_ms: int = 0  # when the first of them was refused; 0 = never
 
@@ -139,6 +141,7 @@ def parse_delivery(source: SourceRecord, from_retry: bool, *, strict: bool = Tru
         first_failed_at_ms=_int(own, h.FIRST_FAILED_AT, strict),
         provenance=provenance,
         foreign_headers=h.foreign(source.headers),
+        interactive=from_retry and own.get(h.LANE) == Lane.INTERACTIVE.value.encode(),
         throttles=_int(own, h.THROTTLES, strict) if from_retry else 0,
         throttled_since_ms=_int(own, h.THROTTLED_SINCE, strict) if from_retry else 0,
     )

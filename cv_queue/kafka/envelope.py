@@ -11,6 +11,7 @@ from cv_queue import headers as h
 from cv_queue.errors import ErrorCategory, InvalidPayloadError
 from cv_queue.kafka.delivery import Delivery, parse_delivery
 from cv_queue.kafka.records import Failure, OutputRecord, SourceRecord
+from cv_queue.lanes import Lane
 from cv_queue.messages import DeadLetter
 
 __all__ = [
@@ -51,6 +52,7 @@ def failure_headers(
         (h.WORKER, h.str_value(worker)),
         (h.REPLAYS, h.int_value(delivery.replays)),
         *throttled,
+        *([(h.LANE, Lane.INTERACTIVE.value.encode())] if delivery.interactive else []),
     ]
 
 

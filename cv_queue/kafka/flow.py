@@ -10,7 +10,9 @@ Four limits, each with hysteresis (pause at the cap, resume at half) so a partit
   (Redpanda) gets no larger ones. A partition still fetching through a map restored at start-up is exempt from
   both: it holds no more than that map lists, and only fetching on shrinks it;
 - per retry partition, the retry records waiting for their due time (counted apart from main-topic work);
-- across the worker, the jobs accepted but not yet started: all partitions pause when the handlers fall behind.
+- across the worker, the jobs accepted but not yet started: all partitions pause when the handlers fall behind
+  (or wait for the provider's budget), except the interactive lane's: its jobs are started first, so they never
+  wait behind the bulk backlog that filled the buffer, and its own per-partition limits still bound it.
 """
 
 from collections.abc import Iterable, Mapping
@@ -42,7 +44,8 @@ class _Gate:
 
 
 class FlowControl:
-    def __init__(self, settings: QueueSettings, sources: Iterable[TopicPartitionKey], retry_topic: str) -> None:
+    def __init__(self, settings: QueueSettings, sources: Iterable[TopicPartitionKey], retry_topic: str,
+                 interactive_topic: str | None = None) -> None:
         self.worker = settings.worker
         self.max_waiting = settings.retry.max_waiting_per_partition
         self.retry_topic = retry_topic
@@ -51,13 +54,12 @@ class FlowControl:
         self._held = {tp: _Gate() for tp in self.sources}
         self._waiting = {tp: _Gate() for tp in self.sources if tp[0] == retry_topic}
         self._buffered = _Gate()
+        self._bulk = {tp for tp in self.sources if tp[0] != interactive_topic}
 
     def wanted(self, buffered: int, trackers: Mapping[TopicPartitionKey, PartitionTracker],
                waiting_by_partition: Mapping[int, int]) -> set[TopicPartitionKey]:
         """The partitions that should be paused now."""
-        if self._buffered.update(buffered, self.worker.max_buffered):
-            return set(self.sources)
-        paused = set()
+        paused = set(self._bulk) if self._buffered.update(buffered, self.worker.max_buffered) else set()
         for tp, gate in self._held.items():
             tracker = trackers[tp]
             if tracker.restoring:

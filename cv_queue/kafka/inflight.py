@@ -19,46 +19,51 @@ K = Hashable
 
 
 class KeyedScheduler(Generic[T]):
-    """Bounded concurrency with per-key serialisation.
+    """Bounded concurrency with per-key serialisation, urgent items first.
 
-    `offer` accepts work; `take` hands out the next runnable item while fewer than `max_in_flight` run;
-    `done` frees the slot and promotes the key's next item. Keys other than a busy one are never
-    blocked by it, which is what keeps one poison-pill key from stalling a partition.
+    `offer` accepts work; `take` hands out the next runnable item while fewer than `max_in_flight` run, an urgent
+    one (the interactive lane) before any other; `done` frees the slot and promotes the key's next item. Keys other
+    than a busy one are never blocked by it, which is what keeps one poison-pill key from stalling a partition. A
+    key's items run in offer order whatever their urgency: urgency decides between keys, never within one.
     """
 
     def __init__(self, max_in_flight: int) -> None:
         self.max_in_flight = max_in_flight
         self.in_flight = 0
-        self._busy: dict[K, deque[T]] = {}  # key -> items waiting behind the running one
+        self._busy: dict[K, deque[tuple[T, bool]]] = {}  # key -> items (and urgency) waiting behind the running one
         self._ready: deque[tuple[K, T]] = deque()
+        self._urgent: deque[tuple[K, T]] = deque()
         self._waiting_count = 0
 
-    def offer(self, key: K, item: T) -> None:
+    def offer(self, key: K, item: T, urgent: bool = False) -> None:
         queue = self._busy.get(key)
         if queue is not None:
-            queue.append(item)
+            queue.append((item, urgent))
             self._waiting_count += 1
         else:
             self._busy[key] = deque()
-            self._ready.append((key, item))
+            (self._urgent if urgent else self._ready).append((key, item))
 
     def peek(self) -> tuple[K, T] | None:
         """What `take` would hand out now, without taking it."""
-        if self.in_flight >= self.max_in_flight or not self._ready:
+        if self.in_flight >= self.max_in_flight:
             return None
-        return self._ready[0]
+        if self._urgent:
+            return self._urgent[0]
+        return self._ready[0] if self._ready else None
 
     def take(self) -> tuple[K, T] | None:
-        if self.in_flight >= self.max_in_flight or not self._ready:
+        if self.in_flight >= self.max_in_flight or not (self._urgent or self._ready):
             return None
         self.in_flight += 1
-        return self._ready.popleft()
+        return (self._urgent or self._ready).popleft()
 
     def done(self, key: K) -> None:
         self.in_flight -= 1
         queue = self._busy[key]
         if queue:
-            self._ready.append((key, queue.popleft()))
+            item, urgent = queue.popleft()
+            (self._urgent if urgent else self._ready).append((key, item))
             self._waiting_count -= 1
         else:
             del self._busy[key]
@@ -66,7 +71,7 @@ class KeyedScheduler(Generic[T]):
     @property
     def buffered(self) -> int:
         """Items accepted but not running."""
-        return len(self._ready) + self._waiting_count
+        return len(self._ready) + len(self._urgent) + self._waiting_count
 
 
 class DueQueue(Generic[T]):

@@ -9,11 +9,13 @@
   job a rate limiter refused, the rate-limit budget), so a hand-made or foreign record cannot hold its partition
   for longer. A record whose lane (its key) has an older
   record still waiting waits until that one is due too, so a key's records run in offset order.
-- Anything else becomes a Task, ready for the handler pool.
+- Anything else becomes a Task, ready for the handler pool; one from the interactive lane's topic (or a retry
+  record of such a job: `cvq.lane`) is marked interactive, and the pool starts it before bulk ones.
 """
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from confluent_kafka import Message
 
@@ -45,6 +47,7 @@ class Intake:
                  track: Callable[[SourceRecord], bool], settle: Callable[[SourceRecord, OutputRecord], None]) -> None:
         self.settings = settings
         self.retry_topic = settings.topic_names.retry
+        self.interactive_topic = settings.topic_names.interactive
         self.router = router
         self._track = track
         self._settle = settle
@@ -78,6 +81,8 @@ class Intake:
 
     def _accept(self, source: SourceRecord) -> None:
         delivery = parse_delivery(source, source.topic == self.retry_topic)
+        if source.topic == self.interactive_topic:
+            delivery = replace(delivery, interactive=True)
         job = decode_job(source.value, source.key, self.settings.worker.max_job_bytes)
         lane = (source.topic, source.partition) if self.settings.worker.ordering == "partition" else job.key
         task = Task(delivery=delivery, job=job, lane=lane)

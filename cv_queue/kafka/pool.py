@@ -65,7 +65,7 @@ class HandlerPool:
             return
         with self._cond:
             for task in tasks:
-                self._scheduler.offer(task.lane, task)
+                self._scheduler.offer(task.lane, task, task.delivery.interactive)
             self._cond.notify(len(tasks))
 
     def completed(self) -> list[Completion]:

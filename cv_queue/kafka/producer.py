@@ -13,8 +13,9 @@ from pydantic import BaseModel
 from cv_queue.errors import ErrorCategory
 from cv_queue.headers import Headers
 from cv_queue.kafka.clients import job_producer
+from cv_queue.lanes import Lane
 from cv_queue.messages import EvaluationJob
-from cv_queue.settings import KafkaConnection
+from cv_queue.settings import KafkaConnection, QueueSettings
 
 
 class Delivery(BaseModel, frozen=True):
@@ -59,11 +60,18 @@ class RawRecord(BaseModel, frozen=True):
 
 
 class JobProducer:
-    """Sends jobs to the main topic, keyed by job_id, and waits for every acknowledgement."""
+    """Sends jobs to a job topic (the main topic: `JobProducer.for_lane` picks a lane's), keyed by job_id, and waits
+    for every acknowledgement."""
 
     def __init__(self, conn: KafkaConnection, topic: str, producer: Producer | None = None) -> None:
         self.topic = topic
         self._producer = producer or job_producer(conn)
+
+    @classmethod
+    def for_lane(cls, conn: KafkaConnection, settings: QueueSettings, lane: Lane = Lane.BULK,
+                 producer: Producer | None = None) -> "JobProducer":
+        """A producer for the jobs of `lane`: bulk to the main topic, interactive to the interactive lane's."""
+        return cls(conn, settings.topic_names.for_lane(lane), producer)
 
     def enqueue(self, job: EvaluationJob, headers: Headers | None = None, timeout_s: float = 30.0) -> Delivery:
         return self.enqueue_batch([job], headers=headers, timeout_s=timeout_s)[0]

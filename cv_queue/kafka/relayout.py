@@ -5,8 +5,8 @@ The steps, each reported through `progress`:
    partitions (Kafka cannot remove partitions, and their records would be lost);
 2. wait until no worker is alive (presence.py), and refuse, naming them, if one still is after `wait_s`: a worker
    of the old layout must not read on while the topics grow and the slots change under it;
-3. grow the main, retry and results topics through the same provisioning code as `cv-queue topics provision`
-   (topics.py), which also refuses to shrink;
+3. grow the main, interactive, retry and results topics through the same provisioning code as `cv-queue topics
+   provision` (topics.py), which also refuses to shrink;
 4. record the new layout, so that every worker started from now on checks it (startup.py).
 Stopping the fleet before step 2 and starting it after step 4 belong to whoever runs workers: the Dagster job
 sets and clears the fleet's stop flag around this; from the CLI the operator stops and starts the processes.

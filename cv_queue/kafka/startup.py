@@ -34,9 +34,9 @@ class LayoutMismatchError(WorkerStartError):
 
 
 def _live_partitions(admin: AdminClient, settings: QueueSettings) -> dict[str, int]:
-    """Partition counts of the main and retry topics, as the metadata gives them."""
+    """Partition counts of the topics a slot reads (main, interactive, retry), as the metadata gives them."""
     metadata = admin.list_topics(timeout=START_TIMEOUT_S)
-    names = (settings.topic_names.main, settings.topic_names.retry)
+    names = settings.topic_names.consumed
     return {t: len(m.partitions) for t in names if (m := metadata.topics.get(t)) is not None and m.error is None}
 
 
@@ -82,7 +82,7 @@ def check_topics(consumer: Consumer, conn: KafkaConnection, settings: QueueSetti
     check_access(conn)
     names = settings.topic_names
     metadata = consumer.list_topics(timeout=START_TIMEOUT_S)
-    for topic in (names.main, names.retry, names.dlq, names.results):
+    for topic in (*names.consumed, names.dlq, names.results):
         meta = metadata.topics.get(topic)
         if meta is None and conn.security_protocol.upper() != "PLAINTEXT":
             # A broker lists only the topics a principal may describe: asked for this one by name, it says which.
@@ -94,7 +94,7 @@ def check_topics(consumer: Consumer, conn: KafkaConnection, settings: QueueSetti
                 f"topic {topic!r} does not exist on {conn.bootstrap_servers}; "
                 "run `cv-queue topics provision` (or materialize the kafka_topics assets) first"
             )
-    for topic in (names.main, names.retry):
+    for topic in names.consumed:
         have = set(metadata.topics[topic].partitions)
         missing = [p for p in slot.partitions if p not in have]
         if missing:
@@ -175,5 +175,5 @@ def denied_resource(settings: QueueSettings, slot: Slot, code: int) -> str:
         return settings.group_id
     if code == KafkaError.TOPIC_AUTHORIZATION_FAILED:
         names = settings.topic_names
-        return ", ".join([names.main, names.retry, names.results, names.dlq])
+        return ", ".join([*names.consumed, names.results, names.dlq])
     return "kafka-cluster"

@@ -30,6 +30,7 @@ _CONFIG_REJECTIONS = {KafkaError.INVALID_CONFIG, KafkaError.POLICY_VIOLATION, Ka
 
 class TopicRole(StrEnum):
     MAIN = "main"
+    INTERACTIVE = "interactive"
     RETRY = "retry"
     DLQ = "dlq"
     RESULTS = "results"
@@ -124,7 +125,7 @@ class TopicDrift(BaseModel):
 
 
 def topic_specs(settings: QueueSettings) -> list[TopicSpec]:
-    """The five topics of the queue, named from the namespace."""
+    """The six topics of the queue, named from the namespace."""
     t = settings.topics
     names = settings.topic_names
     main_config = dict(t.main_config)
@@ -138,6 +139,9 @@ def topic_specs(settings: QueueSettings) -> list[TopicSpec]:
     return [
         TopicSpec(name=names.main, role=TopicRole.MAIN, partitions=t.partitions, replication_factor=rf,
                   config=main_config),
+        # The interactive lane, laid out like the main topic: its partition p belongs to the slot of main's p.
+        TopicSpec(name=names.interactive, role=TopicRole.INTERACTIVE, partitions=t.partitions,
+                  replication_factor=rf, config=main_config),
         # Same partition count: a retry record returns to the partition number it came from, so the
         # slot that owns main partition p also owns retry partition p.
         TopicSpec(name=names.retry, role=TopicRole.RETRY, partitions=t.partitions, replication_factor=rf,

@@ -118,7 +118,7 @@ class PartitionWorker:
         self._consumed = self._metrics.consumed
         self._pool = handler_pool(self.handler, settings, self._classifier, self.worker_id, slot)
         self._router = Router(settings, self.worker_id, OutputLimits(), self.stats, self._metrics)
-        self._flow = FlowControl(settings, self._source_partitions(), self.names.retry)
+        self._flow = FlowControl(settings, self._source_partitions(), self.names.retry, self.names.interactive)
         self._trackers: dict[tuple[str, int], PartitionTracker[OutputRecord]] = {}
         self._intake = Intake(settings, self._router, self._track, self._settle)
         self._paused: set[tuple[str, int]] = set()
@@ -134,7 +134,7 @@ class PartitionWorker:
     # ------------------------------------------------------------------ start-up
 
     def _source_partitions(self) -> list[tuple[str, int]]:
-        return [(t, p) for t in (self.names.main, self.names.retry) for p in self.slot.partitions]
+        return [(t, p) for t in self.names.consumed for p in self.slot.partitions]
 
     def _start(self) -> None:
         self._consumer = assigned_consumer(self.conn, self.settings, self.settings.group_id,

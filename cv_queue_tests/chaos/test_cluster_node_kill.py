@@ -50,7 +50,7 @@ WORKER_ENV = {"CVQ_WORKER__CLIENT_STALL_S": "45"}
 
 def _replicated_settings() -> QueueSettings:
     """The queue's defaults with every topic at RF 3 and min.insync.replicas 2 (topic_specs gives the DLQ and the
-    parking lot the main config plus their retention and size, so all five get it)."""
+    parking lot the main config plus their retention and size, so all six get it)."""
     main_config = {**TopicSettings().main_config, "min.insync.replicas": "2"}
     return QueueSettings(namespace=unique("nodekill"),
                          topics=TopicSettings(replication_factor=3, main_config=main_config))

@@ -19,9 +19,9 @@ def cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess
 def test_topics_provision_then_describe(bootstrap, settings):
     first = cli("--namespace", settings.namespace, "topics", "provision")
     assert first.returncode == 0, first.stderr
-    assert first.stdout.count("created") == 5
+    assert first.stdout.count("created") == 6
     second = cli("--namespace", settings.namespace, "topics", "provision")
-    assert second.stdout.count("unchanged") == 5
+    assert second.stdout.count("unchanged") == 6
     described = cli("--namespace", settings.namespace, "topics", "describe", settings.topic_names.main)
     assert described.returncode == 0
     assert "PARTITIONS  8" in described.stdout and "DRIFT       none" in described.stdout

@@ -66,7 +66,7 @@ def expected_fate(kind: str, key: bytes, settings: QueueSettings) -> dict[str, l
         # calls 1-2 fail on the first delivery, call 3 fails and call 4 succeeds on the second
         "transient-blip": {"result": [Outcome("result", 2, 4, 0)]},
         # a rate limit skips the in-process tries: straight to the retry topic, then one call succeeds
-        "rate-limited": {"result": [Outcome("result", 2, 2, 0)]},
+        "rate-limited": {"result": [Outcome("result", 1, 2, 0)]},  # a throttle is not an attempt
         # dead-lettered after both deliveries, replayed by the DLQ sensor, then it succeeds at once
         "until-replay": {"dlq": [letter(transient, exhausted["attempts"], exhausted["calls"], 0)],
                          "result": [Outcome("result", 1, 1, 1)]},

@@ -118,7 +118,8 @@ def test_worker_endpoints_count_the_outcomes_by_category(worker_run: Run):
     assert dead == {"permanent": PERMANENT, "invalid_payload": INVALID}
     consumed = total_by(scrapes, "cvq_records_consumed_total", "topic")
     names = worker_run.settings.topic_names
-    assert consumed == {names.main: FINE + TRANSIENT + PERMANENT + INVALID, names.retry: TRANSIENT}
+    assert consumed == {names.main: FINE + TRANSIENT + PERMANENT + INVALID, names.interactive: 0,
+                        names.retry: TRANSIENT}
     assert total(scrapes, "cvq_jobs_timed_out_total") == 0
     # Every slot did work, so each one's own counts are real (not one process's figures read twice).
     for s in scrapes:

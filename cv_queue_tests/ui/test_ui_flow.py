@@ -100,11 +100,11 @@ def _operator_flow(ui: DagsterUI, dev: DevStack) -> None:
         dev.check_alive()
         return all(dev.instance.get_latest_materialization_event(key) for key in keys)
 
-    wait_for(topics_recorded, RUN_WAIT_S + 120, "the five topic assets to be materialized", interval_s=1)
+    wait_for(topics_recorded, RUN_WAIT_S + 120, "the six topic assets to be materialized", interval_s=1)
     ui.open("/")
     ui.dismiss_first_visit_dialog()
 
-    # 1. The five topic assets of the kafka_topics group are shown materialized.
+    # 1. The six topic assets of the kafka_topics group are shown materialized.
     ui.open_asset_group(keys[0].path[0])
 
     def topics_materialized() -> None:
@@ -112,7 +112,7 @@ def _operator_flow(ui: DagsterUI, dev: DevStack) -> None:
         for key in keys:
             expect(ui.asset_row(key.path)).to_contain_text(MATERIALIZED, timeout=CHECK_MS)
 
-    ui.until(topics_materialized, 60, "the five topic assets materialized")
+    ui.until(topics_materialized, 60, "the six topic assets materialized")
     ui.shot("topics-materialized")
 
     # 2. Four partition_worker runs, one per slot, are STARTED.

@@ -136,3 +136,18 @@ def test_a_map_restored_under_a_larger_limit_never_stalls_its_partition() -> Non
     if (release := second.release(flow.metadata_limit, True, span)) is not None:
         released += release.outputs
     assert sorted(released) == sorted(running) and second.committed == span
+
+
+def test_a_full_buffer_pauses_every_bulk_partition_but_not_the_interactive_lane() -> None:
+    sources = [*SOURCES, ("interactive", 0), ("interactive", 1)]
+    flow = FlowControl(SETTINGS, sources, "retry", "interactive")
+    trackers = {tp: PartitionTracker(0) for tp in sources}
+    bulk = {tp for tp in sources if tp[0] != "interactive"}
+    assert flow.wanted(100, trackers, {}) == bulk  # jobs waiting for handlers (or for budget)
+    assert flow.wanted(60, trackers, {}) == bulk  # hysteresis: still above half
+    assert flow.wanted(50, trackers, {}) == set()
+    # The lane's own limits still bound it.
+    lane = trackers[("interactive", 1)]
+    for offset in range(SETTINGS.worker.max_partition_records):
+        lane.track(offset, 10)
+    assert flow.wanted(0, trackers, {}) == {("interactive", 1)}

@@ -104,7 +104,8 @@ class TrackerMachine(RuleBasedStateMachine):
 
 
 class SchedulerMachine(RuleBasedStateMachine):
-    """Items offered under a few keys, taken and finished in any interleaving."""
+    """Items offered under a few keys, urgent (the interactive lane) or not, taken and finished in any interleaving:
+    per-key offer order always holds, and no item is handed out while an urgent one could run instead."""
 
     @initialize(max_in_flight=st.integers(min_value=1, max_value=4))
     def start(self, max_in_flight: int) -> None:
@@ -112,13 +113,16 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.max_in_flight = max_in_flight
         self.waiting: dict[str, deque[int]] = {}  # key -> items not yet handed out, in offer order
         self.running: dict[str, int] = {}  # key -> the item running under it
+        self.urgent: set[int] = set()
         self.sequence = 0
 
-    @rule(key=KEYS)
-    def offer(self, key: str) -> None:
+    @rule(key=KEYS, urgent=st.booleans())
+    def offer(self, key: str, urgent: bool) -> None:
         self.sequence += 1
-        self.scheduler.offer(key, self.sequence)
+        self.scheduler.offer(key, self.sequence, urgent)
         self.waiting.setdefault(key, deque()).append(self.sequence)
+        if urgent:
+            self.urgent.add(self.sequence)
 
     @rule()
     def take(self) -> None:
@@ -131,6 +135,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         key, item = taken
         assert key not in self.running, f"{key} handed out while {self.running.get(key)} runs"
         assert self.waiting[key] and self.waiting[key][0] == item, "items of a key left out of offer order"
+        if item not in self.urgent:
+            urgent_runnable = [k for k in runnable if self.waiting[k][0] in self.urgent]
+            assert not urgent_runnable, f"bulk item {item} handed out before the urgent heads of {urgent_runnable}"
         self.waiting[key].popleft()
         self.running[key] = item
 
@@ -145,6 +152,9 @@ class SchedulerMachine(RuleBasedStateMachine):
     def bounded_and_counted(self) -> None:
         assert self.scheduler.in_flight == len(self.running) <= self.max_in_flight
         assert self.scheduler.buffered == sum(len(items) for items in self.waiting.values())
+        peeked = self.scheduler.peek()
+        if peeked is not None:  # peek is what take would hand out
+            assert self.waiting[peeked[0]][0] == peeked[1]
 
 
 class PipelineMachine(RuleBasedStateMachine):

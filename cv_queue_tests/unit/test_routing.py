@@ -2,6 +2,7 @@
 shrunk to fit."""
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -145,3 +146,16 @@ def test_shrinking_stops_as_soon_as_the_letter_fits() -> None:
     assert h.last(shrunk.headers, h.VALUE_TRUNCATED) is None
     huge_key = OutputRecord("dlq", b"k" * 5000, b"", [])
     assert shrink_dead_letter(huge_key, limit=1_000).size <= 1_000
+
+
+def test_an_interactive_job_stays_interactive_through_the_retry_topic() -> None:
+    interactive = replace(_delivery(), interactive=True)  # type: ignore[type-var]
+    out = _router().failure(interactive, _rate_limited(1), calls=1)  # type: ignore[arg-type]
+    assert h.read_str(out.headers, h.LANE) == "interactive"
+    back = _delivery(headers=out.headers, topic=NAMES.retry)
+    assert back.interactive  # type: ignore[attr-defined]
+    bulk = _router().failure(_delivery(), _rate_limited(1), calls=1)  # type: ignore[arg-type]
+    assert h.read_str(bulk.headers, h.LANE) is None
+    assert not _delivery(headers=bulk.headers, topic=NAMES.retry).interactive  # type: ignore[attr-defined]
+    # On the main topic the header means nothing: the lane is the topic's.
+    assert not _delivery(headers=out.headers).interactive  # type: ignore[attr-defined]
