@@ -38,6 +38,9 @@ class BudgetTuning(BaseModel):
         0.05, gt=0, description="Each second without a 429, the rate grows by this fraction of the share, up to it.")
     min_factor: float = Field(
         0.05, gt=0, le=1, description="The rate never drops below this fraction of the share.")
+    max_hold_s: float = Field(
+        60.0, gt=0, le=3600, description="Longest a 429's Retry-After holds every call of the worker (the refused job "
+        "itself waits all of it on the retry topic): a provider asking for hours must not freeze the worker.")
     low_remaining: float = Field(
         0.05, ge=0, lt=1, description="When the provider's x-ratelimit-remaining-* falls under this fraction of its "
         "x-ratelimit-limit-*, the worker slows down as on a 429 (the provider sees the whole fleet).")

@@ -253,7 +253,7 @@ class RetrySettings(BaseModel):
         "within rate_limit_budget_s.",
     )
     rate_limit_budget_s: float = Field(
-        3600.0, gt=0,
+        3600.0, gt=0, le=7 * 86400,
         description="How long a job may keep being refused by a rate limiter (429), from its first refusal. A "
         "throttled job waits (the provider's Retry-After, else the backoff) and comes back through the retry topic; "
         "throttled deliveries do not count toward max_attempts. A wait that would end past this budget (an absurd "
@@ -262,7 +262,8 @@ class RetrySettings(BaseModel):
     )
     jitter: float = Field(0.2, ge=0.0, le=1.0, description="Delays vary uniformly by ± this fraction.")
     max_attempts: int = Field(
-        5, ge=1, description="Deliveries before a retryable job is dead-lettered (1 = no retry topic)."
+        5, ge=1, description="Failed deliveries before a transient job is dead-lettered (1 = no retry topic for "
+        "it). Rate-limited deliveries (429s) are not counted: they have retry.rate_limit_budget_s."
     )
     max_waiting_per_partition: int = Field(
         500, ge=1, description="Not-yet-due retry records held per retry partition before it is paused."

@@ -29,7 +29,8 @@ def nominal_delay_ms(attempt: int, settings: RetrySettings) -> float:
     """The un-jittered delay after `attempt` failed deliveries (attempt >= 1)."""
     if attempt < 1:
         raise ValueError("attempt counts from 1")
-    return min(settings.base_delay_ms * settings.multiplier ** (attempt - 1), settings.max_delay_ms)
+    # The exponent is capped: a job throttled a thousand times (cvq.throttles) must not overflow the float.
+    return min(settings.base_delay_ms * settings.multiplier ** min(attempt - 1, 64), settings.max_delay_ms)
 
 
 def delay_bounds_ms(attempt: int, settings: RetrySettings) -> tuple[float, float]:

@@ -77,7 +77,7 @@ class Router:
         since = delivery.throttled_since_ms or failed_at
         throttles = delivery.throttles + 1
         asked_s = failure.retry_after_s
-        if asked_s is None:
+        if not asked_s:  # no hint, or "now" (0, a date in the past): the backoff, so that nothing spins
             wait_ms = float(retry_delay_ms(throttles, retry, self._rng))
         else:
             # Spread a fleet refused at the same moment: the same Retry-After would bring every job back at once.

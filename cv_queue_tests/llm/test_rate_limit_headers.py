@@ -70,8 +70,9 @@ def test_an_unreadable_retry_after_is_no_hint(text: str) -> None:
     assert retry_after_hint({"retry-after": text}, now=NOW) is None
 
 
-def test_a_negative_retry_after_is_no_wait() -> None:
-    assert retry_after_hint({"retry-after": "-5"}, now=NOW) == 0.0
+def test_a_negative_retry_after_is_no_hint() -> None:
+    assert retry_after_hint({"retry-after": "-5"}, now=NOW) is None
+    assert retry_after_hint({"retry-after-ms": "-5", "retry-after": "2"}, now=NOW) == 2.0
 
 
 def test_no_rate_limit_header_means_no_hint() -> None:

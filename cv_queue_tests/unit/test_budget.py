@@ -95,6 +95,23 @@ def test_a_retry_after_holds_every_call_limits_or_not() -> None:
     assert budget.try_reserve(1)[0] is not None
 
 
+@pytest.mark.parametrize("asked", [1e12, float("inf"), 253402300799.0])
+def test_an_absurd_retry_after_holds_the_worker_no_longer_than_max_hold_s(asked: float) -> None:
+    budget, clock = _budget(rpm=600)
+    budget.refused(asked)
+    assert budget.try_reserve(1)[1] == pytest.approx(TUNING.max_hold_s)
+    clock.now += TUNING.max_hold_s
+    assert budget.try_reserve(1)[0] is not None
+
+
+def test_the_rate_does_not_grow_back_while_held() -> None:
+    budget, clock = _budget(rpm=600)
+    budget.refused(30)
+    clock.now += 30
+    budget.try_reserve(1)
+    assert budget.factor == pytest.approx(TUNING.decrease)  # thirty seconds of hold are no success
+
+
 def test_a_nearly_spent_window_at_the_provider_slows_the_worker_before_any_429() -> None:
     budget, _ = _budget(rpm=600)
     budget.observe({"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "300"})
@@ -119,11 +136,12 @@ def test_settling_returns_what_the_provider_did_not_count() -> None:
     assert reservation is not None and budget.try_reserve(20)[0] is None
     budget.settle(reservation, 5)  # counted 5: 15 come back
     assert budget.try_reserve(15)[0] is not None
-    assert budget.granted_tokens == 20
+    assert (budget.granted_requests, budget.granted_tokens) == (1, 5)  # what calls used, once they were made
     released, _ = budget.try_reserve(1)
     assert released is None
     clock.now += 10
     released, _ = budget.try_reserve(20)
     assert released is not None
-    budget.release(released)
-    assert budget.try_reserve(20)[0] is not None and budget.granted_requests == 3
+    budget.release(released)  # its call never started: everything back, nothing counted
+    assert budget.try_reserve(20)[0] is not None
+    assert (budget.granted_requests, budget.granted_tokens) == (1, 5)

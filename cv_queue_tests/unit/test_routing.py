@@ -159,3 +159,14 @@ def test_an_interactive_job_stays_interactive_through_the_retry_topic() -> None:
     assert not _delivery(headers=bulk.headers, topic=NAMES.retry).interactive  # type: ignore[attr-defined]
     # On the main topic the header means nothing: the lane is the topic's.
     assert not _delivery(headers=out.headers).interactive  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("after", [None, 0.0])
+def test_a_throttle_that_asks_for_no_wait_backs_off_whatever_its_count(after: float | None) -> None:
+    # A thousand throttles in an hour is easy with sub-second Retry-Afters; the next backoff must still be a delay.
+    headers: h.Headers = [(h.THROTTLES, b"5000"), (h.THROTTLED_SINCE, b"%d" % now_ms())]
+    failure = _rate_limited_without_hint() if after is None else _rate_limited(after)
+    out = _router().failure(_throttled(headers), failure, calls=1)  # type: ignore[arg-type]
+    due, failed = h.read_int(out.headers, h.RETRY_DUE_AT, 0), h.read_int(out.headers, h.FAILED_AT, 0)
+    low, high = delay_bounds_ms(5001, SETTINGS.retry)
+    assert out.topic == NAMES.retry and low <= due - failed <= high + 1 and due - failed > 0

@@ -10,7 +10,8 @@ Each worker keeps two buckets (requests and tokens per second) filled at
   whole share), and a 429, or the provider's own `x-ratelimit-remaining-*` falling under `low_remaining` of its
   `x-ratelimit-limit-*`, multiplies it by `decrease` (at most once a second: a burst of refusals is one signal).
   The provider is the one place that sees the whole fleet, and other clients of the same key.
-- A 429's Retry-After holds every call of this worker until it has passed, limits configured or not.
+- A 429's Retry-After holds every call of this worker until it has passed (at most `max_hold_s`; the refused job
+  itself waits all of it on the retry topic), limits configured or not. The factor does not grow back during a hold.
 
 A call reserves one request and its estimated tokens before it starts (`try_reserve`); when the usage comes back the
 tokens are settled to what the provider counted. A bucket may go into debt for one call larger than the bucket
@@ -94,7 +95,8 @@ class ProviderBudget:
         return (per_minute or 0.0) / 60.0 / self.fleet_size * self.factor
 
     def _advance(self, now: float) -> None:
-        self.factor = min(1.0, self.factor + self.tuning.increase_per_s * max(0.0, now - self._adjusted_at))
+        grown_s = max(0.0, now - max(self._adjusted_at, self.hold_until))  # not while held: a hold is no success
+        self.factor = min(1.0, self.factor + self.tuning.increase_per_s * grown_s)
         self._adjusted_at = now
         if self._requests is not None:
             self._requests.refill(now, self._rate(self.limits.requests_per_minute))
@@ -127,19 +129,19 @@ class ProviderBudget:
             self._requests.level -= 1
         if self._tokens is not None:
             self._tokens.level -= tokens
-        self.granted_requests += 1
-        self.granted_tokens += tokens
         return Reservation(tokens), 0.0
 
     def settle(self, reservation: Reservation, counted_tokens: int) -> None:
         """The call is over and the provider counted `counted_tokens`: the difference goes back (or is taken)."""
         with self._lock:
             self._settle(reservation, counted_tokens)
+            # Counted once the call was made (never taken back: these feed counters).
+            self.granted_requests += 1
+            self.granted_tokens += counted_tokens
 
     def _settle(self, reservation: Reservation, counted_tokens: int) -> None:
         if self._tokens is not None:
             self._tokens.level += reservation.tokens - counted_tokens
-        self.granted_tokens += counted_tokens - reservation.tokens
 
     def release(self, reservation: Reservation) -> None:
         """A reservation whose call never started: both buckets get it back."""
@@ -147,7 +149,6 @@ class ProviderBudget:
             if self._requests is not None:
                 self._requests.level += 1
             self._settle(reservation, 0)
-            self.granted_requests -= 1
 
     def refused(self, retry_after_s: float | None) -> None:
         """A 429: slow down, and hold every call until its Retry-After has passed."""
@@ -155,8 +156,8 @@ class ProviderBudget:
             now = self._clock()
             self.refusals += 1
             self._decrease(now)
-            if retry_after_s is not None and math.isfinite(retry_after_s):
-                self.hold_until = max(self.hold_until, now + retry_after_s)
+            if retry_after_s is not None and retry_after_s > 0:  # inf and absurd values too: capped
+                self.hold_until = max(self.hold_until, now + min(retry_after_s, self.tuning.max_hold_s))
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """A response's x-ratelimit-* headers: a window nearly spent is a reason to slow down before a 429."""

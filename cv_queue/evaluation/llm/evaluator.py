@@ -235,6 +235,8 @@ class LLMEvaluator:
 
     async def aclose(self) -> None:
         """Close the HTTP connections (the worker calls this on shutdown, if it can)."""
+        self._reserved.clear()  # admitted jobs that never ran: their records are consumed again after the restart
+        self._held.clear()
         if self._client is not None:
             await self._client.close()
             self._client = None

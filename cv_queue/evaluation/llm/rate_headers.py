@@ -51,19 +51,30 @@ def _lowered(headers: Mapping[str, str]) -> dict[str, str]:
 
 def retry_after_hint(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """The wait the provider asked for, in seconds: retry-after-ms when readable, else retry-after; None when it
-    asked for none (the reset headers are not read: see the module's docstring). A date in the past is no wait; a
-    negative or NaN number is no hint."""
+    asked for none (the reset headers are not read: see the module's docstring). A date in the past is a wait of 0;
+    a negative or NaN number is no hint."""
     lowered = _lowered(headers)
     candidates: list[float | None] = []
     if "retry-after-ms" in lowered:
         ms = parse_duration(lowered["retry-after-ms"])
         candidates.append(ms / 1000 if ms is not None else None)
     if "retry-after" in lowered:
-        candidates.append(_retry_after_value(lowered["retry-after"], time.time() if now is None else now))
+        text = lowered["retry-after"]
+        wait = _retry_after_value(text, time.time() if now is None else now)
+        is_date = _number_or_none(text) is None
+        # A date already past means "now"; a negative number is no hint at all.
+        candidates.append(max(wait, 0.0) if wait is not None and is_date else wait)
     for wait in candidates:
-        if wait is not None and not math.isnan(wait):
-            return max(wait, 0.0)
+        if wait is not None and not math.isnan(wait) and wait >= 0:
+            return wait
     return None
+
+
+def _number_or_none(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
