@@ -74,7 +74,7 @@ def test_partitions_grow_but_never_shrink(conn, settings):
     report = provision(admin, topic_specs(bigger))
     grown = {t.name: (t.partitions_before, t.partitions) for t in report.topics if t.action == TopicAction.UPDATED}
     names = settings.topic_names
-    assert grown == {names.main: (8, 12), names.retry: (8, 12), names.results: (8, 12)}
+    assert grown == {names.main: (8, 12), names.interactive: (8, 12), names.retry: (8, 12), names.results: (8, 12)}
     assert describe_topics(admin, [names.main])[names.main].partitions == 12
 
     smaller = tuned(settings, topics={"partitions": 4})

@@ -21,10 +21,10 @@ def test_interactive_jobs_overtake_a_bulk_backlog_held_by_the_budget(conn, tmp_p
     settings = QueueSettings(namespace=unique("lanes"), topics=TopicSettings(partitions=2, partitions_per_worker=2))
     provision(admin_client(conn), topic_specs(settings))
     server = start_llm_server(latency_ms=50)
-    rpm = 300  # five calls a second: the bulk backlog takes about 25 s
+    rpm = 300  # five calls a second: the bulk backlog takes about 18 s
     env = _env(server, CVQ_TOPICS__PARTITIONS="2", CVQ_TOPICS__PARTITIONS_PER_WORKER="2",
                CVQ_LLM__RATE_LIMITS=json.dumps({MODEL: {"requests_per_minute": rpm}}))
-    bulk = list(sample_jobs(120, seed=181, prefix="bulk"))
+    bulk = list(sample_jobs(90, seed=181, prefix="bulk"))
     interactive = list(sample_jobs(8, seed=182, prefix="urgent"))
     worker = spawn_worker(settings, "0-1", tmp_path / "worker.log", extra_env=env)
     try:
@@ -42,7 +42,7 @@ def test_interactive_jobs_overtake_a_bulk_backlog_held_by_the_budget(conn, tmp_p
     bulk_left = len({j.job_id for j in bulk} - done_then)
     print(f"bulk jobs still waiting when the last interactive one was done: {bulk_left} of {len(bulk)}")
     # At five calls a second, the interactive jobs' own calls take under two seconds: the backlog barely moved.
-    assert bulk_left >= 60, bulk_left
+    assert bulk_left >= 45, bulk_left
     results = results_by_job(conn, settings, idle_s=1.0)
     assert set(results) == every and max(results.values()) == 1
     assert all(r.usage is not None for r in (EvaluationResult.model_validate_json(m.value()) for m in
