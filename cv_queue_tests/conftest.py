@@ -20,7 +20,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # No per-example deadline: the suite runs beside brokers, Dagster and other tests on a shared 2-core machine, where
 # one example of a few milliseconds can take half a second; a property is judged by what it checks, not its speed.
-hypothesis_settings.register_profile("cv-queue", deadline=None)
+# 60 examples where a test sets none (hypothesis' default is 100): the suite's CPU is the bound on `make test`'s
+# 20 minutes, and the state machines, which set their own counts, keep theirs.
+hypothesis_settings.register_profile("cv-queue", deadline=None, max_examples=60)
 hypothesis_settings.load_profile("cv-queue")
 CV_QUEUE = str(Path(sys.executable).parent / "cv-queue")
 

@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.daemon, pytest.mark.timeout(900)]
 
 STOP_DEADLINE_S = 60.0  # what the issue asks of a stop
 SERVE_BOUND_S = 90.0  # from a restarted cv-queue dev's "is running" to every slot serving again (after a crash)
-BEFORE_CRASH, AFTER_CRASH = 200, 400
+BEFORE_CRASH, AFTER_CRASH = 120, 240
 TERMINAL = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.FAILURE}
 
 

@@ -166,7 +166,7 @@ class ReleaseMachine(RuleBasedStateMachine):
         self.scheduler.done(key)
 
 
-ReleaseMachine.TestCase.settings = settings(derandomize=True, database=None, deadline=None, max_examples=500,
+ReleaseMachine.TestCase.settings = settings(derandomize=True, database=None, deadline=None, max_examples=300,
                                             stateful_step_count=80)
 test_release_at_once_with_crashes_is_exactly_once = ReleaseMachine.TestCase
 
