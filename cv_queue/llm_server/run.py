@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cv_queue_tests.llm_server.app import ServerOptions, make_app, reset_stats_of, stats_snapshot
+from cv_queue.llm_server.app import ServerOptions, make_app, reset_stats_of, stats_snapshot
 
 LOOPBACK = "127.0.0.1"
 READY_PREFIX = "llm-server listening on "
@@ -141,10 +141,10 @@ class ServerProcess:
 
 @contextlib.contextmanager
 def server_process(*args: str, timeout_s: float = 30.0) -> Iterator[ServerProcess]:
-    """`python -m cv_queue_tests.llm_server --port 0 ARGS...`; yields once it announced its port; SIGTERM at the
+    """`python -m cv_queue.llm_server --port 0 ARGS...`; yields once it announced its port; SIGTERM at the
     end, SIGKILL of its process group if that does not stop it."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "cv_queue_tests.llm_server", "--port", "0", *args],
+        [sys.executable, "-m", "cv_queue.llm_server", "--port", "0", *args],
         stdout=subprocess.PIPE, text=True, start_new_session=True, env={**os.environ})
     try:
         base_url = _announced_url(process, timeout_s)
@@ -173,7 +173,11 @@ def _announced_url(process: subprocess.Popen[str], timeout_s: float) -> str:
     reader.join(timeout_s)
     line = result[0].strip() if result else ""
     if not line.startswith(READY_PREFIX):
-        if not line and process.poll() is not None:  # its own error is on stderr, which it shares with ours
-            raise RuntimeError(f"the LLM server exited with code {process.returncode} before it announced its port")
+        if not line:  # its stdout closed: it is exiting (its own error is on stderr, which it shares with ours)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=timeout_s)
+            if process.returncode is not None:
+                raise RuntimeError(f"the LLM server exited with code {process.returncode} before it announced its "
+                                   "port")
         raise RuntimeError(f"the LLM server did not announce its port within {timeout_s} s (got {line!r})")
     return line.removeprefix(READY_PREFIX)
