@@ -44,7 +44,7 @@ def run_llm_quota(conn: KafkaConnection, jobs: int, log_dir: Path, progress: Pro
 
 def _row(conn: KafkaConnection, jobs: int, log_dir: Path, progress: Progress, rpm: float, tpm: float,
          max_tokens: int, budget: bool) -> dict:
-    from cv_queue_tests.llm_server import server_process  # the provider's stand-in (issue 18 moves it)
+    from cv_queue.llm_server import server_process  # the provider's stand-in
 
     settings = _settings(f"bench-quota-{int(budget)}-{int(time.time() * 1000)}", 8, 2)
     provision(admin_client(conn), topic_specs(settings))

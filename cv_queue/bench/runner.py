@@ -324,7 +324,7 @@ def run_llm(conn: KafkaConnection, name: str, jobs: int, log_dir: Path, progress
     The server is the test package's stand-in for a paid API (which cannot be reached from here); it reports the
     most requests it ever had in flight, which is the concurrency the workers really reached.
     """
-    from cv_queue_tests.llm_server import server_process  # the stand-in lives with the tests
+    from cv_queue.llm_server import server_process  # the paid API's stand-in
 
     scenario = SCENARIOS[name]
     with server_process("--latency-ms", "1000") as server:

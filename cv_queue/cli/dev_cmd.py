@@ -190,7 +190,7 @@ LOCAL_LLM_KEY = "local-demo-key"  # the local server accepts any key; a real one
 
 def _start_local_llm(env: dict[str, str]) -> subprocess.Popen:
     """The local OpenAI-protocol server (the tests' stand-in for a paid API), answering in ~0.8 s."""
-    proc = subprocess.Popen([sys.executable, "-m", "cv_queue_tests.llm_server", "--port", "0", "--latency-ms", "800",
+    proc = subprocess.Popen([sys.executable, "-m", "cv_queue.llm_server", "--port", "0", "--latency-ms", "800",
                              "--latency-p99-ms", "3000"], stdout=subprocess.PIPE, text=True, cwd=PROJECT_ROOT,
                             start_new_session=True)
     assert proc.stdout is not None

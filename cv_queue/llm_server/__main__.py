@@ -1,4 +1,4 @@
-"""python -m cv_queue_tests.llm_server --port N: the local OpenAI-compatible server, until SIGTERM or Ctrl-C.
+"""python -m cv_queue.llm_server --port N: the local OpenAI-compatible server, until SIGTERM or Ctrl-C.
 
 Prints "llm-server listening on http://HOST:PORT/v1" once it accepts connections (with --port 0, the port chosen).
 """
@@ -8,12 +8,12 @@ import asyncio
 import os
 import signal
 
-from cv_queue_tests.llm_server.app import ServerOptions
-from cv_queue_tests.llm_server.run import LOOPBACK, READY_PREFIX, start_server
+from cv_queue.llm_server.app import ServerOptions
+from cv_queue.llm_server.run import LOOPBACK, READY_PREFIX, start_server
 
 
 def _options(argv: list[str] | None) -> tuple[argparse.Namespace, ServerOptions]:
-    parser = argparse.ArgumentParser(prog="python -m cv_queue_tests.llm_server", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m cv_queue.llm_server", description=__doc__)
     parser.add_argument("--host", default=LOOPBACK)
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on start)")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="latency of every request (or its mean)")

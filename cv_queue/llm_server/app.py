@@ -36,7 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from cv_queue.evaluation.simulated import lognormal_params
-from cv_queue_tests.llm_server.answers import (
+from cv_queue.llm_server.answers import (
     Directive,
     answer_for_schema,
     find_directives,
@@ -44,7 +44,7 @@ from cv_queue_tests.llm_server.answers import (
     message_texts,
     schema_in_prompt,
 )
-from cv_queue_tests.llm_server.quota import Quotas
+from cv_queue.llm_server.quota import Quotas
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
                 404: "not_found_error", 422: "invalid_request_error", 429: "rate_limit_error"}

@@ -4,7 +4,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from cv_queue_tests.llm_server import ServerOptions, ThreadedLLMServer
+from cv_queue.llm_server import ServerOptions, ThreadedLLMServer
 
 
 @pytest.fixture

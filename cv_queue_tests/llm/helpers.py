@@ -6,9 +6,9 @@ from typing import Any
 
 from cv_queue.evaluation.handler import JobContext
 from cv_queue.evaluation.llm import LLMEvaluator
+from cv_queue.llm_server import ThreadedLLMServer
 from cv_queue.messages import Evaluation, EvaluationJob
 from cv_queue.settings import LLMSettings
-from cv_queue_tests.llm_server import ThreadedLLMServer
 
 API_KEY = "sk-test-4f9c2b7e1d0a"
 MODEL = "cvq-test-model"

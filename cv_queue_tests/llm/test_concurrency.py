@@ -3,9 +3,9 @@
 import time
 from collections.abc import Callable
 
+from cv_queue.llm_server import ThreadedLLMServer
 from cv_queue.messages import Evaluation
 from cv_queue_tests.llm.helpers import evaluate_all, evaluator_for, make_job
-from cv_queue_tests.llm_server import ThreadedLLMServer
 
 StartServer = Callable[..., ThreadedLLMServer]
 

@@ -6,9 +6,9 @@ import pytest
 
 from cv_queue.evaluation.handler import load_handler
 from cv_queue.evaluation.llm import PROMPT_VERSION, LLMConfigError, LLMEvaluator
+from cv_queue.llm_server import ThreadedLLMServer
 from cv_queue.messages import Evaluation
 from cv_queue_tests.llm.helpers import API_KEY, evaluate, make_job
-from cv_queue_tests.llm_server import ThreadedLLMServer
 
 HANDLER_PATH = "cv_queue.evaluation.llm:LLMEvaluator"
 

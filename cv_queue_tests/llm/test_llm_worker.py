@@ -9,9 +9,9 @@ from cv_queue.errors import ErrorCategory
 from cv_queue.evaluation.samples import sample_jobs
 from cv_queue.kafka.envelope import read_dead_letter
 from cv_queue.kafka.producer import JobProducer
+from cv_queue.llm_server import server_process
 from cv_queue.messages import EvaluationJob, EvaluationResult
 from cv_queue_tests.kafka.procs import spawn_worker
-from cv_queue_tests.llm_server import server_process
 from cv_queue_tests.support import read_topic, wait_for
 
 

@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from cv_queue.evaluation.llm.schema import answer_schema, response_format
-from cv_queue_tests.llm_server import server_process
+from cv_queue.llm_server import server_process
 
 
 def test_command_line_server() -> None:

@@ -13,9 +13,9 @@ import pytest
 
 from cv_queue.evaluation.samples import sample_jobs
 from cv_queue.kafka.producer import JobProducer
+from cv_queue.llm_server import ThreadedLLMServer
 from cv_queue.messages import EvaluationResult
 from cv_queue_tests.kafka.procs import spawn_worker, stop_all
-from cv_queue_tests.llm_server import ThreadedLLMServer
 from cv_queue_tests.metrics.scrape import metrics_url, scrape
 from cv_queue_tests.support import read_topic, results_by_job, wait_for
 

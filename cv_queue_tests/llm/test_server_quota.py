@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cv_queue.evaluation.llm.rate_headers import parse_duration, retry_after_hint, window_state
-from cv_queue_tests.llm_server import ServerOptions, ThreadedLLMServer, server_process
-from cv_queue_tests.llm_server.quota import Quotas, go_duration
+from cv_queue.llm_server import ServerOptions, ThreadedLLMServer, server_process
+from cv_queue.llm_server.quota import Quotas, go_duration
 
 
 class FakeClock:
