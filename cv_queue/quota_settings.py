@@ -44,3 +44,24 @@ class BudgetTuning(BaseModel):
     low_remaining: float = Field(
         0.05, ge=0, lt=1, description="When the provider's x-ratelimit-remaining-* falls under this fraction of its "
         "x-ratelimit-limit-*, the worker slows down as on a 429 (the provider sees the whole fleet).")
+
+
+class SpendBudget(BaseModel):
+    """A limit on what the fleet spends per window (from llm.prices), shared by every worker of the namespace."""
+
+    limit: float | None = Field(
+        None, gt=0, description="Most the fleet may spend per window, in the currency of llm.prices. When it is "
+        "spent, workers pause intake (nothing fails) until the next window. Unset: no spend limit.")
+    window_s: int = Field(
+        86400, ge=10, le=31 * 86400, description="The window, in seconds, aligned to the Unix epoch (86400: a UTC "
+        "day from midnight; 3600: an hour).")
+    warn_at: float = Field(
+        0.8, gt=0, le=1, description="The llm_spend asset check turns WARN at this share of the limit, ERROR at all "
+        "of it.")
+    refresh_s: float = Field(
+        5.0, gt=0, le=300, description="How often a worker publishes its spend to the spend ledger topic and reads "
+        "the fleet's. The fleet may overspend by what its calls in flight and this interval cost.")
+
+    def window_start(self, now_s: float) -> int:
+        """The start (Unix seconds) of the window that `now_s` falls in."""
+        return int(now_s // self.window_s) * self.window_s

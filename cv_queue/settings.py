@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cv_queue.errors import CATEGORY_ORDER, DEFAULT_REPLAY_CATEGORIES, ErrorCategory
 from cv_queue.lanes import Lane
-from cv_queue.quota_settings import BudgetTuning, ModelPrice, ModelRateLimits
+from cv_queue.quota_settings import BudgetTuning, ModelPrice, ModelRateLimits, SpendBudget
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
@@ -370,6 +370,7 @@ class LLMSettings(BaseModel):
         description='Prices by model name: {"gpt-4o-mini": {"input_per_million": 0.15, "output_per_million": 0.6}}. '
         "A result's usage then carries its cost, and cvq_llm_cost_total counts it. Empty: no cost is computed.")
     budget: BudgetTuning = Field(default_factory=BudgetTuning)
+    spend: SpendBudget = Field(default_factory=SpendBudget)
 
 
 class MetricsSettings(BaseModel):

@@ -3,7 +3,9 @@
 Checks (thresholds in CVQ_ALERTS__*; a check fails when its figure is *above* a threshold):
 - `dlq_depth_<category>` on the DLQ asset: letters of that category the replay group has not moved yet;
 - `parked_depth` on the parking-lot asset: offsets retained in the parking lot (letters waiting for a human);
-- `consumer_lag` on the main-topic asset: the worker group's lag summed over partitions.
+- `consumer_lag` on the main-topic asset: the worker group's lag summed over partitions;
+- `llm_spend` on the results asset: what the fleet spent in the current llm.spend window (the spend ledger), WARN
+  from llm.spend.warn_at of llm.spend.limit, ERROR at the limit (when workers pause intake); passes without a limit.
 
 The sensor reads offsets only (a tick has 60 s), records observations and check evaluations on the topic assets,
 and sends a check that enters (or leaves) a failing state at CVQ_ALERTS__NOTIFY_SEVERITY or worse to the
@@ -12,8 +14,10 @@ the UI (`queue_health`), reading the same offsets.
 """
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import dagster as dg
 from confluent_kafka import TopicPartition
@@ -25,11 +29,13 @@ from cv_queue.defs.topics import asset_key, skip_until_provisioned, unprovisione
 from cv_queue.errors import CATEGORY_ORDER, ErrorCategory
 from cv_queue.kafka.dlq_layout import DlqLayout, recorded_dlq_layout
 from cv_queue.kafka.lag import REQUEST_TIMEOUT_S, PartitionLag, end_offsets, group_lag, partition_count
+from cv_queue.kafka.spend_ledger import FleetSpend, read_fleet_spend
 from cv_queue.kafka.topics import TopicRole
 from cv_queue.settings import KafkaConnection, QueueSettings
 
 CONSUMER_LAG = "consumer_lag"
 PARKED_DEPTH = "parked_depth"
+LLM_SPEND = "llm_spend"
 SEVERITY_RANK = {"OK": 0, "WARN": 1, "ERROR": 2}
 
 
@@ -45,6 +51,9 @@ CHECK_SPECS = [
                       description="Letters in the parking lot (offsets), against the parked depth thresholds."),
     dg.AssetCheckSpec(CONSUMER_LAG, asset=asset_key(TopicRole.MAIN),
                       description="The worker group's lag on the main topic, against the consumer lag thresholds."),
+    dg.AssetCheckSpec(LLM_SPEND, asset=asset_key(TopicRole.RESULTS),
+                      description="The fleet's LLM spend in the current llm.spend window, against llm.spend.limit "
+                                  "(WARN from llm.spend.warn_at of it; ERROR at the limit, when intake pauses)."),
 ]
 
 
@@ -59,6 +68,9 @@ class QueueDepths:
     parked: dict[int, int]  # retained offsets per partition
     # Which DLQ partitions hold which category: the recorded layout, not the settings', which could differ.
     dlq_layout: DlqLayout
+    # The fleet's spend in the current llm.spend window (None: no limit set, or no ledger yet), and that window.
+    spend: FleetSpend | None = None
+    spend_window: int = 0
 
     def dlq_by_category(self) -> dict[ErrorCategory, int]:
         depth = dict.fromkeys(CATEGORY_ORDER, 0)
@@ -87,7 +99,15 @@ def read_queue_depths(conn: KafkaConnection, admin: AdminClient, settings: Queue
                        interactive=group_lag(admin, settings.group_id, names.interactive),
                        dlq=group_lag(admin, settings.replay_group_id, names.dlq),
                        parked=_retained(admin, names.parked),
-                       dlq_layout=recorded_dlq_layout(conn, admin, settings))
+                       dlq_layout=recorded_dlq_layout(conn, admin, settings),
+                       **_spend(conn, settings))
+
+
+def _spend(conn: KafkaConnection, settings: QueueSettings) -> dict:
+    if settings.llm.spend.limit is None:
+        return {}
+    window = settings.llm.spend.window_start(time.time())
+    return {"spend": read_fleet_spend(conn, settings, window), "spend_window": window}
 
 
 def grade(value: int, warn: int, error: int) -> str:
@@ -125,7 +145,34 @@ def evaluate(depths: QueueDepths, settings: QueueSettings, alerts: AlertsResourc
         {"lag_by_partition": dg.MetadataValue.json({str(x.partition): x.lag for x in depths.main}),
          "interactive_lag_by_partition": dg.MetadataValue.json({str(x.partition): x.lag
                                                                 for x in depths.interactive})}))
+    evaluations.append(spend_evaluation(depths, settings))
     return evaluations
+
+
+def spend_evaluation(depths: QueueDepths, settings: QueueSettings) -> dg.AssetCheckEvaluation:
+    key, policy = asset_key(TopicRole.RESULTS), settings.llm.spend
+    if policy.limit is None:
+        return dg.AssetCheckEvaluation(asset_key=key, check_name=LLM_SPEND, passed=True,
+                                       description="no spend limit (llm.spend.limit is unset)",
+                                       metadata={"value": 0.0})
+    spent = depths.spend.spent if depths.spend is not None else 0.0
+    paused = depths.spend is not None and depths.spend.paused
+    warn_at = policy.warn_at * policy.limit
+    # ERROR once a worker paused: what is left of the window is less than a job may cost.
+    state = "ERROR" if spent >= policy.limit or paused else "WARN" if spent >= warn_at else "OK"
+    window = datetime.fromtimestamp(depths.spend_window, UTC)
+    ends = datetime.fromtimestamp(depths.spend_window + policy.window_s, UTC)
+    description = f"spent {spent:.4f} of {policy.limit:g} in the window from {window.isoformat()}"
+    if state == "ERROR":
+        description += f": intake paused until {ends.isoformat()}"
+    elif state == "WARN":
+        description += f", past the WARN share {policy.warn_at:g}"
+    return dg.AssetCheckEvaluation(
+        asset_key=key, check_name=LLM_SPEND, passed=state == "OK",
+        severity=dg.AssetCheckSeverity.WARN if state == "WARN" else dg.AssetCheckSeverity.ERROR,
+        description=description,
+        metadata={"value": round(spent, 6), "warn_above": warn_at, "error_above": policy.limit,
+                  "intake_paused": paused, "window_start": window.isoformat(), "window_end": ends.isoformat()})
 
 
 def state_of(evaluation: dg.AssetCheckEvaluation) -> str:

@@ -9,7 +9,8 @@ are applied (`apply_acls`), described from the broker (`describe_acls`) and prin
 - cvq-worker reads the main and retry topics, writes results, retry and DLQ, commits its group's offsets, and uses
   the transactional ids `<ns>.cv-queue-worker-*` (a PREFIXED pattern: every slot of every layout, which start-up
   fencing needs) with idempotent writes. It may describe (never read or write) the DLQ, the parking lot and the
-  replay group: a worker's metrics export their depth.
+  replay group: a worker's metrics export their depth. With a spend limit it publishes its spend to the spend
+  ledger topic and reads the fleet's (it creates the topic when provisioning has not).
 - cvq-replayer reads the DLQ, writes the main topic and the parking lot, commits its group and uses its one
   transactional id. It also writes the DLQ (a letter whose category header disagrees with its partition is moved to
   its own category's partitions, sized by the DLQ's max.message.bytes, hence DESCRIBE_CONFIGS there too) and reads
@@ -35,6 +36,7 @@ from pydantic import BaseModel
 
 from cv_queue.kafka.fleet_layout import layout_reader_group, layout_topic
 from cv_queue.kafka.presence import presence_group
+from cv_queue.kafka.spend_ledger import spend_reader_group, spend_topic
 from cv_queue.settings import QueueSettings
 
 ADMIN = "cvq-admin"
@@ -86,11 +88,15 @@ def worker_transactional_prefix(settings: QueueSettings) -> str:
 def acl_rules(settings: QueueSettings) -> list[AclRule]:
     """Every ACL the queue's principals need in the settings' namespace, sorted."""
     t = settings.topic_names
-    groups = [settings.group_id, settings.replay_group_id, presence_group(settings), layout_reader_group(settings)]
-    layout = layout_topic(settings)
+    groups = [settings.group_id, settings.replay_group_id, presence_group(settings), layout_reader_group(settings),
+              spend_reader_group(settings)]
+    layout, spend = layout_topic(settings), spend_topic(settings)
     rules = [
-        *_rules(ADMIN, "TOPIC", [*t.all(), layout],
+        *_rules(ADMIN, "TOPIC", [*t.all(), layout, spend],
                 ["CREATE", "ALTER", "ALTER_CONFIGS", "DESCRIBE", "DESCRIBE_CONFIGS"]),
+        # The spend ledger, summed by the llm_spend asset check.
+        *_rules(ADMIN, "TOPIC", [spend], ["READ"]),
+        *_rules(ADMIN, "GROUP", [spend_reader_group(settings)], ["READ"]),
         *_rules(ADMIN, "TOPIC", [layout], ["READ", "WRITE"]),  # `fleet relayout` records the new layout
         *_rules(ADMIN, "GROUP", [layout_reader_group(settings)], ["READ"]),
         *_rules(ADMIN, "GROUP", groups, ["DESCRIBE"]),
@@ -104,6 +110,9 @@ def acl_rules(settings: QueueSettings) -> list[AclRule]:
         *_rules(WORKER, "TOPIC", [layout], ["CREATE", "READ", "WRITE", "DESCRIBE"]),
         *_rules(WORKER, "GROUP", [layout_reader_group(settings)], ["READ", "DESCRIBE"]),
         *_rules(WORKER, "GROUP", [presence_group(settings)], ["READ", "DESCRIBE"]),  # seen alive by `relayout`
+        # The spend ledger (llm.spend.limit): each worker publishes its spend and reads the fleet's.
+        *_rules(WORKER, "TOPIC", [spend], ["CREATE", "READ", "WRITE", "DESCRIBE"]),
+        *_rules(WORKER, "GROUP", [spend_reader_group(settings)], ["READ", "DESCRIBE"]),
         *_rules(WORKER, "TRANSACTIONAL_ID", [worker_transactional_prefix(settings)], ["WRITE", "DESCRIBE"],
                 Pattern.PREFIXED),
         *_rules(WORKER, "CLUSTER", [CLUSTER_NAME], ["IDEMPOTENT_WRITE"]),

@@ -13,6 +13,9 @@ Four limits, each with hysteresis (pause at the cap, resume at half) so a partit
 - across the worker, the jobs accepted but not yet started: all partitions pause when the handlers fall behind
   (or wait for the provider's budget), except the interactive lane's: its jobs are started first, so they never
   wait behind the bulk backlog that filled the buffer, and its own per-partition limits still bound it.
+
+And one that is no memory bound: while the fleet has spent llm.spend.limit in the current window, every partition
+pauses (both lanes and the retry topic), until the next window. Jobs already fetched wait in the pool; none fails.
 """
 
 from collections.abc import Iterable, Mapping
@@ -57,8 +60,10 @@ class FlowControl:
         self._bulk = {tp for tp in self.sources if tp[0] != interactive_topic}
 
     def wanted(self, buffered: int, trackers: Mapping[TopicPartitionKey, PartitionTracker],
-               waiting_by_partition: Mapping[int, int]) -> set[TopicPartitionKey]:
+               waiting_by_partition: Mapping[int, int], spend_exhausted: bool = False) -> set[TopicPartitionKey]:
         """The partitions that should be paused now."""
+        if spend_exhausted:
+            return set(self.sources)
         paused = set(self._bulk) if self._buffered.update(buffered, self.worker.max_buffered) else set()
         for tp, gate in self._held.items():
             tracker = trackers[tp]

@@ -164,7 +164,7 @@ class PartitionWorker:
                                              at_once=self.settings.worker.release_outputs == "at_once",
                                              give_up_after_s=self.settings.worker.transaction_give_up_s)
         self._pool.start()
-        self._share = FleetShare.for_handler(self.handler, self.conn, self.settings, self._metrics)
+        self._share = FleetShare.for_handler(self.handler, self.conn, self.settings, self._metrics, self.worker_id)
         if self._share is not None:
             self._share.start()
         self._metrics.running = 1
@@ -237,7 +237,8 @@ class PartitionWorker:
 
     def _update_pauses(self) -> None:
         assert self._consumer is not None
-        wanted = self._flow.wanted(self._pool.buffered, self._trackers, self._intake.waiting_by_partition)
+        wanted = self._flow.wanted(self._pool.buffered, self._trackers, self._intake.waiting_by_partition,
+                                   spend_exhausted=bool(getattr(self.handler, "spend_exhausted", False)))
         if wanted != self._paused:
             to_pause = wanted - self._paused
             to_resume = self._paused - wanted

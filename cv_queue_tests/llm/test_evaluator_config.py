@@ -8,7 +8,7 @@ from cv_queue.evaluation.handler import load_handler
 from cv_queue.evaluation.llm import PROMPT_VERSION, LLMConfigError, LLMEvaluator
 from cv_queue.llm_server import ThreadedLLMServer
 from cv_queue.messages import Evaluation
-from cv_queue_tests.llm.helpers import API_KEY, evaluate, make_job
+from cv_queue_tests.llm.helpers import API_KEY, evaluate, llm_settings, make_job
 
 HANDLER_PATH = "cv_queue.evaluation.llm:LLMEvaluator"
 
@@ -83,3 +83,10 @@ def test_loaded_by_the_worker_path(monkeypatch: pytest.MonkeyPatch,
     assert result.usage is not None
     assert result.usage.model == "loaded-model"
     assert server.stats()["outcomes"] == {"ok": 1}
+
+
+def test_a_spend_limit_without_a_price_for_the_model_is_refused():
+    from cv_queue.quota_settings import SpendBudget
+
+    with pytest.raises(LLMConfigError, match="no price for model"):
+        LLMEvaluator(settings=llm_settings("http://127.0.0.1:9/v1", spend=SpendBudget(limit=5.0)))

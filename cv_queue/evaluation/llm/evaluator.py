@@ -8,11 +8,14 @@ Every call spends the model's budget (budget.py): the worker's async pool asks `
 which reserves the first call's request and estimated tokens, or says how long to wait (the job then waits in the
 pool, not in a call the provider would refuse). Repair calls, and calls of a job started without `admit` (the
 threaded evaluator), reserve their own, waiting on the loop. The usage that comes back settles the tokens, and prices
-it (llm.prices) into the result's usage.
+it (llm.prices) into the result's usage. With llm.spend.limit, `admit` also reserves the call's most expensive
+outcome against the fleet's spend in the window (spend.py), and holds every job once the window is spent.
 """
 
 import asyncio
+import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +43,7 @@ from cv_queue.evaluation.llm.prompt import (
 )
 from cv_queue.evaluation.llm.rate_headers import retry_after_hint
 from cv_queue.evaluation.llm.schema import FALLBACK_ORDER, OutputMode, answer_schema, next_mode, response_format
+from cv_queue.evaluation.llm.spend import SpendGate
 from cv_queue.messages import Evaluation, EvaluationJob, ModelUsage
 from cv_queue.quota_settings import ModelPrice, ModelRateLimits
 from cv_queue.settings import LLMSettings, QueueSettings
@@ -148,14 +152,21 @@ class LLMEvaluator:
         self.budget = budget or ProviderBudget(
             self.settings.rate_limits.get(self.settings.model, ModelRateLimits()), self.settings.budget)
         self.price = self.settings.prices.get(self.settings.model)
+        if self.settings.spend.limit is not None and self.price is None:
+            raise LLMConfigError(
+                f"llm.spend.limit is set but llm.prices has no price for model {self.settings.model!r}: its calls' "
+                "cost could not be counted (add it to CVQ_LLM__PRICES, or unset CVQ_LLM__SPEND__LIMIT)")
+        self.spend = SpendGate(self.settings.spend)
         self._template_chars = sum(len(t.template) for t in (self.templates.system, self.templates.user))
+        self._schema_chars: dict[tuple[str, ...], int] = {}  # by rubric criteria
+        self._prompt_scale = 1.0  # what providers counted of admitted jobs' prompts, over our estimate (learned)
         # By id() of the job admitted: the job (so that a later job at the same address is not mistaken for it) and
         # its first call's reservation.
         self._reserved: dict[int, tuple[EvaluationJob, Reservation]] = {}
         self._held: set[int] = set()  # jobs admit() told to wait, not yet admitted
         self.held = 0  # jobs that had to wait for budget
         self.rate_limited = 0  # 429s
-        self.cost = 0.0  # of every answered call, from llm.prices
+        self.cost = 0.0  # of every answered call, from llm.prices (a failed job's calls cost too)
 
     def __repr__(self) -> str:
         return f"LLMEvaluator(model={self.settings.model!r}, base_url={self.settings.base_url!r})"
@@ -174,34 +185,78 @@ class LLMEvaluator:
         """cv_ref reads still running after their jobs gave up on them: the worker counts them as abandoned."""
         return self._reads.stuck
 
+    @property
+    def spend_exhausted(self) -> bool:
+        """The fleet spent llm.spend.limit in this window: the worker pauses intake until the next one."""
+        return self.spend.wait_s() > 0
+
     def admit(self, job: EvaluationJob) -> float:
         """Reserve the budget of the job's first call: 0 when it may start now, else the seconds to wait (call
-        again then)."""
-        texts = [job.cv_text or "", job.job_description, job.study_case_brief, job.project_text or "",
-                 *job.scoring_rubric, "x" * self._template_chars]
-        reservation, wait = self.budget.try_reserve(estimated_tokens(texts, self.settings.max_tokens))
+        again then). While the spend limit is reached, no job is admitted until the next window."""
+        tokens = self._admission_tokens(job)
         key = id(job)
+        spend_wait = self.spend.try_reserve(self._cost_estimate(tokens))
+        if spend_wait > 0:
+            self._hold(key)
+            return spend_wait
+        reservation, wait = self.budget.try_reserve(tokens)
         if reservation is None:
-            if key not in self._held:
-                self._held.add(key)
-                self.held += 1
+            self.spend.release(self._cost_estimate(tokens))
+            self._hold(key)
             return wait
         self._held.discard(key)
         self._reserved[key] = (job, reservation)
         return 0.0
 
+    def _admission_tokens(self, job: EvaluationJob) -> int:
+        """The first call's tokens as the provider will count them, before its prompt is built: the job's texts, the
+        templates and the answer schema quoted in the prompt, at four characters a token, times what the provider
+        counted of earlier admitted jobs against their estimates (it learns a CV read from a file, which only its
+        call reads, and the provider's tokenizer), plus max_tokens."""
+        criteria = tuple(job.scoring_rubric)
+        schema_chars = self._schema_chars.get(criteria)
+        if schema_chars is None:
+            schema_chars = self._schema_chars[criteria] = len(json.dumps(answer_schema(list(criteria)), indent=2))
+        chars = sum(len(text) for text in (job.cv_text or "", job.job_description, job.study_case_brief,
+                                           job.project_text or "", *criteria))
+        chars += self._template_chars + schema_chars
+        return math.ceil(chars / 4 * self._prompt_scale) + 1 + self.settings.max_tokens
+
+    def _learn_prompt_scale(self, reservation: Reservation, prompt_tokens: int) -> None:
+        estimated = reservation.tokens - self.settings.max_tokens
+        if estimated > 0 and prompt_tokens > 0:
+            ratio = prompt_tokens / (estimated / self._prompt_scale)
+            self._prompt_scale = min(20.0, max(0.25, 0.8 * self._prompt_scale + 0.2 * ratio))
+
+    def _cost_estimate(self, tokens: int) -> float:
+        """The most a call reserved at `tokens` (its prompt and all of max_tokens) can cost."""
+        if self.price is None:
+            return 0.0
+        completion = min(tokens, self.settings.max_tokens)
+        return self.price.cost(tokens - completion, completion)
+
+    def _hold(self, key: int) -> None:
+        if key not in self._held:
+            self._held.add(key)
+            self.held += 1
+
     def set_fleet_size(self, live_workers: int) -> None:
         """The live workers that share the model's limits (the worker counts them in the presence group)."""
         self.budget.set_fleet_size(live_workers)
+        self.spend.set_fleet_size(live_workers)
 
     async def __call__(self, job: EvaluationJob, ctx: JobContext) -> Evaluation:
         admitted = self._reserved.pop(id(job), None)
         reservation = admitted[1] if admitted is not None and admitted[0] is job else None
+        if reservation is None:  # not admitted by the pool (the threaded evaluator): the spend limit holds here
+            while (spend_wait := self.spend.wait_s()) > 0:
+                await asyncio.sleep(min(spend_wait, 1.0))
         try:
             cv_text = await read_cv_text(job, self._reads)
         except BaseException:
-            if reservation is not None:
-                self.budget.release(reservation)  # no call was made for it
+            if reservation is not None:  # no call was made for it
+                self.budget.release(reservation)
+                self.spend.release(self._cost_estimate(reservation.tokens))
             raise
         criteria = list(job.scoring_rubric)
         schema = answer_schema(criteria)
@@ -223,7 +278,6 @@ class LLMEvaluator:
                 messages = repair_messages(self.templates, prompt, raw, problem)
                 continue
             usage = tally.usage(self.templates.version, self.price)
-            self.cost += usage.cost or 0.0
             return Evaluation(scores=scores, usage=usage)
 
     def _cut_off_hint(self, completion: ChatCompletion) -> str:
@@ -274,8 +328,13 @@ class LLMEvaluator:
         mode = self._mode
         while True:
             fmt = response_format(mode, schema)
-            spent = reservation if reservation is not None else await self._reserve(messages)
-            reservation = None
+            admitted = reservation is not None
+            if reservation is not None:  # admitted: its spend was reserved with it
+                spent, reservation = reservation, None
+            else:
+                spent = await self._reserve(messages)
+                self.spend.force_reserve(self._cost_estimate(spent.tokens))
+            estimate = self._cost_estimate(spent.tokens)
             try:
                 async with semaphore:
                     raw = await client.chat.completions.with_raw_response.create(
@@ -287,11 +346,13 @@ class LLMEvaluator:
                     )
                 completion = raw.parse()
             except openai.RateLimitError as exc:
+                self.spend.release(estimate)
                 self.budget.settle(spent, 0)  # refused before any work: the provider counted no tokens
                 self.rate_limited += 1
                 self.budget.refused(retry_after_hint(exc.response.headers))
                 raise map_api_error(exc, self.settings, self._api_key.get_secret_value()) from exc
             except openai.BadRequestError as exc:
+                self.spend.release(estimate)
                 self.budget.settle(spent, 0)
                 weaker = next_mode(mode) if self._may_fall_back and not self._mode_confirmed else None
                 if weaker is None:
@@ -301,20 +362,32 @@ class LLMEvaluator:
                 mode = weaker
                 continue
             except openai.APIError as exc:
+                self.spend.release(estimate)  # a failed call is not billed by OpenAI-style providers
                 self.budget.settle(spent, spent.tokens)  # what the provider counted is not known: the estimate
                 mapped = map_api_error(exc, self.settings, self._api_key.get_secret_value())
                 if hides_cause(exc):
                     raise mapped from None
                 raise mapped from exc
             except BaseException:
+                self.spend.release(estimate)
                 self.budget.settle(spent, spent.tokens)
                 raise
             self.budget.observe(raw.headers)
-            usage = completion.usage
-            # As the provider counts it: the prompt, and the max_tokens it reserved for the answer.
-            self.budget.settle(spent, usage.prompt_tokens + self.settings.max_tokens if usage else spent.tokens)
+            self._account(completion, spent, estimate, admitted)
             self._settle(mode)
             return completion
+
+    def _account(self, completion: ChatCompletion, spent: Reservation, estimate: float, admitted: bool) -> None:
+        """Settle an answered call's budget and spend from its usage."""
+        usage = completion.usage
+        # As the provider counts it: the prompt, and the max_tokens it reserved for the answer.
+        self.budget.settle(spent, usage.prompt_tokens + self.settings.max_tokens if usage else spent.tokens)
+        if admitted and usage is not None:
+            self._learn_prompt_scale(spent, usage.prompt_tokens)
+        cost = self.price.cost(usage.prompt_tokens, usage.completion_tokens) \
+            if self.price is not None and usage is not None else 0.0
+        self.cost += cost
+        self.spend.settle(estimate, cost)
 
     def _settle(self, mode: OutputMode) -> None:
         """Remember a mode once a call in it succeeded. Only success settles it: a 400 in every mode means the

@@ -92,6 +92,12 @@ WORKER_FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("cvq_llm_rate_limited_total", "counter", "429 responses from the provider, by model.", ("slot", "model")),
     Family("cvq_llm_cost_total", "counter",
            "What the answered calls cost, from their usage and llm.prices (the prices' currency).", ("slot", "model")),
+    Family("cvq_llm_spend_window", "gauge",
+           "What the fleet has spent in the current llm.spend window, as this worker knows it (its own spend and the "
+           "ledger's); exported when llm.spend.limit is set.", ("slot", "model")),
+    Family("cvq_llm_spend_paused", "gauge",
+           "1 while the fleet's spend reached llm.spend.limit: the worker has paused intake until the next window.",
+           ("slot", "model")),
 )}
 
 # ---------------------------------------------------------------- LLM usage (from results' usage)

@@ -56,6 +56,8 @@ class BudgetFigures:
     held: int
     rate_limited: int
     cost: float
+    spend_window: float | None = None  # None: no spend limit
+    spend_paused: bool = False
 
 
 class WorkerMetrics:
@@ -136,6 +138,9 @@ class WorkerMetrics:
                             ("cvq_llm_rate_limited_total", figures.rate_limited),
                             ("cvq_llm_cost_total", figures.cost)):
             families[name].add_metric(model, value)
+        if figures.spend_window is not None:
+            families["cvq_llm_spend_window"].add_metric(model, figures.spend_window)
+            families["cvq_llm_spend_paused"].add_metric(model, 1 if figures.spend_paused else 0)
 
 
 _by_slot: dict[str, WorkerMetrics] = {}
