@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install broker-fetch system-deps lint test run e2e bench chaos ci-e2e-optimized screenshots clean
+.PHONY: install broker-fetch system-deps lint test run e2e bench chaos ci-e2e-optimized screenshots docs clean
 
 # (Re)install when pyproject.toml changes. Every dependency is pinned there.
 $(STAMP): pyproject.toml
@@ -45,7 +45,8 @@ TEST_WORKERS ?= 3
 test: install broker-fetch system-deps lint
 	CVQ_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=30
 
-# The README's two Dagster UI screenshots (docs/screenshots/), taken by the browser test as it drives the UI.
+# The two Dagster UI screenshots of docs/05-operations.md (docs/screenshots/), taken by the browser test as it
+# drives the UI.
 screenshots: install broker-fetch system-deps
 	CVQ_CHROMIUM=$(CHROMIUM) CVQ_UI_SCREENSHOTS=docs/screenshots $(BIN)/pytest cv_queue_tests/ui
 
@@ -74,6 +75,13 @@ E2E_PARALLEL ?= 8
 E2E_WORKER_REPLICAS ?= 4
 ci-e2e-optimized: install broker-fetch
 	E2E_PARALLEL=$(E2E_PARALLEL) E2E_WORKER_REPLICAS=$(E2E_WORKER_REPLICAS) $(BIN)/python -m cv_queue_tests.e2e.runner
+
+# The generated parts of the docs: the configuration reference (docs/09-configuration.md, from the settings models)
+# and the principals' ACL table (docs/06-security.md, from the rules `cv-queue acls apply` applies). No broker needed;
+# cv_queue_tests/test_readme.py fails when either is out of date.
+docs: install
+	$(BIN)/cv-queue config --write docs/09-configuration.md
+	$(BIN)/python -m cv_queue_tests.doc_checks --acl-table docs/06-security.md
 
 clean:
 	rm -rf $(VENV) .dagster_home .cvq .pytest_cache .ruff_cache

@@ -151,7 +151,7 @@ def test_a_worker_pod_built_by_dagster_k8s_has_the_worker_resources_and_the_kafk
     assert Path(ENV["data"]["KAFKA_SSL_CA_LOCATION"]).parent == Path(ca_mount.mount_path)
     assert job.spec.ttl_seconds_after_finished == LAUNCHER_VALUES["runK8sConfig"]["jobSpecConfig"][
         "ttlSecondsAfterFinished"]
-    # The label the README's clean-up command selects run Jobs by.
+    # The label the clean-up command of docs/07-deployment.md selects run Jobs by.
     assert job.metadata.labels["app.kubernetes.io/part-of"] == LAUNCHER_VALUES["labels"]["app.kubernetes.io/part-of"]
 
 

@@ -4,7 +4,7 @@ a typed config succeeds, and stop_worker_fleet / start_worker_fleet launched fro
 bring it back. Every step is a screenshot under the test's tmp_path (screenshots/); what the UI shows is
 checked against the Dagster instance too.
 
-    CVQ_UI_SCREENSHOTS=docs/screenshots pytest cv_queue_tests/ui    # also refreshes the README's screenshots
+    CVQ_UI_SCREENSHOTS=docs/screenshots pytest cv_queue_tests/ui    # also refreshes the docs' screenshots
 """
 
 import contextlib
@@ -44,7 +44,7 @@ ops:
 """
 CHECK_MS = 8_000  # one look at the page before it is reloaded
 RUN_WAIT_S = 180.0  # runs start as processes on two shared cores: seconds normally, far less than this
-# The README shows two of the screenshots, copied under these names when CVQ_UI_SCREENSHOTS is set.
+# docs/05-operations.md shows two of the screenshots, copied under these names when CVQ_UI_SCREENSHOTS is set.
 README_SHOTS = {"workers-started": "dagster-ui-worker-runs.png", "launchpad-reprocess_dlq": "dagster-ui-launchpad.png"}
 
 
