@@ -3,20 +3,32 @@ over the ERROR threshold a check fails with ERROR, between the thresholds with W
 evaluations land on the topic assets; a check entering and leaving ERROR is posted to the webhook once each."""
 
 import json
+import time
 
 import dagster as dg
+import pytest
 from confluent_kafka import Producer
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
-from cv_queue.defs.checks import CONSUMER_LAG, PARKED_DEPTH, dlq_check_name, queue_depth_sensor, queue_health
+from cv_queue.defs.checks import (
+    CONSUMER_LAG,
+    LLM_SPEND,
+    PARKED_DEPTH,
+    dlq_check_name,
+    queue_depth_sensor,
+    queue_health,
+)
 from cv_queue.defs.dlq import reprocess_dlq
 from cv_queue.defs.notify import AlertsResource
 from cv_queue.defs.topics import asset_key, topic_assets
 from cv_queue.errors import ErrorCategory, PermanentJobError, RateLimitedError, TransientJobError
 from cv_queue.evaluation.samples import sample_jobs
+from cv_queue.kafka.clients import admin_client
 from cv_queue.kafka.envelope import now_ms
 from cv_queue.kafka.producer import JobProducer
+from cv_queue.kafka.spend_ledger import SpendLedger, ensure_spend_topic
 from cv_queue.kafka.topics import TopicRole
+from cv_queue.settings import QueueSettings
 from cv_queue_tests.defs.webhook import webhook_receiver
 from cv_queue_tests.kafka.test_replay import _plant_letter
 
@@ -116,6 +128,39 @@ def test_the_checks_also_run_on_demand(resources, instance, settings, conn):
     result = dg.materialize([*topic_assets, queue_health], resources=resources, instance=instance,
                             selection=dg.AssetSelection.checks(queue_health))
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert set(evaluations) == {*(dlq_check_name(c) for c in ErrorCategory), PARKED_DEPTH, CONSUMER_LAG}
+    assert set(evaluations) == {*(dlq_check_name(c) for c in ErrorCategory), PARKED_DEPTH, CONSUMER_LAG, LLM_SPEND}
+    assert evaluations[LLM_SPEND].passed, "no spend limit: nothing to fail"
     failed = evaluations[dlq_check_name(ErrorCategory.PERMANENT)]
     assert (failed.passed, failed.severity) == (False, dg.AssetCheckSeverity.ERROR)
+
+
+def test_the_spend_check_reads_the_ledger_warn_then_error(resources, instance, settings, conn, monkeypatch):
+    """What workers publish to the spend ledger, summed over workers, graded against CVQ_LLM__SPEND__*."""
+    monkeypatch.setenv("CVQ_LLM__SPEND__LIMIT", "2.0")
+    monkeypatch.setenv("CVQ_LLM__SPEND__WINDOW_S", "86400")
+    assert dg.materialize(topic_assets, resources=resources, instance=instance).success
+    limited = QueueSettings(namespace=settings.namespace)
+    ensure_spend_topic(admin_client(conn), limited)
+    window = limited.llm.spend.window_start(time.time())
+    first, second = SpendLedger(conn, limited, "worker-a"), SpendLedger(conn, limited, "worker-b")
+
+    def spend_check() -> dg.AssetCheckEvaluation:
+        result = dg.materialize([*topic_assets, queue_health], resources=resources, instance=instance,
+                                selection=dg.AssetSelection.checks(queue_health))
+        return {e.check_name: e for e in result.get_asset_check_evaluations()}[LLM_SPEND]
+
+    try:
+        first.publish(window, 0.5, paused=False)
+        first.publish(window - 86400, 5.0, paused=True)  # yesterday's spend does not count
+        assert spend_check().passed
+        second.publish(window, 1.2, paused=False)  # 1.7 of 2.0: past warn_at (0.8)
+        warn = spend_check()
+        assert (warn.passed, warn.severity) == (False, dg.AssetCheckSeverity.WARN)
+        assert warn.metadata["value"].value == pytest.approx(1.7)
+        first.publish(window, 0.9, paused=True)  # the latest total per worker counts; a worker paused
+        error = spend_check()
+        assert (error.passed, error.severity) == (False, dg.AssetCheckSeverity.ERROR)
+        assert error.metadata["value"].value == pytest.approx(2.1)
+    finally:
+        first.close()
+        second.close()
