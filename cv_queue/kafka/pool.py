@@ -22,6 +22,8 @@ from cv_queue.kafka.records import Failure
 
 log = logging.getLogger("cv_queue.worker")
 
+HOLD_RECHECK_S = 0.5
+
 
 @dataclass(slots=True)
 class _Running:
@@ -34,7 +36,7 @@ class HandlerPool:
     """Runs Tasks with `run` (which must not raise) on `size` threads."""
 
     def __init__(self, run_factory: Callable[[], Callable[[Task], Completion]], size: int, job_timeout_s: float,
-                 max_abandoned: int, thread_prefix: str) -> None:
+                 max_abandoned: int, thread_prefix: str, hold: Callable[[], float] | None = None) -> None:
         self._run_factory = run_factory  # one runner per thread: a runner need not be thread-safe
         self.size = size
         self.job_timeout_s = job_timeout_s
@@ -52,6 +54,8 @@ class HandlerPool:
         self.threads: list[threading.Thread] = []
         self.timed_out = 0
         self.broken: str | None = None  # why the pool cannot serve any more
+        # > 0: the seconds no job may start for (a handler whose spend limit is reached); asked before each start.
+        self._hold = hold
 
     # ------------------------------------------------------------------ the poll loop's side
 
@@ -130,11 +134,13 @@ class HandlerPool:
     def _take(self) -> tuple[int, Task] | None:
         with self._cond:
             while not self._closing:
-                if self._taking and (taken := self._scheduler.take()) is not None:
+                held_s = self._hold() if self._hold is not None else 0.0
+                if self._taking and held_s <= 0 and (taken := self._scheduler.take()) is not None:
                     token = next(self._tokens)
                     self._running[token] = _Running(taken[1], time.monotonic(), threading.current_thread())
                     return token, taken[1]
-                self._cond.wait()
+                # Held: asked again at least every HOLD_RECHECK_S (the hold may end early: a new window).
+                self._cond.wait(min(held_s, HOLD_RECHECK_S) if held_s > 0 else None)
         return None
 
     def _serve(self) -> None:

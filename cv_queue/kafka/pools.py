@@ -40,4 +40,5 @@ def handler_pool(handler: JobHandler, settings: QueueSettings, classifier: Error
     return HandlerPool(
         lambda: JobRunner(handler, settings.retry, classifier, worker_id),
         size=worker.max_in_flight, job_timeout_s=worker.job_timeout_s,
-        max_abandoned=worker.max_abandoned_handlers, thread_prefix=f"cvq-handler-{slot.name}")
+        max_abandoned=worker.max_abandoned_handlers, thread_prefix=f"cvq-handler-{slot.name}",
+        hold=getattr(handler, "hold_s", None))

@@ -39,3 +39,36 @@ def test_jobs_wait_in_the_pool_until_admitted_in_offer_order_without_their_timeo
     assert all(c.failure is None for c in completions), [c.failure for c in completions]
     assert started == [t.job.job_id for t in tasks]
     assert set(asked) == {t.job.job_id for t in tasks}
+
+
+def test_the_thread_pool_starts_no_job_while_held_and_resumes_when_the_hold_ends() -> None:
+    from cv_queue.kafka.execution import JobRunner
+    from cv_queue.kafka.pool import HandlerPool
+
+    opened = threading.Event()
+    asked = threading.Semaphore(0)
+    started: list[str] = []
+
+    def hold() -> float:
+        asked.release()
+        return 0.0 if opened.is_set() else 3600.0  # the rest of a spent window: the pool must ask again sooner
+
+    def handler(job, ctx):  # type: ignore[no-untyped-def]
+        started.append(job.job_id)
+        return SCORES
+
+    pool = HandlerPool(lambda: JobRunner(handler, RETRY, ErrorClassifier(), "w"), size=2,  # type: ignore[arg-type]
+                       job_timeout_s=0.3, max_abandoned=2, thread_prefix="cvq-handler-hold-test", hold=hold)
+    pool.start()
+    try:
+        tasks = [_task(i) for i in range(4)]
+        pool.offer(tasks)
+        for _ in range(6):  # each thread asked more than once: it waits in rechecks, not for the whole hour
+            assert asked.acquire(timeout=30), "the pool stopped asking whether the hold ended"
+        assert (pool.in_flight, pool.buffered, started) == (0, 4, [])
+        opened.set()
+        completions = _collect(pool, 4)
+    finally:
+        pool.close()
+    assert all(c.failure is None for c in completions), [c.failure for c in completions]
+    assert sorted(started) == sorted(t.job.job_id for t in tasks)

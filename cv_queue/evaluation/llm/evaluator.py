@@ -128,7 +128,7 @@ class LLMEvaluator:
 
     def __init__(self, *, settings: LLMSettings | None = None, prompt_version: str | None = None,
                  file_reads: FileReads | None = None, budget: ProviderBudget | None = None,
-                 **overrides: Any) -> None:
+                 spend: SpendGate | None = None, **overrides: Any) -> None:
         if "api_key" in overrides:
             raise LLMConfigError("api_key is not an evaluator option: set CVQ_LLM__API_KEY or OPENAI_API_KEY")
         unknown = sorted(set(overrides) - set(LLMSettings.model_fields))
@@ -156,7 +156,7 @@ class LLMEvaluator:
             raise LLMConfigError(
                 f"llm.spend.limit is set but llm.prices has no price for model {self.settings.model!r}: its calls' "
                 "cost could not be counted (add it to CVQ_LLM__PRICES, or unset CVQ_LLM__SPEND__LIMIT)")
-        self.spend = SpendGate(self.settings.spend)
+        self.spend = spend or SpendGate(self.settings.spend)
         self._template_chars = sum(len(t.template) for t in (self.templates.system, self.templates.user))
         self._schema_chars: dict[tuple[str, ...], int] = {}  # by rubric criteria
         self._prompt_scale = 1.0  # what providers counted of admitted jobs' prompts, over our estimate (learned)
@@ -248,9 +248,6 @@ class LLMEvaluator:
     async def __call__(self, job: EvaluationJob, ctx: JobContext) -> Evaluation:
         admitted = self._reserved.pop(id(job), None)
         reservation = admitted[1] if admitted is not None and admitted[0] is job else None
-        if reservation is None:  # not admitted by the pool (the threaded evaluator): the spend limit holds here
-            while (spend_wait := self.spend.wait_s()) > 0:
-                await asyncio.sleep(min(spend_wait, 1.0))
         try:
             cv_text = await read_cv_text(job, self._reads)
         except BaseException:
