@@ -19,7 +19,7 @@ def test_readme_shows_the_two_commands_and_the_cli_launch():
 def test_readme_acl_table_is_the_one_the_code_applies():
     """The Security section's principal/ACL table is what `cv-queue acls describe --markdown` generates from the rules
     `cv-queue acls apply` applies (default namespace)."""
-    from cv_queue.kafka.acls import markdown_table
+    from cv_queue.kafka.admin.acls import markdown_table
     from cv_queue.settings import QueueSettings
 
     readme = (PROJECT_ROOT / "README.md").read_text()

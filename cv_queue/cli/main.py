@@ -23,13 +23,19 @@ from cv_queue.cli import (
 from cv_queue.cli.context import add_global_flags
 from cv_queue.cli.signals import StopRequested, raise_on_stop_signals
 from cv_queue.evaluation.handler import HandlerLoadError
-from cv_queue.kafka.auth import EXIT_AUTH, EXIT_DENIED, KafkaAuthError, KafkaAuthorizationError, authorization_code
-from cv_queue.kafka.failures import TopicStateError
-from cv_queue.kafka.fleet_layout import LayoutError
-from cv_queue.kafka.relayout import RelayoutRefusedError
-from cv_queue.kafka.topics import ProvisioningError
-from cv_queue.kafka.transaction import TransactionFatalError
-from cv_queue.kafka.worker import LayoutMismatchError, WorkerStartError
+from cv_queue.kafka.admin.topics import ProvisioningError
+from cv_queue.kafka.client.auth import (
+    EXIT_AUTH,
+    EXIT_DENIED,
+    KafkaAuthError,
+    KafkaAuthorizationError,
+    authorization_code,
+)
+from cv_queue.kafka.client.failures import TopicStateError
+from cv_queue.kafka.client.transaction import TransactionFatalError
+from cv_queue.kafka.fleet.layout import LayoutError
+from cv_queue.kafka.fleet.relayout import RelayoutRefusedError
+from cv_queue.kafka.worker.partition_worker import LayoutMismatchError, WorkerStartError
 
 # Errors with a message meant for the user: printed without a traceback.
 _USER_ERRORS = (BrokerError, WorkerStartError, ProvisioningError, HandlerLoadError, ValidationError, KafkaException,

@@ -15,9 +15,9 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 from pydantic import Field, SecretStr
 
-from cv_queue.kafka.auth import KafkaAuthError, KafkaAuthorizationError, check_access
-from cv_queue.kafka.client_log import CLIENT_LOG
-from cv_queue.kafka.clients import admin_client, assigned_consumer, job_producer
+from cv_queue.kafka.client.auth import KafkaAuthError, KafkaAuthorizationError, check_access
+from cv_queue.kafka.client.client_log import CLIENT_LOG
+from cv_queue.kafka.client.clients import admin_client, assigned_consumer, job_producer
 from cv_queue.settings import KafkaConnection, QueueSettings
 
 _CONN = KafkaConnection.model_fields

@@ -22,7 +22,7 @@ class JobContext:
 
 class JobHandler(Protocol):
     """Evaluates one job. Raise a cv_queue.errors.JobError subclass to choose how a failure is routed;
-    any other exception is classified by type (see cv_queue.kafka.classify).
+    any other exception is classified by type (see cv_queue.kafka.worker.classify).
 
     Returns the scores, or an Evaluation (scores plus the model usage behind them). A handler may also be
     `async def` (or a class with an async `__call__`): the worker then runs it on an asyncio event loop. A handler

@@ -14,9 +14,9 @@ from cv_queue.defs.notify import AlertsResource
 from cv_queue.defs.topics import asset_key, topic_assets
 from cv_queue.errors import ErrorCategory, PermanentJobError, RateLimitedError, TransientJobError
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.envelope import now_ms
-from cv_queue.kafka.producer import JobProducer
-from cv_queue.kafka.topics import TopicRole
+from cv_queue.kafka.admin.topics import TopicRole
+from cv_queue.kafka.client.producer import JobProducer
+from cv_queue.kafka.wire.envelope import now_ms
 from cv_queue_tests.defs.webhook import webhook_receiver
 from cv_queue_tests.kafka.test_replay import _plant_letter
 

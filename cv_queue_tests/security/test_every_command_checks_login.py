@@ -16,8 +16,8 @@ import pytest
 
 from cv_queue.cli import context
 from cv_queue.cli.main import build_parser
-from cv_queue.kafka.acls import WORKER
-from cv_queue.kafka.auth import EXIT_AUTH, KafkaAuthError
+from cv_queue.kafka.admin.acls import WORKER
+from cv_queue.kafka.client.auth import EXIT_AUTH, KafkaAuthError
 from cv_queue_tests.conftest import CV_QUEUE
 from cv_queue_tests.security.conftest import SecureCluster
 from cv_queue_tests.support import unique

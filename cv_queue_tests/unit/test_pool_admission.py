@@ -4,9 +4,9 @@ counted as buffered (so flow control pauses intake), and its job timeout has not
 import threading
 import time
 
-from cv_queue.kafka.async_pool import AsyncHandlerPool
-from cv_queue.kafka.classify import ErrorClassifier
-from cv_queue.kafka.execution import AsyncJobRunner, Task
+from cv_queue.kafka.worker.async_pool import AsyncHandlerPool
+from cv_queue.kafka.worker.classify import ErrorClassifier
+from cv_queue.kafka.worker.execution import AsyncJobRunner, Task
 from cv_queue_tests.unit.test_async_abandon import RETRY, SCORES, _collect, _eventually, _task
 
 

@@ -1,0 +1,1 @@
+"""admin (docstring to come)."""

@@ -1,0 +1,1 @@
+"""client (docstring to come)."""
