@@ -33,9 +33,9 @@ from cv_queue.kafka.client.auth import (
 )
 from cv_queue.kafka.client.failures import TopicStateError
 from cv_queue.kafka.client.transaction import TransactionFatalError
+from cv_queue.kafka.fleet.join import LayoutMismatchError, WorkerStartError
 from cv_queue.kafka.fleet.layout import LayoutError
 from cv_queue.kafka.fleet.relayout import RelayoutRefusedError
-from cv_queue.kafka.worker.partition_worker import LayoutMismatchError, WorkerStartError
 
 # Errors with a message meant for the user: printed without a traceback.
 _USER_ERRORS = (BrokerError, WorkerStartError, ProvisioningError, HandlerLoadError, ValidationError, KafkaException,

@@ -31,7 +31,8 @@ from cv_queue.kafka.client.auth import KafkaAuthError, KafkaAuthorizationError, 
 from cv_queue.kafka.client.failures import FailureKind, TopicStateError
 from cv_queue.kafka.client.transaction import TransactionFatalError, TransactionFencedError
 from cv_queue.kafka.fleet.dlq_layout import DlqLayoutMismatchError, check_dlq_layout
-from cv_queue.kafka.replay.replayer import ReplayReport, ReplayRequest, replay_dead_letters
+from cv_queue.kafka.replay.replayer import replay_dead_letters
+from cv_queue.kafka.replay.request import ReplayReport, ReplayRequest
 from cv_queue.settings import QueueSettings
 
 REPLAY_JOB = "reprocess_dlq"

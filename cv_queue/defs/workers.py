@@ -30,9 +30,11 @@ from cv_queue.defs.slots import WORKER_SLOTS, fleet_layout, slot_partition_reque
 from cv_queue.defs.topics import skip_until_provisioned, unprovisioned
 from cv_queue.kafka.client.auth import KafkaAuthError, KafkaAuthorizationError
 from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.fleet.join import WorkerStartError
 from cv_queue.kafka.fleet.layout import adopt_recorded_layout
 from cv_queue.kafka.fleet.presence import live_slots
-from cv_queue.kafka.worker.partition_worker import PartitionWorker, WorkerStartError, WorkerStats
+from cv_queue.kafka.metrics.stats import WorkerStats
+from cv_queue.kafka.worker.partition_worker import PartitionWorker
 from cv_queue.settings import QueueSettings, Slot
 
 WORKER_JOB = "partition_worker"

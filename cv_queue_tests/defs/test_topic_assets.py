@@ -8,8 +8,8 @@ from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
 from cv_queue.defs.topics import _acl_rules_of, asset_key, topic_assets, topic_checks
 from cv_queue.kafka.admin.acls import acl_rules
+from cv_queue.kafka.admin.names import layout_topic
 from cv_queue.kafka.admin.topics import TopicRole, topic_specs
-from cv_queue.kafka.fleet.layout import layout_topic
 from cv_queue.settings import QueueSettings, TopicSettings
 
 

@@ -30,7 +30,8 @@ from cv_queue.kafka.fleet.dlq_layout import (
     read_dlq_layout,
 )
 from cv_queue.kafka.fleet.layout import read_records
-from cv_queue.kafka.replay.replayer import ReplayRequest, replay_dead_letters
+from cv_queue.kafka.replay.replayer import replay_dead_letters
+from cv_queue.kafka.replay.request import ReplayRequest
 from cv_queue.kafka.wire.envelope import Failure, SourceRecord, dead_letter_record, now_ms
 from cv_queue.messages import EvaluationJob
 from cv_queue.settings import QueueSettings

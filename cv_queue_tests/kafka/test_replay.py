@@ -12,7 +12,8 @@ from cv_queue.evaluation.simulated import SimulatedLLM
 from cv_queue.kafka.admin.lag import committed_offsets, group_lag
 from cv_queue.kafka.client.clients import admin_client, transactional_producer
 from cv_queue.kafka.client.producer import JobProducer
-from cv_queue.kafka.replay.replayer import ReplayRequest, replay_dead_letters
+from cv_queue.kafka.replay.replayer import replay_dead_letters
+from cv_queue.kafka.replay.request import ReplayRequest
 from cv_queue.kafka.wire.envelope import Failure, SourceRecord, dead_letter_record, now_ms
 from cv_queue.messages import EvaluationResult
 from cv_queue_tests.cli.test_cli import cli

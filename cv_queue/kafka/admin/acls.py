@@ -33,8 +33,7 @@ from confluent_kafka.admin import (
 )
 from pydantic import BaseModel
 
-from cv_queue.kafka.fleet.layout import layout_reader_group, layout_topic
-from cv_queue.kafka.fleet.presence import presence_group
+from cv_queue.kafka.admin.names import layout_reader_group, layout_topic, presence_group
 from cv_queue.settings import QueueSettings
 
 ADMIN = "cvq-admin"

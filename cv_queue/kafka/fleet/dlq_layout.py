@@ -37,6 +37,7 @@ from cv_queue.errors import CATEGORY_ORDER
 from cv_queue.kafka.admin.topics import ADMIN_TIMEOUT_S
 from cv_queue.kafka.client.auth import authorization_code, denied
 from cv_queue.kafka.client.failures import MISSING_TOPIC_CODES
+from cv_queue.kafka.fleet.join import LayoutMismatchError
 from cv_queue.kafka.fleet.layout import (
     append_record,
     denials_named,
@@ -44,7 +45,6 @@ from cv_queue.kafka.fleet.layout import (
     layout_topic,
     read_records,
 )
-from cv_queue.kafka.worker.startup import LayoutMismatchError
 from cv_queue.settings import KafkaConnection, QueueSettings
 
 DLQ_LAYOUT_KEY = b"dlq-layout"  # every record's key starts with it: `dlq-layout/<uuid>`, one key per write

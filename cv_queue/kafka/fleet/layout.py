@@ -5,7 +5,7 @@ are per process. A worker started with the settings of another layout would read
 recorded layout also reads (fencing keeps the output exactly-once, but two fleets would fence each other in turn),
 or leave partitions of a grown topic unread. So the layout is recorded once, in the broker, next to the topics: one
 record under one key of a compacted topic `<ns>.cv-queue-layout` (the DLQ layout is
-recorded there too, under a key of its own: dlq_layout.py). A worker checks it at start (startup.py) and
+recorded there too, under a key of its own: dlq_layout.py). A worker checks it at start (join.py) and
 refuses to run a layout other than the recorded one; `cv-queue fleet relayout` / `relayout_worker_fleet` are the
 only writers after the first start, which records the settings it finds (`record_first_layout`).
 """
@@ -20,13 +20,13 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka.admin import AdminClient, NewTopic
 from pydantic import BaseModel, Field
 
+from cv_queue.kafka.admin.names import layout_reader_group, layout_topic
 from cv_queue.kafka.admin.topics import ADMIN_TIMEOUT_S, wait_until_served
 from cv_queue.kafka.client.auth import authorization_code, denied
 from cv_queue.kafka.client.client_log import CLIENT_LOG
 from cv_queue.kafka.client.clients import admin_client
 from cv_queue.settings import KafkaConnection, QueueSettings, Slot
 
-LAYOUT_TOPIC = "cv-queue-layout"
 LAYOUT_KEY = b"layout"
 READ_TIMEOUT_S = 30.0
 
@@ -79,15 +79,6 @@ class LayoutRecord(Layout, frozen=True):
     @property
     def layout(self) -> Layout:
         return Layout(partitions=self.partitions, partitions_per_worker=self.partitions_per_worker)
-
-
-def layout_topic(settings: QueueSettings) -> str:
-    return f"{settings.namespace}.{LAYOUT_TOPIC}" if settings.namespace else LAYOUT_TOPIC
-
-
-def layout_reader_group(settings: QueueSettings) -> str:
-    """The group id the layout reader's consumer carries (it commits nothing; librdkafka still looks it up)."""
-    return f"{layout_topic(settings)}-reader"
 
 
 def _client_config(conn: KafkaConnection, role: str) -> dict:

@@ -19,9 +19,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from pydantic import BaseModel
 
+from cv_queue.kafka.admin.names import layout_topic, presence_group
 from cv_queue.kafka.client.auth import authorization_code
 from cv_queue.kafka.client.client_log import CLIENT_LOG
-from cv_queue.kafka.fleet.layout import Layout, layout_topic
+from cv_queue.kafka.fleet.layout import Layout
 from cv_queue.settings import KafkaConnection, QueueSettings, Slot
 
 log = logging.getLogger("cv_queue.worker")
@@ -30,10 +31,6 @@ SESSION_TIMEOUT_MS = 10_000  # a killed worker counts as alive for at most this 
 HEARTBEAT_INTERVAL_MS = 2_000
 POLL_S = 0.5
 REJOIN_PAUSE_S = 1.0
-
-
-def presence_group(settings: QueueSettings) -> str:
-    return f"{settings.group_id}.alive"
 
 
 class LiveWorker(BaseModel):

@@ -7,7 +7,7 @@ The steps, each reported through `progress`:
    of the old layout must not read on while the topics grow and the slots change under it;
 3. grow the main, interactive, retry and results topics through the same provisioning code as `cv-queue topics
    provision` (admin/topics.py), which also refuses to shrink;
-4. record the new layout, so that every worker started from now on checks it (startup.py).
+4. record the new layout, so that every worker started from now on checks it (join.py).
 Stopping the fleet before step 2 and starting it after step 4 belong to whoever runs workers: the Dagster job
 sets and clears the fleet's stop flag around this; from the CLI the operator stops and starts the processes.
 
@@ -22,9 +22,10 @@ from collections.abc import Callable
 
 from confluent_kafka.admin import AdminClient
 
+from cv_queue.kafka.admin.names import presence_group
 from cv_queue.kafka.admin.topics import ProvisionReport, describe_topics, provision, topic_specs
 from cv_queue.kafka.fleet.layout import Layout, LayoutRecord, read_layout, record_first_layout, write_layout
-from cv_queue.kafka.fleet.presence import LiveWorker, live_workers, presence_group
+from cv_queue.kafka.fleet.presence import LiveWorker, live_workers
 from cv_queue.settings import KafkaConnection, QueueSettings
 
 Progress = Callable[[str], None]

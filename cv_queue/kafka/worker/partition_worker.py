@@ -1,11 +1,11 @@
 """The partition-pair worker: one slot's partitions, processed concurrently, committed exactly once.
 
 How one worker runs (each step lives in its own module):
-- Start-up: it *assigns* its slot's partitions of the main and retry topics (no group rebalancing), fences every
-  worker that could be reading them (its own slot's id, and overlapping slots of other layouts: fleet/fencing.py),
-  checks after init_transactions that the layout did not change meanwhile, reads each output topic's size limit and the
-  broker's metadata limit, and starts from the committed offsets of the worker group and their maps (startup.py,
-  resume.py).
+- Start-up: it checks its topics (startup.py), joins the fleet and checks the recorded layout (fleet/join.py),
+  *assigns* its slot's partitions of the main and retry topics (no group rebalancing), fences every worker that could
+  be reading them (its own slot's id, and overlapping slots of other layouts: fleet/fencing.py), checks after
+  init_transactions that the layout did not change meanwhile, reads each output topic's size limit and the broker's
+  metadata limit, and starts from the committed offsets of the worker group and their maps (resume.py).
 - Intake (intake.py): each record's `cvq.` headers are parsed once into a Delivery (wire/delivery.py) and its value
   into a job; anything undecodable is dead-lettered at once as invalid_payload.
 - Execution: a HandlerPool (pool.py) runs jobs on handler threads, or an AsyncHandlerPool (async_pool.py) runs an
@@ -42,6 +42,7 @@ from cv_queue.kafka.client.stall import WATCHDOG
 from cv_queue.kafka.client.transaction import TransactionAbandonedError, TransactionFatalError, TransactionFencedError
 from cv_queue.kafka.fleet.dlq_layout import check_dlq_layout
 from cv_queue.kafka.fleet.fencing import fence_overlapping_slots
+from cv_queue.kafka.fleet.join import START_TIMEOUT_S, LayoutMismatchError, WorkerStartError, join_fleet, recheck_layout
 from cv_queue.kafka.fleet.presence import FleetPresence
 from cv_queue.kafka.metrics import worker_metrics
 from cv_queue.kafka.metrics.stats import WorkerStats
@@ -60,16 +61,7 @@ from cv_queue.kafka.worker.progress import ProgressReporter
 from cv_queue.kafka.worker.resume import metadata_limit as read_metadata_limit
 from cv_queue.kafka.worker.resume import resume_partitions, track_fetched
 from cv_queue.kafka.worker.routing import Router
-from cv_queue.kafka.worker.startup import (
-    START_TIMEOUT_S,
-    LayoutMismatchError,
-    WorkerStartError,
-    check_topics,
-    denied_resource,
-    join_fleet,
-    output_limits,
-    recheck_layout,
-)
+from cv_queue.kafka.worker.startup import check_topics, denied_resource, output_limits
 from cv_queue.settings import KafkaConnection, QueueSettings, Slot
 
 __all__ = ["LayoutMismatchError", "PartitionWorker", "WorkerStartError", "WorkerStats"]

@@ -22,6 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from cv_queue.kafka.client.failures import TopicStateError
+from cv_queue.kafka.fleet.join import WorkerStartError
 from cv_queue.kafka.wire.records import OutputRecord, SourceRecord
 from cv_queue.kafka.worker.offset_map import (
     KAFKA_DEFAULT_METADATA_MAX_BYTES,
@@ -30,7 +31,7 @@ from cv_queue.kafka.worker.offset_map import (
     SettledAbove,
     decode,
 )
-from cv_queue.kafka.worker.startup import WorkerStartError, committed_offsets
+from cv_queue.kafka.worker.startup import committed_offsets
 from cv_queue.kafka.worker.tracker import PartitionTracker
 from cv_queue.settings import QueueSettings
 
