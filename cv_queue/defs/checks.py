@@ -19,7 +19,8 @@ import dagster as dg
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from cv_queue.defs.notify import Alert, AlertsResource
+from cv_queue.defs.alerts_resource import AlertsResource
+from cv_queue.defs.notify import Alert
 from cv_queue.defs.resources import KafkaResource, QueueResource
 from cv_queue.defs.topics import asset_key, skip_until_provisioned, unprovisioned
 from cv_queue.errors import CATEGORY_ORDER, ErrorCategory

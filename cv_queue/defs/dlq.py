@@ -22,8 +22,9 @@ from confluent_kafka.admin import AdminClient
 from pydantic import Field
 
 from cv_queue.defs import tags
+from cv_queue.defs.defaults import DEFAULTS
 from cv_queue.defs.metrics_port import metrics_endpoint
-from cv_queue.defs.resources import DEFAULTS, KafkaResource, Principal, QueueResource, access_failure
+from cv_queue.defs.resources import KafkaResource, Principal, QueueResource, access_failure
 from cv_queue.defs.topics import skip_until_provisioned, unprovisioned
 from cv_queue.errors import CATEGORY_ORDER, DEFAULT_REPLAY_CATEGORIES, ErrorCategory
 from cv_queue.kafka.admin.lag import committed_offsets, end_offsets, offsets_before

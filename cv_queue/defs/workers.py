@@ -21,11 +21,12 @@ from confluent_kafka import KafkaException
 from pydantic import Field
 
 from cv_queue.defs import tags
+from cv_queue.defs.defaults import DEFAULTS
 from cv_queue.defs.fleet_state import fleet_stopped, set_fleet_stopped
 from cv_queue.defs.k8s_config import worker_pod_tag
 from cv_queue.defs.liveness import WATCHED, Sightings, close_dead_run, dead_worker_runs, now_s
 from cv_queue.defs.metrics_port import metrics_endpoint, worker_metrics_port
-from cv_queue.defs.resources import DEFAULTS, KafkaResource, Principal, QueueResource, access_failure
+from cv_queue.defs.resources import KafkaResource, Principal, QueueResource, access_failure
 from cv_queue.defs.slots import WORKER_SLOTS, fleet_layout, slot_partition_requests
 from cv_queue.defs.topics import skip_until_provisioned, unprovisioned
 from cv_queue.kafka.client.auth import KafkaAuthError, KafkaAuthorizationError

@@ -8,9 +8,9 @@ import dagster as dg
 from confluent_kafka import Producer
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
+from cv_queue.defs.alerts_resource import AlertsResource
 from cv_queue.defs.checks import CONSUMER_LAG, PARKED_DEPTH, dlq_check_name, queue_depth_sensor, queue_health
 from cv_queue.defs.dlq import reprocess_dlq
-from cv_queue.defs.notify import AlertsResource
 from cv_queue.defs.topics import asset_key, topic_assets
 from cv_queue.errors import ErrorCategory, PermanentJobError, RateLimitedError, TransientJobError
 from cv_queue.evaluation.samples import sample_jobs
