@@ -2,7 +2,7 @@
 
 Both are thin: they hold config that shows in the launchpad and hand out what the broker layer builds.
 Defaults come from the broker layer's own settings (and so from the same environment variables), so a
-value is documented once, in cv_queue/settings.py.
+value is documented once, in cv_queue/settings/.
 """
 
 import json
