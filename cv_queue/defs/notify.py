@@ -5,7 +5,6 @@ sensor tick must stay short (the daemon gives it 60 s, and a run-failure sensor 
 tick), so a POST has a small timeout, is tried once, and a failure to post is logged, never raised.
 """
 
-import importlib
 import json
 import logging
 import urllib.error
@@ -15,6 +14,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+from cv_queue.dotted_paths import import_attribute
 
 log = logging.getLogger("cv_queue.alerts")
 
@@ -71,5 +72,5 @@ def load_notifier(path: str) -> Notifier:
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
         raise ValueError(f"notifier must be 'module:attr', not {path!r}")
-    target: Any = getattr(importlib.import_module(module_name), attr)
+    target: Any = import_attribute(module_name, attr)  # an old path of a module that moved works, deprecated
     return target() if isinstance(target, type) else target

@@ -5,12 +5,12 @@ reworded error silently changed its route. Here a rule names an exception class;
 class in the exception's MRO wins; an unknown exception is `transient` (the attempt cap still applies).
 """
 
-import importlib
 import json
 from collections.abc import Mapping
 
 import pydantic
 
+from cv_queue.dotted_paths import import_attribute
 from cv_queue.errors import ErrorCategory, JobError, MalformedOutputError
 
 # Exceptions for which a plain retry cannot help, after Spring Kafka's fatal list. A handler that fails to parse or
@@ -43,7 +43,10 @@ def import_exception(path: str) -> type[BaseException]:
     module_name, _, attr = path.replace(":", ".").rpartition(".")
     if not module_name:
         raise ValueError(f"exception path {path!r} must be module.ClassName")
-    obj = getattr(importlib.import_module(module_name), attr, None)
+    try:
+        obj = import_attribute(module_name, attr)  # an old path of a module that moved works, deprecated
+    except AttributeError:
+        obj = None
     if not (isinstance(obj, type) and issubclass(obj, BaseException)):
         raise ValueError(f"{path!r} is not an exception class")
     return obj
