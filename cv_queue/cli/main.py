@@ -17,6 +17,7 @@ from cv_queue.cli import (
     dev_cmd,
     dlq_cmd,
     fleet_cmd,
+    llm_server_cmd,
     queue_cmd,
     topics_cmd,
 )
@@ -48,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cv-queue {__version__}")
     add_global_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (broker_cmd, topics_cmd, acls_cmd, queue_cmd, dlq_cmd, config_cmd, dev_cmd, bench_cmd, fleet_cmd):
+    for module in (broker_cmd, topics_cmd, acls_cmd, queue_cmd, dlq_cmd, config_cmd, dev_cmd, bench_cmd, fleet_cmd,
+                   llm_server_cmd):
         module.add_parser(sub)
     return parser
 
