@@ -60,7 +60,7 @@ MOVED_MODULES: dict[str, tuple[str, ...]] = {
     "cv_queue.kafka.progress": ("cv_queue.kafka.worker.progress",),
     "cv_queue.kafka.fleet_share": ("cv_queue.kafka.worker.fleet_share",),
     "cv_queue.kafka.replay": ("cv_queue.kafka.replay.replayer", "cv_queue.kafka.replay.request"),
-    # The alerts resource left notify.py (which keeps the alerts and their notifiers).
+    # The alerts resource left cv_queue/defs/notify.py (which keeps the alerts and their notifiers).
     "cv_queue.defs.notify": ("cv_queue.defs.alerts_resource",),
 }
 
