@@ -11,8 +11,8 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 
 from cv_queue.broker.cluster import start_cluster, stop_cluster
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.topics import provision, topic_specs
+from cv_queue.kafka.admin.topics import provision, topic_specs
+from cv_queue.kafka.client.clients import admin_client
 from cv_queue.settings import KafkaConnection, QueueSettings
 from cv_queue_tests.support import free_port_block, unique
 

@@ -9,7 +9,7 @@
 - a `CVQ_...` / `KAFKA_...` environment variable that is no setting of the generated configuration reference (a
   `*` pattern must match one), apart from the few listed below with the file that reads them;
 - a repository path (`cv_queue/...`, `cv_queue_tests/...`, `deploy/...`, `docs/...`) or a dotted name
-  (`cv_queue.kafka.auth.check_access`, `cv_queue.evaluation.llm:LLMEvaluator`) in code that does not resolve.
+  (`cv_queue.kafka.client.auth.check_access`, `cv_queue.evaluation.llm:LLMEvaluator`) in code that does not resolve.
 
 `python -m cv_queue_tests.doc_checks --acl-table docs/06-security.md` rewrites the ACL table between the page's
 acl-table markers (`make docs` runs it).
@@ -344,7 +344,7 @@ _DOTTED = re.compile(r"^(cv_queue(?:_tests)?(?:\.\w+)+)(?::(\w+))?$")
 # Dotted names shown as text, not importable: each with the file that writes it.
 NAMED_ELSEWHERE = {
     # The error class a timed-out job is dead-lettered with.
-    "cv_queue.JobTimeout": "cv_queue/kafka/execution.py",
+    "cv_queue.JobTimeout": "cv_queue/kafka/worker/execution.py",
 }
 
 
@@ -413,7 +413,7 @@ def embedded_acl_table(text: str) -> str:
 
 def acl_table() -> str:
     """The principal/ACL table `cv-queue acls describe --markdown` prints (default namespace)."""
-    from cv_queue.kafka.acls import markdown_table
+    from cv_queue.kafka.admin.acls import markdown_table
     from cv_queue.settings import QueueSettings
 
     return markdown_table(QueueSettings(namespace=""))

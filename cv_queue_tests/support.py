@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from cv_queue.kafka.clients import admin_client, poll_batch
-from cv_queue.kafka.lag import end_offsets
-from cv_queue.kafka.worker import PartitionWorker, WorkerStats
+from cv_queue.kafka.admin.lag import end_offsets
+from cv_queue.kafka.client.clients import admin_client, poll_batch
+from cv_queue.kafka.worker.partition_worker import PartitionWorker, WorkerStats
 from cv_queue.messages import EvaluationResult
 from cv_queue.settings import KafkaConnection, QueueSettings, Slot
 

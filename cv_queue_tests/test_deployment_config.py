@@ -297,7 +297,7 @@ def test_the_provision_selection_is_exactly_the_topic_assets():
 
     from cv_queue.definitions import defs
     from cv_queue.defs.topics import asset_key
-    from cv_queue.kafka.topics import TopicRole
+    from cv_queue.kafka.admin.topics import TopicRole
 
     command = SERVICES["provision"]["command"]
     selection = dg.AssetSelection.from_coercible(command[command.index("--select") + 1].split(","))
@@ -381,8 +381,8 @@ def test_the_provision_command_creates_the_topics_on_a_real_broker(bootstrap, tm
     import subprocess
     import sys
 
-    from cv_queue.kafka.clients import admin_client
-    from cv_queue.kafka.topics import describe_topics, diff_topic, topic_specs
+    from cv_queue.kafka.admin.topics import describe_topics, diff_topic, topic_specs
+    from cv_queue.kafka.client.clients import admin_client
 
     home = tmp_path / "dagster_home"
     home.mkdir()

@@ -24,7 +24,7 @@ from dagster_k8s.models import k8s_model_from_dict, k8s_snake_case_dict
 
 from cv_queue.defs.k8s_config import K8S_CONFIG_TAG
 from cv_queue.defs.workers import WORKER_JOB, _slot_tags
-from cv_queue.kafka.topics import topic_specs
+from cv_queue.kafka.admin.topics import topic_specs
 from cv_queue.settings import KafkaConnection, QueueSettings
 from cv_queue_tests.conftest import PROJECT_ROOT
 

@@ -25,8 +25,8 @@ from cv_queue.bench.runner import (
 from cv_queue.bench.scenarios import QUOTA, Scenario, Workload
 from cv_queue.bench.watch import SettleWatcher, read_values
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.topics import provision, topic_specs
+from cv_queue.kafka.admin.topics import provision, topic_specs
+from cv_queue.kafka.client.clients import admin_client
 from cv_queue.messages import EvaluationResult
 from cv_queue.settings import KafkaConnection
 

@@ -46,8 +46,8 @@ from cv_queue.bench.runner import (
 from cv_queue.bench.scenarios import CRASH_REWORK, HEAD_OF_LINE, SCENARIOS, Scenario, Workload
 from cv_queue.bench.watch import SettleWatcher
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.topics import provision, topic_specs
+from cv_queue.kafka.admin.topics import provision, topic_specs
+from cv_queue.kafka.client.clients import admin_client
 from cv_queue.settings import KafkaConnection, QueueSettings, Slot
 
 RELEASE_ENV = "CVQ_WORKER__RELEASE_OUTPUTS"

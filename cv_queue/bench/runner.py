@@ -24,10 +24,11 @@ from cv_queue.bench.scenarios import BARE, HUNG, LLM_SCENARIOS, REPLAY, SCENARIO
 from cv_queue.bench.watch import SettleWatcher
 from cv_queue.errors import ErrorCategory, TransientJobError
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.envelope import Failure, SourceRecord, dead_letter_record, now_ms
-from cv_queue.kafka.replay import ReplayRequest, replay_dead_letters
-from cv_queue.kafka.topics import provision, topic_specs
+from cv_queue.kafka.admin.topics import provision, topic_specs
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.replay.replayer import replay_dead_letters
+from cv_queue.kafka.replay.request import ReplayRequest
+from cv_queue.kafka.wire.envelope import Failure, SourceRecord, dead_letter_record, now_ms
 from cv_queue.settings import KafkaConnection, QueueSettings
 
 BIN = Path(sys.executable).parent

@@ -5,7 +5,7 @@ import time
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from cv_queue.kafka.clients import poll_batch
+from cv_queue.kafka.client.clients import poll_batch
 from cv_queue.settings import KafkaConnection
 
 

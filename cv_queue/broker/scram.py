@@ -11,13 +11,13 @@ import secrets
 from pathlib import Path
 
 from cv_queue.broker.errors import BrokerError
-from cv_queue.kafka.acls import ADMIN, PRINCIPALS
+from cv_queue.kafka.admin.acls import ADMIN, PRINCIPALS
 
 __all__ = ["ADMIN", "CREDENTIALS_FILE", "PRINCIPALS", "SCRAM_MECHANISM", "ensure_credentials", "format_arguments",
            "new_password", "read_credentials", "redact"]
 
 SCRAM_MECHANISM = "SCRAM-SHA-512"
-# Every user the local broker creates is one of the queue's principals (cv_queue.kafka.acls); the admin is its
+# Every user the local broker creates is one of the queue's principals (cv_queue.kafka.admin.acls); the admin is its
 # super user (provisioning, ACLs).
 CREDENTIALS_FILE = "scram-credentials.properties"
 

@@ -1,11 +1,11 @@
-"""`cv-queue acls apply|describe`: the least-privilege ACLs of the queue's principals (cv_queue.kafka.acls)."""
+"""`cv-queue acls apply|describe`: the least-privilege ACLs of the queue's principals (cv_queue.kafka.admin.acls)."""
 
 import argparse
 
 from cv_queue.cli.context import connection, settings
 from cv_queue.cli.tables import render
-from cv_queue.kafka.acls import PRINCIPALS, acl_rules, apply_acls, describe_acls, grouped, markdown_table
-from cv_queue.kafka.clients import admin_client
+from cv_queue.kafka.admin.acls import PRINCIPALS, acl_rules, apply_acls, describe_acls, grouped, markdown_table
+from cv_queue.kafka.client.clients import admin_client
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -12,7 +12,7 @@ import argparse
 import hashlib
 import json
 
-from cv_queue.kafka.auth import check_access
+from cv_queue.kafka.client.auth import check_access
 from cv_queue.settings import KafkaConnection, QueueSettings
 
 # Digests of the connections this process has checked. A command may build its connection several times (a metrics

@@ -12,11 +12,12 @@ from cv_queue.cli.queue_cmd import start_cli_metrics
 from cv_queue.cli.signals import StopRequested
 from cv_queue.cli.tables import render
 from cv_queue.errors import CATEGORY_ORDER, DEFAULT_REPLAY_CATEGORIES, ErrorCategory, InvalidPayloadError
-from cv_queue.kafka.clients import admin_client, assigned_consumer, message_headers, poll_batch
-from cv_queue.kafka.envelope import read_dead_letter
-from cv_queue.kafka.lag import committed_offsets, end_offsets
+from cv_queue.kafka.admin.lag import committed_offsets, end_offsets
+from cv_queue.kafka.client.clients import admin_client, assigned_consumer, message_headers, poll_batch
 from cv_queue.kafka.metrics.depth import DepthPoller
-from cv_queue.kafka.replay import ReplayReport, ReplayRequest, replay_dead_letters
+from cv_queue.kafka.replay.replayer import replay_dead_letters
+from cv_queue.kafka.replay.request import ReplayReport, ReplayRequest
+from cv_queue.kafka.wire.envelope import read_dead_letter
 
 _CATEGORIES = [c.value for c in CATEGORY_ORDER]
 

@@ -5,10 +5,10 @@ import sys
 from datetime import UTC, datetime
 
 from cv_queue.cli.context import connection, settings
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.fleet_layout import ensure_layout_topic, read_layout
-from cv_queue.kafka.presence import live_workers
-from cv_queue.kafka.relayout import RelayoutRefusedError, relayout
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.fleet.layout import ensure_layout_topic, read_layout
+from cv_queue.kafka.fleet.presence import live_workers
+from cv_queue.kafka.fleet.relayout import RelayoutRefusedError, relayout
 
 REFUSED_EXIT = 1  # the re-layout was refused and nothing changed (2 stays "error")
 

@@ -17,19 +17,26 @@ from cv_queue.cli import (
     dev_cmd,
     dlq_cmd,
     fleet_cmd,
+    llm_server_cmd,
     queue_cmd,
     topics_cmd,
 )
 from cv_queue.cli.context import add_global_flags
 from cv_queue.cli.signals import StopRequested, raise_on_stop_signals
 from cv_queue.evaluation.handler import HandlerLoadError
-from cv_queue.kafka.auth import EXIT_AUTH, EXIT_DENIED, KafkaAuthError, KafkaAuthorizationError, authorization_code
-from cv_queue.kafka.failures import TopicStateError
-from cv_queue.kafka.fleet_layout import LayoutError
-from cv_queue.kafka.relayout import RelayoutRefusedError
-from cv_queue.kafka.topics import ProvisioningError
-from cv_queue.kafka.transaction import TransactionFatalError
-from cv_queue.kafka.worker import LayoutMismatchError, WorkerStartError
+from cv_queue.kafka.admin.topics import ProvisioningError
+from cv_queue.kafka.client.auth import (
+    EXIT_AUTH,
+    EXIT_DENIED,
+    KafkaAuthError,
+    KafkaAuthorizationError,
+    authorization_code,
+)
+from cv_queue.kafka.client.failures import TopicStateError
+from cv_queue.kafka.client.transaction import TransactionFatalError
+from cv_queue.kafka.fleet.join import LayoutMismatchError, WorkerStartError
+from cv_queue.kafka.fleet.layout import LayoutError
+from cv_queue.kafka.fleet.relayout import RelayoutRefusedError
 
 # Errors with a message meant for the user: printed without a traceback.
 _USER_ERRORS = (BrokerError, WorkerStartError, ProvisioningError, HandlerLoadError, ValidationError, KafkaException,
@@ -42,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cv-queue {__version__}")
     add_global_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (broker_cmd, topics_cmd, acls_cmd, queue_cmd, dlq_cmd, config_cmd, dev_cmd, bench_cmd, fleet_cmd):
+    for module in (broker_cmd, topics_cmd, acls_cmd, queue_cmd, dlq_cmd, config_cmd, dev_cmd, bench_cmd, fleet_cmd,
+                   llm_server_cmd):
         module.add_parser(sub)
     return parser
 

@@ -14,14 +14,14 @@ from cv_queue.cli.tables import render, section
 from cv_queue.errors import InvalidPayloadError
 from cv_queue.evaluation.handler import load_handler
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.auth import authorization_code, denied
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.dlq_layout import DlqLayout, recorded_dlq_layout
-from cv_queue.kafka.failures import FailureKind
-from cv_queue.kafka.lag import end_offsets, group_lag, partition_count
+from cv_queue.kafka.admin.lag import end_offsets, group_lag, partition_count
+from cv_queue.kafka.client.auth import authorization_code, denied
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.client.failures import FailureKind
+from cv_queue.kafka.client.producer import EnqueueError, JobProducer, RawRecord, deliveries_by_partition
+from cv_queue.kafka.fleet.dlq_layout import DlqLayout, recorded_dlq_layout
 from cv_queue.kafka.metrics import MetricsServer, start_metrics_server
-from cv_queue.kafka.producer import EnqueueError, JobProducer, RawRecord, deliveries_by_partition
-from cv_queue.kafka.worker import PartitionWorker
+from cv_queue.kafka.worker.partition_worker import PartitionWorker
 from cv_queue.lanes import Lane
 from cv_queue.messages import EvaluationJob, decode_job
 from cv_queue.settings import QueueSettings, Slot

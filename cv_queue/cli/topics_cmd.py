@@ -6,10 +6,10 @@ from confluent_kafka import KafkaException
 
 from cv_queue.cli.context import connection, settings
 from cv_queue.cli.tables import render
-from cv_queue.kafka.auth import authorization_code, denied
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.dlq_layout import check_dlq_layout
-from cv_queue.kafka.topics import describe_topics, diff_topic, provision, topic_specs
+from cv_queue.kafka.admin.topics import describe_topics, diff_topic, provision, topic_specs
+from cv_queue.kafka.client.auth import authorization_code, denied
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.fleet.dlq_layout import check_dlq_layout
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -8,10 +8,11 @@ The fleet sensor replaces a failed worker run on its own; the alert says that it
 import dagster as dg
 
 from cv_queue.defs import tags
+from cv_queue.defs.alerts_resource import AlertsResource
+from cv_queue.defs.defaults import DEFAULTS
 from cv_queue.defs.dlq import reprocess_dlq
-from cv_queue.defs.notify import Alert, AlertsResource
+from cv_queue.defs.notify import Alert
 from cv_queue.defs.relayout import relayout_worker_fleet
-from cv_queue.defs.resources import DEFAULTS
 from cv_queue.defs.workers import partition_worker, stop_worker_fleet
 
 MAX_MESSAGE_CHARS = 2000  # a stack trace can be long; the run's page has the whole of it

@@ -23,14 +23,15 @@ import dagster as dg
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from cv_queue.defs.notify import Alert, AlertsResource
+from cv_queue.defs.alerts_resource import AlertsResource
+from cv_queue.defs.notify import Alert
 from cv_queue.defs.resources import KafkaResource, QueueResource
 from cv_queue.defs.topics import asset_key, skip_until_provisioned, unprovisioned
 from cv_queue.errors import CATEGORY_ORDER, ErrorCategory
-from cv_queue.kafka.dlq_layout import DlqLayout, recorded_dlq_layout
-from cv_queue.kafka.lag import REQUEST_TIMEOUT_S, PartitionLag, end_offsets, group_lag, partition_count
-from cv_queue.kafka.spend_ledger import FleetSpend, read_fleet_spend
-from cv_queue.kafka.topics import TopicRole
+from cv_queue.kafka.admin.lag import REQUEST_TIMEOUT_S, PartitionLag, end_offsets, group_lag, partition_count
+from cv_queue.kafka.admin.topics import TopicRole
+from cv_queue.kafka.fleet.dlq_layout import DlqLayout, recorded_dlq_layout
+from cv_queue.kafka.fleet.spend_ledger import FleetSpend, read_fleet_spend
 from cv_queue.settings import KafkaConnection, QueueSettings
 
 CONSUMER_LAG = "consumer_lag"

@@ -4,10 +4,10 @@ The sensor reads offsets only (sensor ticks time out at 60 s): the DLQ is partit
 end offsets of the auto-replay categories' partitions say how many letters arrived, and a timestamp
 lookup says how many are past the cooldown. It asks for one run per batch, with a stable run_key.
 
-Both trust the recorded DLQ layout, not the settings alone (dlq_layout.py): a tick whose settings would read other
-partitions as the auto-replay categories fails, naming the recorded and configured layouts, and so does a replay
-run. A letter whose category header is not an auto-replay category is moved to its own category's partitions by
-the run, never replayed: invalid_payload letters are never replayed automatically, whatever their partition.
+Both trust the recorded DLQ layout, not the settings alone (kafka/fleet/dlq_layout.py): a tick whose settings would read
+other partitions as the auto-replay categories fails, naming the recorded and configured layouts, and so does a replay
+run. A letter whose category header is not an auto-replay category is moved to its own category's partitions by the run,
+never replayed: invalid_payload letters are never replayed automatically, whatever their partition.
 """
 
 import json
@@ -22,16 +22,18 @@ from confluent_kafka.admin import AdminClient
 from pydantic import Field
 
 from cv_queue.defs import tags
+from cv_queue.defs.defaults import DEFAULTS
 from cv_queue.defs.metrics_port import metrics_endpoint
-from cv_queue.defs.resources import DEFAULTS, KafkaResource, Principal, QueueResource, access_failure
+from cv_queue.defs.resources import KafkaResource, Principal, QueueResource, access_failure
 from cv_queue.defs.topics import skip_until_provisioned, unprovisioned
 from cv_queue.errors import CATEGORY_ORDER, DEFAULT_REPLAY_CATEGORIES, ErrorCategory
-from cv_queue.kafka.auth import KafkaAuthError, KafkaAuthorizationError, authorization_code, denied
-from cv_queue.kafka.dlq_layout import DlqLayoutMismatchError, check_dlq_layout
-from cv_queue.kafka.failures import FailureKind, TopicStateError
-from cv_queue.kafka.lag import committed_offsets, end_offsets, offsets_before
-from cv_queue.kafka.replay import ReplayReport, ReplayRequest, replay_dead_letters
-from cv_queue.kafka.transaction import TransactionFatalError, TransactionFencedError
+from cv_queue.kafka.admin.lag import committed_offsets, end_offsets, offsets_before
+from cv_queue.kafka.client.auth import KafkaAuthError, KafkaAuthorizationError, authorization_code, denied
+from cv_queue.kafka.client.failures import FailureKind, TopicStateError
+from cv_queue.kafka.client.transaction import TransactionFatalError, TransactionFencedError
+from cv_queue.kafka.fleet.dlq_layout import DlqLayoutMismatchError, check_dlq_layout
+from cv_queue.kafka.replay.replayer import replay_dead_letters
+from cv_queue.kafka.replay.request import ReplayReport, ReplayRequest
 from cv_queue.settings import QueueSettings
 
 REPLAY_JOB = "reprocess_dlq"

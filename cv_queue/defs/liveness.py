@@ -4,12 +4,12 @@ Under Dagster's DefaultRunLauncher only the code server that launched a run repo
 gone (`cv-queue dev` or the host was killed, or the code server restarted), a run whose process dies stays STARTED for
 ever: the fleet sensor counted it as covering its slot, and the per-slot run limit queued any replacement behind it.
 
-Every worker is a member of the presence group while it runs (kafka/presence.py), whatever launched it. So the fleet
-sensor asks the broker which slots have a live worker, remembers when it last saw each one (in its cursor), and
+Every worker is a member of the presence group while it runs (kafka/fleet/presence.py), whatever launched it. So the
+fleet sensor asks the broker which slots have a live worker, remembers when it last saw each one (in its cursor), and
 treats a STARTED run as dead once its slot has had no live worker for `fleet.dead_after_s` (a STARTING one: for
 `fleet.start_timeout_s`, since starting may take minutes), counted from the later of the run's last status change and
-the slot's last sighting. It then writes the reason into the run's
-event log and marks the run failed (the failure alert fires on that), and launches a replacement.
+the slot's last sighting. It then writes the reason into the run's event log and marks the run failed (the failure alert
+fires on that), and launches a replacement.
 
 A gap in the sensor's own sightings (the broker was unreachable, the daemon was down) restarts every count: nothing
 is declared dead on evidence older than the gap.

@@ -2,7 +2,7 @@
 grow the topics, record the new layout, set the `worker_slots` partitions to its slots, start the fleet.
 
 The broker-side steps (refusing while any worker is alive, growing through the provisioning code, recording the
-layout) are cv_queue/kafka/relayout.py's, shared with `cv-queue fleet relayout`; this job adds what only Dagster
+layout) are cv_queue/kafka/fleet/relayout.py's, shared with `cv-queue fleet relayout`; this job adds what only Dagster
 can do: the fleet's stop flag around them, and waiting for the worker *runs* to end. A refusal restores the flag
 as it was, so the old fleet resumes unchanged. Any other failure leaves the fleet stopped (the topics may have
 grown under it) and says so, with what to run next; the failure alert reports it.
@@ -18,7 +18,7 @@ from cv_queue.defs.fleet_state import fleet_stopped, set_fleet_stopped
 from cv_queue.defs.resources import KafkaResource, QueueResource
 from cv_queue.defs.slots import set_worker_slots
 from cv_queue.defs.workers import wait_for_fleet_to_end
-from cv_queue.kafka.relayout import RelayoutRefusedError, relayout
+from cv_queue.kafka.fleet.relayout import RelayoutRefusedError, relayout
 
 RELAYOUT_JOB = "relayout_worker_fleet"
 RUNS_POLL_S = 2.0

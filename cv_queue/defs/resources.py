@@ -2,7 +2,7 @@
 
 Both are thin: they hold config that shows in the launchpad and hand out what the broker layer builds.
 Defaults come from the broker layer's own settings (and so from the same environment variables), so a
-value is documented once, in cv_queue/settings.py.
+value is documented once, in cv_queue/settings/.
 """
 
 import json
@@ -15,13 +15,14 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 from pydantic import Field, SecretStr
 
-from cv_queue.kafka.auth import KafkaAuthError, KafkaAuthorizationError, check_access
-from cv_queue.kafka.client_log import CLIENT_LOG
-from cv_queue.kafka.clients import admin_client, assigned_consumer, job_producer
+from cv_queue.defs.alerts_resource import AlertsResource
+from cv_queue.defs.defaults import DEFAULTS
+from cv_queue.kafka.client.auth import KafkaAuthError, KafkaAuthorizationError, check_access
+from cv_queue.kafka.client.client_log import CLIENT_LOG
+from cv_queue.kafka.client.clients import admin_client, assigned_consumer, job_producer
 from cv_queue.settings import KafkaConnection, QueueSettings
 
 _CONN = KafkaConnection.model_fields
-DEFAULTS = QueueSettings()  # the CVQ_* environment, read once when the code location loads
 
 
 def _field(model: type, name: str, default: Any) -> Any:
@@ -222,6 +223,4 @@ class QueueResource(dg.ConfigurableResource):
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
-    from cv_queue.defs.notify import AlertsResource  # it builds on DEFAULTS above
-
     return {"kafka": KafkaResource.from_env(), "queue": QueueResource.from_env(), "alerts": AlertsResource.from_env()}

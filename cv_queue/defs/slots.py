@@ -2,7 +2,7 @@
 code location loaded with.
 
 A re-layout (`relayout_worker_fleet`, or `cv-queue fleet relayout`) records a new layout in the broker
-(cv_queue/kafka/fleet_layout.py). The fleet sensor reads it on every tick and keeps the `worker_slots` partitions
+(cv_queue/kafka/fleet/layout.py). The fleet sensor reads it on every tick and keeps the `worker_slots` partitions
 equal to its slots, so the launchpad's slot picker and the sensor's run requests follow a re-layout without a
 code-location reload. Before anything is recorded (the first start), the settings' layout is the one used.
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import dagster as dg
 
 from cv_queue.defs.resources import KafkaResource
-from cv_queue.kafka.fleet_layout import Layout, adopt_recorded_layout
+from cv_queue.kafka.fleet.layout import Layout, adopt_recorded_layout
 from cv_queue.settings import QueueSettings
 
 WORKER_SLOTS = dg.DynamicPartitionsDefinition(name="worker_slots")

@@ -8,8 +8,8 @@ on its topic (the main topic's asset also those on the groups, transactional ids
 then provisions it: a topic that exists has its ACLs, so a worker the fleet sensor starts once every topic exists
 is allowed in.
 
-The DLQ's asset also checks the recorded DLQ layout (dlq_layout.py) before it provisions, and records it when none
-is: settings that would file letters under other categories fail the materialization, naming both layouts.
+The DLQ's asset also checks the recorded DLQ layout (kafka/fleet/dlq_layout.py) before it provisions, and records it
+when none is: settings that would file letters under other categories fail the materialization, naming both layouts.
 """
 
 import dagster as dg
@@ -17,12 +17,12 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from cv_queue.defs.resources import KafkaResource, Principal, QueueResource, access_failure
-from cv_queue.kafka.acls import AclRule, acl_rules, apply_acls
-from cv_queue.kafka.auth import KafkaAuthorizationError, authorization_code, denied
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.dlq_layout import DlqLayoutMismatchError, check_dlq_layout
-from cv_queue.kafka.fleet_layout import adopt_recorded_layout
-from cv_queue.kafka.topics import TopicRole, TopicSpec, describe_topics, diff_topic, provision_topic, topic_specs
+from cv_queue.kafka.admin.acls import AclRule, acl_rules, apply_acls
+from cv_queue.kafka.admin.topics import TopicRole, TopicSpec, describe_topics, diff_topic, provision_topic, topic_specs
+from cv_queue.kafka.client.auth import KafkaAuthorizationError, authorization_code, denied
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.fleet.dlq_layout import DlqLayoutMismatchError, check_dlq_layout
+from cv_queue.kafka.fleet.layout import adopt_recorded_layout
 from cv_queue.settings import QueueSettings
 
 GROUP = "kafka_topics"
@@ -62,8 +62,8 @@ def asset_key(role: TopicRole) -> dg.AssetKey:
 
 def layout_settings(kafka: KafkaResource, queue: QueueResource) -> QueueSettings:
     """The queue's settings with the recorded layout's partition count, once one is recorded: after a re-layout
-    (relayout.py) the specs follow the grown topics, so the drift checks pass and a materialization never asks
-    to shrink them back to CVQ_TOPICS__PARTITIONS."""
+    (kafka/fleet/relayout.py) the specs follow the grown topics, so the drift checks pass and a materialization never
+    asks to shrink them back to CVQ_TOPICS__PARTITIONS."""
     return adopt_recorded_layout(kafka.connection(), kafka.admin(), queue.settings(kafka))
 
 

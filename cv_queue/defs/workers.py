@@ -21,18 +21,21 @@ from confluent_kafka import KafkaException
 from pydantic import Field
 
 from cv_queue.defs import tags
+from cv_queue.defs.defaults import DEFAULTS
 from cv_queue.defs.fleet_state import fleet_stopped, set_fleet_stopped
 from cv_queue.defs.k8s_config import worker_pod_tag
 from cv_queue.defs.liveness import WATCHED, Sightings, close_dead_run, dead_worker_runs, now_s
 from cv_queue.defs.metrics_port import metrics_endpoint, worker_metrics_port
-from cv_queue.defs.resources import DEFAULTS, KafkaResource, Principal, QueueResource, access_failure
+from cv_queue.defs.resources import KafkaResource, Principal, QueueResource, access_failure
 from cv_queue.defs.slots import WORKER_SLOTS, fleet_layout, slot_partition_requests
 from cv_queue.defs.topics import skip_until_provisioned, unprovisioned
-from cv_queue.kafka.auth import KafkaAuthError, KafkaAuthorizationError
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.fleet_layout import adopt_recorded_layout
-from cv_queue.kafka.presence import live_slots
-from cv_queue.kafka.worker import PartitionWorker, WorkerStartError, WorkerStats
+from cv_queue.kafka.client.auth import KafkaAuthError, KafkaAuthorizationError
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.fleet.join import WorkerStartError
+from cv_queue.kafka.fleet.layout import adopt_recorded_layout
+from cv_queue.kafka.fleet.presence import live_slots
+from cv_queue.kafka.metrics.stats import WorkerStats
+from cv_queue.kafka.worker.partition_worker import PartitionWorker
 from cv_queue.settings import QueueSettings, Slot
 
 WORKER_JOB = "partition_worker"
@@ -189,7 +192,8 @@ def _run_worker(context: dg.OpExecutionContext, config: WorkerRunConfig, kafka: 
     if stats.stop_reason == "fatal":
         raise dg.Failure(description=f"slot {slot.name}: the worker's producer hit a fatal error (see the logs); "
                                      "the fleet sensor starts a replacement")
-    if stats.stop_reason in ("denied", "topic_state"):  # a revoked ACL, a topic gone or recreated (failures.py)
+    # a revoked ACL, a topic gone or recreated (kafka/client/failures.py)
+    if stats.stop_reason in ("denied", "topic_state"):
         raise dg.Failure(description=f"slot {slot.name}: {stats.stop_error}",
                          metadata={"stop_reason": stats.stop_reason})
     context.log.info(f"stopped ({'fleet stop' if fleet_stop else stats.stop_reason}): {stats.summary()}")

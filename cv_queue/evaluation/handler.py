@@ -1,9 +1,9 @@
 """The handler contract: a callable from (job, context) to scores, loaded by dotted path."""
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from cv_queue.dotted_paths import import_attribute
 from cv_queue.messages import Evaluation, EvaluationJob, EvaluationScores
 from cv_queue.settings import LLMSettings
 
@@ -22,7 +22,7 @@ class JobContext:
 
 class JobHandler(Protocol):
     """Evaluates one job. Raise a cv_queue.errors.JobError subclass to choose how a failure is routed;
-    any other exception is classified by type (see cv_queue.kafka.classify).
+    any other exception is classified by type (see cv_queue.kafka.worker.classify).
 
     Returns the scores, or an Evaluation (scores plus the model usage behind them). A handler may also be
     `async def` (or a class with an async `__call__`): the worker then runs it on an asyncio event loop. A handler
@@ -51,10 +51,11 @@ def load_handler(path: str, options: dict[str, Any] | None = None, llm: LLMSetti
     if not module_name or not attr:
         raise HandlerLoadError(f"handler path {path!r} must look like 'package.module:name'")
     try:
-        module = importlib.import_module(module_name)
+        target = import_attribute(module_name, attr)  # an old path of a module that moved works, deprecated
     except ImportError as exc:
         raise HandlerLoadError(f"cannot import handler module {module_name!r}: {exc}") from exc
-    target = getattr(module, attr, None)
+    except AttributeError:
+        target = None
     if target is None:
         raise HandlerLoadError(f"module {module_name!r} has no attribute {attr!r}")
     if isinstance(target, type):

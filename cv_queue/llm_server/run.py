@@ -9,16 +9,15 @@ import subprocess
 import sys
 import threading
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
+from cv_queue.llm_server.address import LOOPBACK, READY_PREFIX
 from cv_queue.llm_server.app import ServerOptions, make_app, reset_stats_of, stats_snapshot
 
-LOOPBACK = "127.0.0.1"
-READY_PREFIX = "llm-server listening on "
 # 1,000 clients connecting at once must not overflow the accept queue (the default backlog is 128).
 _BACKLOG = 2048
 
@@ -140,11 +139,12 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def server_process(*args: str, timeout_s: float = 30.0) -> Iterator[ServerProcess]:
-    """`python -m cv_queue.llm_server --port 0 ARGS...`; yields once it announced its port; SIGTERM at the
-    end, SIGKILL of its process group if that does not stop it."""
+def server_process(*args: str, timeout_s: float = 30.0,
+                   command: Sequence[str] = (sys.executable, "-m", "cv_queue.llm_server")) -> Iterator[ServerProcess]:
+    """`python -m cv_queue.llm_server --port 0 ARGS...` (or `command`, e.g. `cv-queue llm-server`); yields once it
+    announced its port; SIGTERM at the end, SIGKILL of its process group if that does not stop it."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "cv_queue.llm_server", "--port", "0", *args],
+        [*command, "--port", "0", *args],
         stdout=subprocess.PIPE, text=True, start_new_session=True, env={**os.environ})
     try:
         base_url = _announced_url(process, timeout_s)

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
-from cv_queue.kafka.clients import poll_batch
-from cv_queue.kafka.envelope import read_dead_letter
+from cv_queue.kafka.client.clients import poll_batch
+from cv_queue.kafka.wire.envelope import read_dead_letter
 from cv_queue.messages import DeadLetter, EvaluationResult
 from cv_queue.settings import KafkaConnection, QueueSettings
 from cv_queue_tests.support import unique

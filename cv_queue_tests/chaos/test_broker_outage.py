@@ -24,10 +24,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from cv_queue.broker.cluster import kill_cluster, start_cluster, stop_cluster
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.clients import admin_client, poll_batch
-from cv_queue.kafka.lag import group_lag
-from cv_queue.kafka.producer import JobProducer
-from cv_queue.kafka.topics import provision, topic_specs
+from cv_queue.kafka.admin.lag import group_lag
+from cv_queue.kafka.admin.topics import provision, topic_specs
+from cv_queue.kafka.client.clients import admin_client, poll_batch
+from cv_queue.kafka.client.producer import JobProducer
 from cv_queue.messages import EvaluationResult
 from cv_queue.settings import KafkaConnection, QueueSettings
 from cv_queue_tests.kafka.procs import spawn_worker, started
@@ -36,7 +36,7 @@ from cv_queue_tests.support import free_port_block, read_topic, unique, wait_for
 JOBS = 3000
 LATENCY_MS = 20
 IN_FLIGHT = 4  # ~800 jobs/s at most: two thirds of the jobs are still to do when the broker dies
-#: How a worker's log names the logger every librdkafka report goes through (cv_queue.kafka.client_log), in
+#: How a worker's log names the logger every librdkafka report goes through (cv_queue.kafka.client.client_log), in
 #: the worker's format "<time> <LEVEL> <logger>: <message>".
 CLIENT_LOG_TAG = " cv_queue.kafka: "
 #: Logged one by one, librdkafka's reports came at ~40-50 a second per worker in an outage (measured here with
@@ -82,7 +82,7 @@ class OutcomeReader(threading.Thread):
             # Reconnect quickly once the broker is back, so the reader's own backoff (up to 10 s by default) does
             # not count as the workers' recovery time.
             "reconnect.backoff.max.ms": 250, "logger": _quiet_logger(), "error_cb": lambda _err: None,
-            # As the product's clients (cv_queue.kafka.clients): librdkafka's re-bootstrap can leave a client
+            # As the product's clients (cv_queue.kafka.client.clients): librdkafka's re-bootstrap can leave a client
             # waiting on a decommissioned broker handle after a single broker comes back.
             "metadata.recovery.strategy": "none",
         })

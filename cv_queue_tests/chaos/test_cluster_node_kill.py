@@ -17,10 +17,10 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from cv_queue.broker.cluster import BrokerState, kill_node, restart_dead_nodes, start_cluster, stop_cluster
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.producer import JobProducer
-from cv_queue.kafka.stall import EXIT_CLIENT_STALLED
-from cv_queue.kafka.topics import describe_topics, provision, topic_specs
+from cv_queue.kafka.admin.topics import describe_topics, provision, topic_specs
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.client.producer import JobProducer
+from cv_queue.kafka.client.stall import EXIT_CLIENT_STALLED
 from cv_queue.settings import KafkaConnection, QueueSettings, TopicSettings
 from cv_queue_tests.chaos.diagnose import stalled_worker_report
 from cv_queue_tests.chaos.test_broker_outage import (
@@ -93,7 +93,7 @@ def _check_replication(admin: AdminClient, settings: QueueSettings) -> dict[str,
 def _group_coordinator(admin: AdminClient, settings: QueueSettings, state: BrokerState) -> int:
     """Index (into state.nodes) of the node coordinating the workers' consumer group: every worker's
     send_offsets_to_transaction goes to it, so its death is the hardest case for the clients (librdkafka caches
-    the coordinator and must find the new one; see cv_queue/kafka/clients.py)."""
+    the coordinator and must find the new one; see cv_queue/kafka/client/clients.py)."""
     (description,) = admin.describe_consumer_groups([settings.group_id]).values()
     coordinator = description.result().coordinator.id
     return next(i for i, node in enumerate(state.nodes) if node.node_id == coordinator)

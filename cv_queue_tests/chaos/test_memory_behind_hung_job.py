@@ -16,9 +16,9 @@ import time
 import pytest
 
 from cv_queue.evaluation.scorer import SKILL_VOCABULARY, SOFT_SKILLS
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.lag import group_lag
-from cv_queue.kafka.producer import JobProducer
+from cv_queue.kafka.admin.lag import group_lag
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.client.producer import JobProducer
 from cv_queue.messages import EvaluationJob
 from cv_queue_tests.chaos.fleet import WorkerFleet
 from cv_queue_tests.chaos.ledger import OutcomeLedger

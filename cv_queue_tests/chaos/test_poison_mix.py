@@ -13,7 +13,7 @@ import pytest
 
 from cv_queue import headers as h
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.producer import JobProducer
+from cv_queue.kafka.client.producer import JobProducer
 from cv_queue.messages import EvaluationJob
 from cv_queue_tests.chaos.fleet import WorkerFleet
 from cv_queue_tests.chaos.ledger import OutcomeLedger

@@ -29,7 +29,7 @@ import pytest
 
 from cv_queue.defs.workers import SLOTS, WORKER_JOB
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.producer import JobProducer
+from cv_queue.kafka.client.producer import JobProducer
 from cv_queue.settings import KafkaConnection, QueueSettings
 from cv_queue_tests.conftest import CV_QUEUE, PROJECT_ROOT
 from cv_queue_tests.stress import cpu_hog, with_sigint_ignored

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.producer import JobProducer
+from cv_queue.kafka.client.producer import JobProducer
 from cv_queue_tests.conftest import CV_QUEUE
 from cv_queue_tests.kafka.procs import spawn_worker, started, stop_all
 from cv_queue_tests.kafka.test_replay_crash_points import plant_letters

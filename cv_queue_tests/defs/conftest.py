@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import dagster as dg
 import pytest
 
-from cv_queue.defs.notify import AlertsResource
+from cv_queue.defs.alerts_resource import AlertsResource
 from cv_queue.defs.resources import KafkaResource, QueueResource
 
 

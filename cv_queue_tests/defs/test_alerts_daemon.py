@@ -13,9 +13,9 @@ import pytest
 from cv_queue.defs.alerts import failure_cause
 from cv_queue.defs.workers import WORKER_JOB, active_worker_runs
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.producer import JobProducer
-from cv_queue.kafka.topics import provision, topic_specs
+from cv_queue.kafka.admin.topics import provision, topic_specs
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.client.producer import JobProducer
 from cv_queue_tests.daemon import running_daemon
 from cv_queue_tests.defs.test_daemon import WORKER_ENV, _worker_pid
 from cv_queue_tests.defs.webhook import webhook_receiver

@@ -10,6 +10,7 @@ import pytest
 from confluent_kafka import Producer
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
+from cv_queue.defs.alerts_resource import AlertsResource
 from cv_queue.defs.checks import (
     CONSUMER_LAG,
     LLM_SPEND,
@@ -19,15 +20,14 @@ from cv_queue.defs.checks import (
     queue_health,
 )
 from cv_queue.defs.dlq import reprocess_dlq
-from cv_queue.defs.notify import AlertsResource
 from cv_queue.defs.topics import asset_key, topic_assets
 from cv_queue.errors import ErrorCategory, PermanentJobError, RateLimitedError, TransientJobError
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.envelope import now_ms
-from cv_queue.kafka.producer import JobProducer
-from cv_queue.kafka.spend_ledger import SpendLedger, ensure_spend_topic
-from cv_queue.kafka.topics import TopicRole
+from cv_queue.kafka.admin.topics import TopicRole
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.client.producer import JobProducer
+from cv_queue.kafka.fleet.spend_ledger import SpendLedger, ensure_spend_topic
+from cv_queue.kafka.wire.envelope import now_ms
 from cv_queue.settings import QueueSettings
 from cv_queue_tests.defs.webhook import webhook_receiver
 from cv_queue_tests.kafka.test_replay import _plant_letter

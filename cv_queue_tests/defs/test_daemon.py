@@ -18,11 +18,11 @@ from cv_queue.defs import tags
 from cv_queue.defs.workers import SLOTS, WORKER_JOB, active_worker_runs
 from cv_queue.errors import ErrorCategory, PermanentJobError
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.envelope import now_ms
-from cv_queue.kafka.lag import committed_offsets
-from cv_queue.kafka.producer import JobProducer
-from cv_queue.kafka.topics import provision, topic_specs
+from cv_queue.kafka.admin.lag import committed_offsets
+from cv_queue.kafka.admin.topics import provision, topic_specs
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.client.producer import JobProducer
+from cv_queue.kafka.wire.envelope import now_ms
 from cv_queue_tests.daemon import running_daemon
 from cv_queue_tests.kafka.test_replay import _plant_letter
 from cv_queue_tests.support import read_topic, wait_for

@@ -11,9 +11,9 @@ from cv_queue.defs.resources import QueueResource
 from cv_queue.defs.topics import topic_assets
 from cv_queue.errors import ErrorCategory, InvalidPayloadError, TransientJobError
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.dlq_layout import DlqLayoutMismatchError
-from cv_queue.kafka.envelope import now_ms
-from cv_queue.kafka.lag import committed_offsets
+from cv_queue.kafka.admin.lag import committed_offsets
+from cv_queue.kafka.fleet.dlq_layout import DlqLayoutMismatchError
+from cv_queue.kafka.wire.envelope import now_ms
 from cv_queue_tests.kafka.test_dlq_layout import job_ids, plant_letter
 from cv_queue_tests.kafka.test_replay import _plant_letter
 from cv_queue_tests.support import read_topic

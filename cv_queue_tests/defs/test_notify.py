@@ -7,8 +7,9 @@ import time
 import dagster as dg
 
 from cv_queue.defs.alerts import run_failure_alert
+from cv_queue.defs.alerts_resource import AlertsResource
 from cv_queue.defs.checks import check_alerts, grade
-from cv_queue.defs.notify import Alert, AlertsResource
+from cv_queue.defs.notify import Alert
 from cv_queue.defs.workers import ProgressLog
 from cv_queue_tests.defs.webhook import webhook_receiver
 from cv_queue_tests.support import free_port_block

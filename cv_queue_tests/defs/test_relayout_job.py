@@ -11,10 +11,10 @@ from cv_queue.defs.relayout import RELAYOUT_JOB, relayout_worker_fleet
 from cv_queue.defs.slots import WORKER_SLOTS
 from cv_queue.defs.topics import topic_assets, topic_checks
 from cv_queue.defs.workers import SLOTS, stop_worker_fleet, worker_fleet_sensor
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.fleet_layout import LAYOUT_KEY, Layout, ensure_layout_topic, read_layout
-from cv_queue.kafka.presence import live_workers
-from cv_queue.kafka.topics import describe_topics
+from cv_queue.kafka.admin.topics import describe_topics
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.fleet.layout import LAYOUT_KEY, Layout, ensure_layout_topic, read_layout
+from cv_queue.kafka.fleet.presence import live_workers
 from cv_queue.settings import KafkaConnection, QueueSettings, Slot
 from cv_queue_tests.support import start_worker, wait_for
 

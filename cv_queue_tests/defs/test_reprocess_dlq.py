@@ -10,9 +10,9 @@ from confluent_kafka import Producer
 from cv_queue.defs.dlq import ReprocessConfig, reprocess_dead_letters, reprocess_dlq, retry_wait_s
 from cv_queue.defs.topics import topic_assets
 from cv_queue.errors import ErrorCategory, PermanentJobError, TransientJobError
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.envelope import now_ms
-from cv_queue.kafka.topics import TopicRole, provision, topic_specs
+from cv_queue.kafka.admin.topics import TopicRole, provision, topic_specs
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.wire.envelope import now_ms
 from cv_queue_tests.kafka.test_replay import _plant_letter
 from cv_queue_tests.support import read_topic
 

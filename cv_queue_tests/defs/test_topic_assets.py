@@ -7,9 +7,9 @@ import pytest
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from cv_queue.defs.topics import _acl_rules_of, asset_key, topic_assets, topic_checks
-from cv_queue.kafka.acls import acl_rules
-from cv_queue.kafka.fleet_layout import layout_topic
-from cv_queue.kafka.topics import TopicRole, topic_specs
+from cv_queue.kafka.admin.acls import acl_rules
+from cv_queue.kafka.admin.names import layout_topic
+from cv_queue.kafka.admin.topics import TopicRole, topic_specs
 from cv_queue.settings import QueueSettings, TopicSettings
 
 
@@ -65,7 +65,7 @@ def test_drift_fails_the_check_with_the_diff_and_rematerializing_repairs(resourc
 def test_queue_depth_sensor_records_observations(resources, instance, settings, conn):
     from cv_queue.defs.checks import queue_depth_sensor
     from cv_queue.evaluation.samples import sample_jobs
-    from cv_queue.kafka.producer import JobProducer
+    from cv_queue.kafka.client.producer import JobProducer
 
     assert dg.materialize(topic_assets, resources=resources, instance=instance).success
     deliveries = JobProducer(conn, settings.topic_names.main).enqueue_batch(sample_jobs(40, seed=1))

@@ -5,8 +5,8 @@ import dagster as dg
 
 from cv_queue.defs import tags
 from cv_queue.defs.alerts import worker_and_replay_failure_alert
+from cv_queue.defs.alerts_resource import AlertsResource
 from cv_queue.defs.fleet_state import set_fleet_stopped
-from cv_queue.defs.notify import AlertsResource
 from cv_queue.defs.slots import WORKER_SLOTS
 from cv_queue.defs.workers import SLOTS, partition_worker
 from cv_queue_tests.defs.webhook import webhook_receiver

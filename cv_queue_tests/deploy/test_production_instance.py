@@ -25,9 +25,9 @@ from cv_queue.defs.topics import asset_key, unprovisioned
 from cv_queue.defs.workers import active_worker_runs
 from cv_queue.deploy.run_launcher import SelectedRunLauncher
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.producer import JobProducer
-from cv_queue.kafka.topics import TopicRole
+from cv_queue.kafka.admin.topics import TopicRole
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.client.producer import JobProducer
 from cv_queue.settings import QueueSettings
 from cv_queue_tests.defs.test_daemon import WORKER_ENV, _exactly_once, _started_by_slot, _worker_pid
 from cv_queue_tests.deploy.dagster_procs import LOCATION, ProductionDagster, production_dagster

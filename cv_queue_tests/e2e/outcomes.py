@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from cv_queue import headers as h
-from cv_queue.kafka.clients import poll_batch
+from cv_queue.kafka.client.clients import poll_batch
 from cv_queue.messages import EvaluationResult
 from cv_queue.settings import KafkaConnection, QueueSettings
 

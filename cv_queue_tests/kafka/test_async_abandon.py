@@ -17,12 +17,12 @@ from pathlib import Path
 from confluent_kafka import Message
 
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.envelope import read_dead_letter
-from cv_queue.kafka.execution import JOB_TIMEOUT_CLASS
-from cv_queue.kafka.lag import group_lag
-from cv_queue.kafka.producer import JobProducer
-from cv_queue.kafka.topics import provision, topic_specs
+from cv_queue.kafka.admin.lag import group_lag
+from cv_queue.kafka.admin.topics import provision, topic_specs
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.client.producer import JobProducer
+from cv_queue.kafka.wire.envelope import read_dead_letter
+from cv_queue.kafka.worker.execution import JOB_TIMEOUT_CLASS
 from cv_queue.messages import EvaluationJob, EvaluationResult
 from cv_queue.settings import KafkaConnection, QueueSettings
 from cv_queue_tests.kafka.procs import spawn_worker, stop_all

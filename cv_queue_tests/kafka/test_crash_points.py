@@ -21,10 +21,10 @@ from confluent_kafka import IsolationLevel, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.lag import group_lag, partition_count
-from cv_queue.kafka.producer import JobProducer
-from cv_queue.kafka.stall import EXIT_CLIENT_STALLED
+from cv_queue.kafka.admin.lag import group_lag, partition_count
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.client.producer import JobProducer
+from cv_queue.kafka.client.stall import EXIT_CLIENT_STALLED
 from cv_queue.messages import EvaluationResult
 from cv_queue.settings import KafkaConnection, QueueSettings
 from cv_queue_tests.kafka.procs import spawn_worker, started, stop_all
@@ -170,7 +170,8 @@ def test_fatal_producer_error_aborts_the_transaction_and_exits_4(conn, provision
 def test_a_client_call_blocked_past_its_limit_exits_8_and_the_restart_is_exactly_once(conn, provisioned,
                                                                                        tmp_path: Path):
     """librdkafka can block in send_offsets_to_transaction past its timeout (a dead coordinator it keeps waiting
-    for: stall.py). The fault blocks right there; the watchdog must end the process, and nothing is lost."""
+    for: cv_queue/kafka/client/stall.py). The fault blocks right there; the watchdog must end the process, and nothing
+    is lost."""
     settings = provisioned
     slot = settings.slots()[0]
     expected = enqueue_for_slot(conn, settings, seed=33)

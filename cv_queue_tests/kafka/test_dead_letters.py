@@ -8,8 +8,8 @@ from cv_queue import headers as h
 from cv_queue.errors import ErrorCategory
 from cv_queue.evaluation.samples import sample_jobs
 from cv_queue.evaluation.simulated import SimulatedLLM
-from cv_queue.kafka.envelope import read_dead_letter
-from cv_queue.kafka.producer import JobProducer
+from cv_queue.kafka.client.producer import JobProducer
+from cv_queue.kafka.wire.envelope import read_dead_letter
 from cv_queue.messages import EvaluationResult
 from cv_queue_tests.support import read_topic, running_workers, tuned
 

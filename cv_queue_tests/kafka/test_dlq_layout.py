@@ -16,9 +16,12 @@ from cv_queue.cli.main import LAYOUT_MISMATCH_EXIT
 from cv_queue.errors import ErrorCategory, InvalidPayloadError, PermanentJobError, RateLimitedError, TransientJobError
 from cv_queue.evaluation.samples import sample_jobs
 from cv_queue.evaluation.simulated import SimulatedLLM
-from cv_queue.kafka import dlq_layout
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.dlq_layout import (
+from cv_queue.kafka.admin.lag import committed_offsets, group_lag
+from cv_queue.kafka.admin.topics import wait_until_served
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.client.producer import JobProducer
+from cv_queue.kafka.fleet import dlq_layout
+from cv_queue.kafka.fleet.dlq_layout import (
     DLQ_LAYOUT_KEY,
     DlqLayout,
     DlqLayoutMismatchError,
@@ -26,12 +29,10 @@ from cv_queue.kafka.dlq_layout import (
     check_dlq_layout,
     read_dlq_layout,
 )
-from cv_queue.kafka.envelope import Failure, SourceRecord, dead_letter_record, now_ms
-from cv_queue.kafka.fleet_layout import read_records
-from cv_queue.kafka.lag import committed_offsets, group_lag
-from cv_queue.kafka.producer import JobProducer
-from cv_queue.kafka.replay import ReplayRequest, replay_dead_letters
-from cv_queue.kafka.topics import wait_until_served
+from cv_queue.kafka.fleet.layout import read_records
+from cv_queue.kafka.replay.replayer import replay_dead_letters
+from cv_queue.kafka.replay.request import ReplayRequest
+from cv_queue.kafka.wire.envelope import Failure, SourceRecord, dead_letter_record, now_ms
 from cv_queue.messages import EvaluationJob
 from cv_queue.settings import QueueSettings
 from cv_queue_tests.cli.test_cli import cli

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.fleet_layout import Layout, LayoutError, ensure_layout_topic, read_layout, write_layout
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.fleet.layout import Layout, LayoutError, ensure_layout_topic, read_layout, write_layout
 
 
 def test_a_read_waits_for_a_layout_topic_that_is_not_served_yet(conn, settings):
@@ -31,6 +31,6 @@ def test_a_read_waits_for_a_layout_topic_that_is_not_served_yet(conn, settings):
 
 
 def test_a_layout_topic_that_never_appears_is_a_layout_error_naming_it(conn, settings, monkeypatch):
-    monkeypatch.setattr("cv_queue.kafka.fleet_layout.READ_TIMEOUT_S", 3.0)
+    monkeypatch.setattr("cv_queue.kafka.fleet.layout.READ_TIMEOUT_S", 3.0)
     with pytest.raises(LayoutError, match=settings.namespace):
         read_layout(conn, settings)

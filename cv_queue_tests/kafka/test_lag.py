@@ -5,8 +5,8 @@ import time
 import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from cv_queue.kafka.clients import admin_client, transactional_producer
-from cv_queue.kafka.lag import committed_offsets, group_lag
+from cv_queue.kafka.admin.lag import committed_offsets, group_lag
+from cv_queue.kafka.client.clients import admin_client, transactional_producer
 from cv_queue_tests.support import unique
 
 

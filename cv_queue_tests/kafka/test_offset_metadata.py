@@ -17,15 +17,16 @@ import pytest
 from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, Producer, TopicPartition
 
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka import faults, worker
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.fleet_layout import Layout, read_layout, write_layout
+from cv_queue.kafka.client import faults
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.client.producer import JobProducer
+from cv_queue.kafka.fleet.join import LayoutMismatchError
+from cv_queue.kafka.fleet.layout import Layout, read_layout, write_layout
 from cv_queue.kafka.metrics import worker_metrics
-from cv_queue.kafka.offset_map import KAFKA_DEFAULT_METADATA_MAX_BYTES, encode
-from cv_queue.kafka.producer import JobProducer
-from cv_queue.kafka.resume import OffsetMetadataError, metadata_limit
-from cv_queue.kafka.startup import LayoutMismatchError
-from cv_queue.kafka.worker import PartitionWorker
+from cv_queue.kafka.worker import partition_worker as worker
+from cv_queue.kafka.worker.offset_map import KAFKA_DEFAULT_METADATA_MAX_BYTES, encode
+from cv_queue.kafka.worker.partition_worker import PartitionWorker
+from cv_queue.kafka.worker.resume import OffsetMetadataError, metadata_limit
 from cv_queue.settings import KafkaConnection, QueueSettings
 from cv_queue_tests.kafka.test_crash_points import end_offsets
 from cv_queue_tests.support import start_worker, tuned, unique, wait_for

@@ -12,7 +12,7 @@ from cv_queue.errors import ErrorCategory
 from cv_queue.evaluation.handler import JobContext
 from cv_queue.evaluation.samples import sample_jobs
 from cv_queue.evaluation.simulated import SimulatedLLM
-from cv_queue.kafka.envelope import read_dead_letter
+from cv_queue.kafka.wire.envelope import read_dead_letter
 from cv_queue.messages import EvaluationJob, EvaluationResult, EvaluationScores
 from cv_queue.settings import QueueSettings
 from cv_queue_tests.support import read_topic, running_workers, tuned

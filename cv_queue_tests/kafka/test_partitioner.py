@@ -18,10 +18,11 @@ from cv_queue.broker.fetch import cached_libs
 from cv_queue.errors import ErrorCategory
 from cv_queue.evaluation.samples import sample_jobs
 from cv_queue.evaluation.simulated import SimulatedLLM
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.envelope import read_dead_letter
-from cv_queue.kafka.producer import JobProducer
-from cv_queue.kafka.replay import ReplayRequest, replay_dead_letters
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.client.producer import JobProducer
+from cv_queue.kafka.replay.replayer import replay_dead_letters
+from cv_queue.kafka.replay.request import ReplayRequest
+from cv_queue.kafka.wire.envelope import read_dead_letter
 from cv_queue_tests.support import read_topic, running_workers, tuned, unique, wait_for
 
 _MASK = 0xFFFFFFFF

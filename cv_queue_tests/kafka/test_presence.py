@@ -3,9 +3,9 @@ outlast a failure of its own consumer: the membership is rejoined, and the broke
 
 from confluent_kafka import Consumer
 
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.fleet_layout import ensure_layout_topic_as
-from cv_queue.kafka.presence import FleetPresence, live_slots
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.fleet.layout import ensure_layout_topic_as
+from cv_queue.kafka.fleet.presence import FleetPresence, live_slots
 from cv_queue.settings import Slot
 from cv_queue_tests.support import wait_for
 

@@ -4,7 +4,7 @@ import pytest
 
 from cv_queue.errors import ErrorCategory
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.producer import EnqueueError, JobProducer, RawRecord
+from cv_queue.kafka.client.producer import EnqueueError, JobProducer, RawRecord
 from cv_queue.messages import decode_job
 from cv_queue_tests.support import read_topic
 

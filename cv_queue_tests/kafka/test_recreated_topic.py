@@ -14,11 +14,11 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.failures import EXIT_TOPIC_STATE
-from cv_queue.kafka.lag import group_lag
-from cv_queue.kafka.producer import JobProducer
-from cv_queue.kafka.topics import provision, topic_specs
+from cv_queue.kafka.admin.lag import group_lag
+from cv_queue.kafka.admin.topics import provision, topic_specs
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.client.failures import EXIT_TOPIC_STATE
+from cv_queue.kafka.client.producer import JobProducer
 from cv_queue.messages import EvaluationJob
 from cv_queue.settings import KafkaConnection, QueueSettings
 from cv_queue_tests.chaos.partitioning import jobs_on_partition

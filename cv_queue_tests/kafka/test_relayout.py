@@ -9,11 +9,12 @@ from pathlib import Path
 
 from cv_queue.cli.main import LAYOUT_MISMATCH_EXIT
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.fleet_layout import Layout, read_layout
-from cv_queue.kafka.presence import live_workers, presence_group
-from cv_queue.kafka.producer import JobProducer
-from cv_queue.kafka.topics import describe_topics
+from cv_queue.kafka.admin.names import presence_group
+from cv_queue.kafka.admin.topics import describe_topics
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.client.producer import JobProducer
+from cv_queue.kafka.fleet.layout import Layout, read_layout
+from cv_queue.kafka.fleet.presence import live_workers
 from cv_queue.messages import EvaluationResult
 from cv_queue.settings import QueueSettings
 from cv_queue_tests.conftest import CV_QUEUE

@@ -21,8 +21,8 @@ import pytest
 from confluent_kafka import Producer, TopicPartition
 
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.offset_map import decode
-from cv_queue.kafka.producer import JobProducer
+from cv_queue.kafka.client.producer import JobProducer
+from cv_queue.kafka.worker.offset_map import decode
 from cv_queue.messages import EvaluationResult
 from cv_queue.settings import KafkaConnection, QueueSettings
 from cv_queue_tests.kafka.procs import spawn_worker, stop_all

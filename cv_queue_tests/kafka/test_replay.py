@@ -9,11 +9,12 @@ from cv_queue import headers as h
 from cv_queue.errors import ErrorCategory, PermanentJobError, RateLimitedError
 from cv_queue.evaluation.samples import sample_jobs
 from cv_queue.evaluation.simulated import SimulatedLLM
-from cv_queue.kafka.clients import admin_client, transactional_producer
-from cv_queue.kafka.envelope import Failure, SourceRecord, dead_letter_record, now_ms
-from cv_queue.kafka.lag import committed_offsets, group_lag
-from cv_queue.kafka.producer import JobProducer
-from cv_queue.kafka.replay import ReplayRequest, replay_dead_letters
+from cv_queue.kafka.admin.lag import committed_offsets, group_lag
+from cv_queue.kafka.client.clients import admin_client, transactional_producer
+from cv_queue.kafka.client.producer import JobProducer
+from cv_queue.kafka.replay.replayer import replay_dead_letters
+from cv_queue.kafka.replay.request import ReplayRequest
+from cv_queue.kafka.wire.envelope import Failure, SourceRecord, dead_letter_record, now_ms
 from cv_queue.messages import EvaluationResult
 from cv_queue_tests.cli.test_cli import cli
 from cv_queue_tests.support import read_topic, running_workers, tuned, unique, wait_for

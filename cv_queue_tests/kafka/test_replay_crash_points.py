@@ -19,7 +19,7 @@ from confluent_kafka import Producer
 
 from cv_queue.errors import ErrorCategory, PermanentJobError, TransientJobError
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.envelope import Failure, SourceRecord, dead_letter_record, now_ms
+from cv_queue.kafka.wire.envelope import Failure, SourceRecord, dead_letter_record, now_ms
 from cv_queue.settings import KafkaConnection, QueueSettings
 from cv_queue_tests.conftest import CV_QUEUE
 from cv_queue_tests.support import read_topic, unique

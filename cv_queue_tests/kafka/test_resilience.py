@@ -6,13 +6,13 @@ from collections import Counter
 
 from cv_queue.evaluation.samples import sample_jobs
 from cv_queue.evaluation.simulated import SimulatedLLM
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.envelope import read_dead_letter
-from cv_queue.kafka.execution import JOB_TIMEOUT_CLASS
-from cv_queue.kafka.fleet_layout import Layout, write_layout
-from cv_queue.kafka.lag import group_lag
-from cv_queue.kafka.producer import JobProducer
-from cv_queue.kafka.worker import PartitionWorker, WorkerStats
+from cv_queue.kafka.admin.lag import group_lag
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.client.producer import JobProducer
+from cv_queue.kafka.fleet.layout import Layout, write_layout
+from cv_queue.kafka.wire.envelope import read_dead_letter
+from cv_queue.kafka.worker.execution import JOB_TIMEOUT_CLASS
+from cv_queue.kafka.worker.partition_worker import PartitionWorker, WorkerStats
 from cv_queue.messages import EvaluationResult
 from cv_queue.settings import KafkaConnection, QueueSettings, Slot
 from cv_queue_tests.support import read_topic, tuned, wait_for

@@ -4,8 +4,7 @@ import pytest
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from cv_queue.errors import CATEGORY_ORDER
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.topics import (
+from cv_queue.kafka.admin.topics import (
     ProvisioningError,
     TopicAction,
     TopicRole,
@@ -14,6 +13,7 @@ from cv_queue.kafka.topics import (
     provision,
     topic_specs,
 )
+from cv_queue.kafka.client.clients import admin_client
 from cv_queue_tests.support import tuned, wait_for
 
 

@@ -7,10 +7,10 @@ import pytest
 
 from cv_queue.evaluation.samples import sample_jobs
 from cv_queue.evaluation.simulated import SimulatedLLM
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.lag import committed_offsets, group_lag
-from cv_queue.kafka.producer import JobProducer
-from cv_queue.kafka.worker import WorkerStartError
+from cv_queue.kafka.admin.lag import committed_offsets, group_lag
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.client.producer import JobProducer
+from cv_queue.kafka.fleet.join import WorkerStartError
 from cv_queue.messages import EvaluationResult
 from cv_queue.settings import Slot
 from cv_queue_tests.support import read_topic, running_workers, start_worker, tuned, wait_for

@@ -4,7 +4,7 @@ import signal
 from collections import Counter
 
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.producer import JobProducer
+from cv_queue.kafka.client.producer import JobProducer
 from cv_queue_tests.kafka.procs import spawn_worker, started
 from cv_queue_tests.support import read_topic, wait_for
 

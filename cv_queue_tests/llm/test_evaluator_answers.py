@@ -7,7 +7,7 @@ import pytest
 from cv_queue.errors import PermanentJobError
 from cv_queue.evaluation.llm import PROMPT_VERSION, UnusableAnswerError
 from cv_queue.evaluation.llm.evaluator import RAW_ANSWER_CHARS
-from cv_queue.kafka.classify import ErrorClassifier
+from cv_queue.kafka.worker.classify import ErrorClassifier
 from cv_queue.llm_server import ThreadedLLMServer
 from cv_queue.messages import Evaluation
 from cv_queue_tests.llm.helpers import MODEL, RUBRIC, evaluate, evaluate_all, evaluator_for, make_job

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from cv_queue.errors import ErrorCategory, PermanentJobError, RateLimitedError, TransientJobError
-from cv_queue.kafka.classify import ErrorClassifier
+from cv_queue.kafka.worker.classify import ErrorClassifier
 from cv_queue.llm_server import ThreadedLLMServer
 from cv_queue_tests.llm.helpers import API_KEY, evaluate, evaluator_for, make_job
 

@@ -4,9 +4,9 @@ holds back, are served first by the same worker, exactly once, over the same tra
 import json
 
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.producer import JobProducer
-from cv_queue.kafka.topics import provision, topic_specs
+from cv_queue.kafka.admin.topics import provision, topic_specs
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.client.producer import JobProducer
 from cv_queue.lanes import Lane
 from cv_queue.messages import EvaluationResult
 from cv_queue.settings import QueueSettings, TopicSettings

@@ -7,8 +7,8 @@ from collections import Counter
 from cv_queue import headers as h
 from cv_queue.errors import ErrorCategory
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.envelope import read_dead_letter
-from cv_queue.kafka.producer import JobProducer
+from cv_queue.kafka.client.producer import JobProducer
+from cv_queue.kafka.wire.envelope import read_dead_letter
 from cv_queue.llm_server import server_process
 from cv_queue.messages import EvaluationJob, EvaluationResult
 from cv_queue_tests.kafka.procs import spawn_worker

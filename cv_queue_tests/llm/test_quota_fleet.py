@@ -12,7 +12,7 @@ import time
 import pytest
 
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.producer import JobProducer
+from cv_queue.kafka.client.producer import JobProducer
 from cv_queue.llm_server import ThreadedLLMServer
 from cv_queue.messages import EvaluationResult
 from cv_queue_tests.kafka.procs import spawn_worker, stop_all

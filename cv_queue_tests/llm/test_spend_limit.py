@@ -11,9 +11,10 @@ import dagster as dg
 from cv_queue.defs.checks import read_queue_depths, spend_evaluation
 from cv_queue.evaluation.llm import LLMEvaluator
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.producer import JobProducer
-from cv_queue.kafka.spend_ledger import decode_entry, spend_topic
+from cv_queue.kafka.admin.names import spend_topic
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.client.producer import JobProducer
+from cv_queue.kafka.fleet.spend_ledger import decode_entry
 from cv_queue.messages import EvaluationResult
 from cv_queue.quota_settings import ModelPrice, SpendBudget
 from cv_queue.settings import LLMSettings

@@ -19,9 +19,9 @@ from confluent_kafka import Producer
 from cv_queue.cli.queue_cmd import INVALID_SAMPLES
 from cv_queue.errors import ErrorCategory
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.producer import JobProducer, RawRecord
-from cv_queue.kafka.topics import provision, topic_specs
+from cv_queue.kafka.admin.topics import provision, topic_specs
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.client.producer import JobProducer, RawRecord
 from cv_queue.settings import KafkaConnection, QueueSettings
 from cv_queue_tests.conftest import CV_QUEUE
 from cv_queue_tests.kafka.procs import spawn_worker

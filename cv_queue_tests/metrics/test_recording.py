@@ -14,16 +14,16 @@ from prometheus_client import REGISTRY
 
 from cv_queue.errors import ErrorCategory, PermanentJobError
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka import transaction
-from cv_queue.kafka.classify import ErrorClassifier
-from cv_queue.kafka.delivery import parse_delivery
-from cv_queue.kafka.execution import AsyncJobRunner, JobRunner, Task, result_bytes
-from cv_queue.kafka.fit import OutputLimits
+from cv_queue.kafka.client import transaction
+from cv_queue.kafka.client.transaction import TransactionFatalError, commit_atomically
 from cv_queue.kafka.metrics import start_metrics_server, worker_metrics
-from cv_queue.kafka.records import Failure, SourceRecord
-from cv_queue.kafka.routing import Router
-from cv_queue.kafka.stats import WorkerStats
-from cv_queue.kafka.transaction import TransactionFatalError, commit_atomically
+from cv_queue.kafka.metrics.stats import WorkerStats
+from cv_queue.kafka.wire.delivery import parse_delivery
+from cv_queue.kafka.wire.fit import OutputLimits
+from cv_queue.kafka.wire.records import Failure, SourceRecord
+from cv_queue.kafka.worker.classify import ErrorClassifier
+from cv_queue.kafka.worker.execution import AsyncJobRunner, JobRunner, Task, result_bytes
+from cv_queue.kafka.worker.routing import Router
 from cv_queue.messages import Evaluation, EvaluationScores, ModelUsage
 from cv_queue.settings import QueueSettings, RetrySettings
 from cv_queue_tests.metrics.scrape import scrape

@@ -16,9 +16,9 @@ import pytest
 
 from cv_queue.broker.cluster import start_cluster, stop_cluster
 from cv_queue.broker.security import SecurityMode, security_of
-from cv_queue.kafka.acls import ADMIN
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.topics import provision, topic_specs
+from cv_queue.kafka.admin.acls import ADMIN
+from cv_queue.kafka.admin.topics import provision, topic_specs
+from cv_queue.kafka.client.clients import admin_client
 from cv_queue.settings import KafkaConnection, QueueSettings
 from cv_queue_tests.conftest import CV_QUEUE
 from cv_queue_tests.support import free_port_block, unique

@@ -12,12 +12,11 @@ import pytest
 from cv_queue.broker.cluster import start_cluster, stop_cluster
 from cv_queue.broker.security import OwnTls, SecurityMode, security_of
 from cv_queue.broker.tls import generate_tls
-from cv_queue.kafka.acls import ADMIN, PRODUCER, WORKER, acl_rules, apply_acls
-from cv_queue.kafka.auth import EXIT_AUTH, EXIT_DENIED
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.fleet_layout import layout_topic
-from cv_queue.kafka.presence import presence_group
-from cv_queue.kafka.topics import provision, topic_specs
+from cv_queue.kafka.admin.acls import ADMIN, PRODUCER, WORKER, acl_rules, apply_acls
+from cv_queue.kafka.admin.names import layout_topic, presence_group
+from cv_queue.kafka.admin.topics import provision, topic_specs
+from cv_queue.kafka.client.auth import EXIT_AUTH, EXIT_DENIED
+from cv_queue.kafka.client.clients import admin_client
 from cv_queue.settings import QueueSettings
 from cv_queue_tests.conftest import CV_QUEUE
 from cv_queue_tests.security.conftest import SecureCluster

@@ -13,7 +13,7 @@ from cv_queue.defs.resources import KafkaResource, QueueResource
 from cv_queue.defs.slots import WORKER_SLOTS
 from cv_queue.defs.topics import topic_assets
 from cv_queue.defs.workers import partition_worker
-from cv_queue.kafka.acls import ADMIN, PRODUCER, REPLAYER, WORKER
+from cv_queue.kafka.admin.acls import ADMIN, PRODUCER, REPLAYER, WORKER
 from cv_queue_tests.support import unique
 
 DEADLINE_S = 30.0

@@ -24,9 +24,9 @@ import yaml
 from cv_queue.defs.resources import SASL_ENV, Principal
 from cv_queue.defs.topics import asset_key
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.acls import ADMIN, PRODUCER, REPLAYER, WORKER, acl_rules
-from cv_queue.kafka.producer import JobProducer
-from cv_queue.kafka.topics import TopicRole
+from cv_queue.kafka.admin.acls import ADMIN, PRODUCER, REPLAYER, WORKER, acl_rules
+from cv_queue.kafka.admin.topics import TopicRole
+from cv_queue.kafka.client.producer import JobProducer
 from cv_queue.settings import QueueSettings
 from cv_queue_tests.conftest import CV_QUEUE
 from cv_queue_tests.daemon import running_daemon

@@ -11,13 +11,14 @@ from confluent_kafka.admin import AclBindingFilter
 
 from cv_queue.errors import ErrorCategory, TransientJobError
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.acls import ADMIN, REPLAYER, AclRule, Pattern
-from cv_queue.kafka.auth import EXIT_DENIED, KafkaAuthorizationError
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.dlq_layout import check_dlq_layout
-from cv_queue.kafka.fleet_layout import layout_topic
-from cv_queue.kafka.lag import committed_offsets
-from cv_queue.kafka.replay import ReplayRequest, replay_dead_letters
+from cv_queue.kafka.admin.acls import ADMIN, REPLAYER, AclRule, Pattern
+from cv_queue.kafka.admin.lag import committed_offsets
+from cv_queue.kafka.admin.names import layout_topic
+from cv_queue.kafka.client.auth import EXIT_DENIED, KafkaAuthorizationError
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.fleet.dlq_layout import check_dlq_layout
+from cv_queue.kafka.replay.replayer import replay_dead_letters
+from cv_queue.kafka.replay.request import ReplayRequest
 from cv_queue_tests.conftest import CV_QUEUE
 from cv_queue_tests.kafka.test_dlq_layout import plant_letter
 from cv_queue_tests.security.conftest import SecureCluster

@@ -16,8 +16,8 @@ import pytest
 
 from cv_queue.cli import context
 from cv_queue.cli.main import build_parser
-from cv_queue.kafka.acls import WORKER
-from cv_queue.kafka.auth import EXIT_AUTH, KafkaAuthError
+from cv_queue.kafka.admin.acls import WORKER
+from cv_queue.kafka.client.auth import EXIT_AUTH, KafkaAuthError
 from cv_queue_tests.conftest import CV_QUEUE
 from cv_queue_tests.security.conftest import SecureCluster
 from cv_queue_tests.support import unique
@@ -39,9 +39,9 @@ BROKER_COMMANDS: dict[str, list[str]] = {
     "bench": ["bench", "--scenario", "cv-queue", "--jobs", "10"],
 }
 # Commands that never talk to a broker the environment names: the local broker's own management (it is not a
-# client), the settings reference, and `dev`, which starts its own broker unless told otherwise and then leaves the
-# talking to `cv-queue enqueue` and Dagster, which check for themselves.
-NO_BROKER_COMMANDS = {"broker fetch", "broker start", "broker stop", "broker status", "config", "dev"}
+# client), the settings reference, `dev`, which starts its own broker unless told otherwise and then leaves the
+# talking to `cv-queue enqueue` and Dagster, which check for themselves, and the local LLM server.
+NO_BROKER_COMMANDS = {"broker fetch", "broker start", "broker stop", "broker status", "config", "dev", "llm-server"}
 # Variants of broker commands that answer from the settings alone, so a wrong password must not stop them.
 OFFLINE_VARIANTS: dict[str, list[str]] = {
     "config": ["config"],

@@ -3,9 +3,9 @@
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from cv_queue.kafka.acls import PRODUCER, WORKER
-from cv_queue.kafka.auth import authorization_code
-from cv_queue.kafka.clients import transactional_producer
+from cv_queue.kafka.admin.acls import PRODUCER, WORKER
+from cv_queue.kafka.client.auth import authorization_code
+from cv_queue.kafka.client.clients import transactional_producer
 from cv_queue.settings import QueueSettings
 from cv_queue_tests.support import unique
 

@@ -10,11 +10,11 @@ from confluent_kafka.admin import AclBindingFilter
 
 from cv_queue.errors import ErrorCategory, TransientJobError
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.acls import ADMIN, REPLAYER, WORKER, AclRule, Pattern
-from cv_queue.kafka.auth import EXIT_DENIED
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.envelope import now_ms
-from cv_queue.kafka.producer import JobProducer
+from cv_queue.kafka.admin.acls import ADMIN, REPLAYER, WORKER, AclRule, Pattern
+from cv_queue.kafka.client.auth import EXIT_DENIED
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.client.producer import JobProducer
+from cv_queue.kafka.wire.envelope import now_ms
 from cv_queue_tests.conftest import CV_QUEUE
 from cv_queue_tests.kafka.procs import spawn_worker, stop_all
 from cv_queue_tests.kafka.test_replay import _plant_letter

@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka import KafkaError, Producer
 
 from cv_queue.defs.resources import SASL_ENV, SECRET_FIELDS, KafkaResource, Principal, default_resources
-from cv_queue.kafka.client_log import REDACTED, ClientLog, redact
+from cv_queue.kafka.client.client_log import REDACTED, ClientLog, redact
 
 PASSWORDS = {Principal.ADMIN: "admin-pw-7f3a9c", Principal.WORKER: "worker-pw-2b8e41",
              Principal.REPLAYER: "replayer-pw-c95d07"}

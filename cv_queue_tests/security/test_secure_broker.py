@@ -6,8 +6,8 @@ import subprocess
 
 from cv_queue.broker.state import read_state
 from cv_queue.cli.broker_cmd import print_client_settings
-from cv_queue.kafka.acls import ADMIN, PRINCIPALS, WORKER, acl_rules, describe_acls
-from cv_queue.kafka.clients import admin_client
+from cv_queue.kafka.admin.acls import ADMIN, PRINCIPALS, WORKER, acl_rules, describe_acls
+from cv_queue.kafka.client.clients import admin_client
 from cv_queue_tests.conftest import CV_QUEUE
 from cv_queue_tests.security.conftest import apply_acls_as_admin
 

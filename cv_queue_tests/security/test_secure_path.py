@@ -7,10 +7,10 @@ import subprocess
 from collections import Counter
 
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.acls import ADMIN, PRODUCER, REPLAYER, WORKER
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.producer import JobProducer
-from cv_queue.kafka.topics import provision, topic_specs
+from cv_queue.kafka.admin.acls import ADMIN, PRODUCER, REPLAYER, WORKER
+from cv_queue.kafka.admin.topics import provision, topic_specs
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.client.producer import JobProducer
 from cv_queue.settings import QueueSettings, TopicSettings
 from cv_queue_tests.conftest import CV_QUEUE
 from cv_queue_tests.kafka.procs import started

@@ -22,7 +22,7 @@ from cv_queue.defs import tags
 from cv_queue.defs.dlq import REPLAY_JOB
 from cv_queue.defs.topics import asset_key
 from cv_queue.defs.workers import SLOTS, WORKER_JOB, active_worker_runs
-from cv_queue.kafka.topics import TopicRole
+from cv_queue.kafka.admin.topics import TopicRole
 from cv_queue_tests.conftest import PROJECT_ROOT
 from cv_queue_tests.support import wait_for
 from cv_queue_tests.ui.browser import chromium, require_chromium

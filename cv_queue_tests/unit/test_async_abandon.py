@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 from cv_queue.errors import ErrorCategory, TransientJobError
 from cv_queue.evaluation.files import FileReads
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.async_pool import AsyncHandlerPool
-from cv_queue.kafka.classify import ErrorClassifier
-from cv_queue.kafka.delivery import parse_delivery
-from cv_queue.kafka.execution import JOB_TIMEOUT_CLASS, AsyncJobRunner, Completion, Task
-from cv_queue.kafka.records import SourceRecord
+from cv_queue.kafka.wire.delivery import parse_delivery
+from cv_queue.kafka.wire.records import SourceRecord
+from cv_queue.kafka.worker.async_pool import AsyncHandlerPool
+from cv_queue.kafka.worker.classify import ErrorClassifier
+from cv_queue.kafka.worker.execution import JOB_TIMEOUT_CLASS, AsyncJobRunner, Completion, Task
 from cv_queue.messages import EvaluationJob, EvaluationScores
 from cv_queue.settings import RetrySettings
 from cv_queue_tests.kafka.stubborn import hung_file, release

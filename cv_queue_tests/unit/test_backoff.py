@@ -5,8 +5,8 @@ import random
 import pytest
 
 from cv_queue.errors import PermanentJobError, RateLimitedError, TransientJobError
-from cv_queue.kafka.backoff import delay_bounds_ms, inprocess_retrying, nominal_delay_ms, retry_delay_ms
-from cv_queue.kafka.classify import ErrorClassifier
+from cv_queue.kafka.worker.backoff import delay_bounds_ms, inprocess_retrying, nominal_delay_ms, retry_delay_ms
+from cv_queue.kafka.worker.classify import ErrorClassifier
 from cv_queue.settings import RetrySettings
 
 SETTINGS = RetrySettings(base_delay_ms=1000, multiplier=2.0, max_delay_ms=30_000, jitter=0.2)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from cv_queue.errors import ErrorCategory, PermanentJobError, RateLimitedError, TransientJobError
-from cv_queue.kafka.classify import ErrorClassifier
+from cv_queue.kafka.worker.classify import ErrorClassifier
 
 
 class QuotaError(Exception):

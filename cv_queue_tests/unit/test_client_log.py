@@ -5,8 +5,8 @@ import logging
 import pytest
 from confluent_kafka import KafkaError
 
-from cv_queue.kafka import client_log
-from cv_queue.kafka.client_log import ClientLog
+from cv_queue.kafka.client import client_log
+from cv_queue.kafka.client.client_log import ClientLog
 
 
 class Clock:

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from cv_queue import headers as h
 from cv_queue.errors import ErrorCategory, InvalidPayloadError
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.delivery import parse_delivery
-from cv_queue.kafka.envelope import Failure, SourceRecord, dead_letter_record, read_dead_letter
+from cv_queue.kafka.wire.delivery import parse_delivery
+from cv_queue.kafka.wire.envelope import Failure, SourceRecord, dead_letter_record, read_dead_letter
 from cv_queue.messages import DeadLetter, EvaluationJob, decode_job
 
 FUZZ = settings(derandomize=True, database=None, deadline=None, max_examples=200,

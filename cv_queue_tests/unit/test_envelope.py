@@ -4,7 +4,7 @@ import pytest
 
 from cv_queue import headers as h
 from cv_queue.errors import ErrorCategory, InvalidPayloadError, PermanentJobError
-from cv_queue.kafka.envelope import (
+from cv_queue.kafka.wire.envelope import (
     Failure,
     InvalidDeadLetterError,
     SourceRecord,

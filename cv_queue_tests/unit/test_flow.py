@@ -1,8 +1,8 @@
 """Flow control alone: which partitions pause, and that each one resumes."""
 
-from cv_queue.kafka.flow import FlowControl
-from cv_queue.kafka.inflight import PartitionTracker
-from cv_queue.kafka.offset_map import SettledAbove
+from cv_queue.kafka.worker.flow import FlowControl
+from cv_queue.kafka.worker.inflight import PartitionTracker
+from cv_queue.kafka.worker.offset_map import SettledAbove
 from cv_queue.settings import QueueSettings, RetrySettings, WorkerSettings
 
 SETTINGS = QueueSettings(worker=WorkerSettings(max_buffered=100, max_partition_bytes=1_048_576,
@@ -110,7 +110,7 @@ def test_a_map_restored_under_a_larger_limit_never_stalls_its_partition() -> Non
     everything comes out once they do."""
     import random
 
-    from cv_queue.kafka.offset_map import decode
+    from cv_queue.kafka.worker.offset_map import decode
 
     rng = random.Random(7)
     span = 60_000

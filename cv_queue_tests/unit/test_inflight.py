@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from cv_queue.kafka.inflight import DueQueue, KeyedScheduler, PartitionTracker
-from cv_queue.kafka.offset_map import decode
+from cv_queue.kafka.worker.inflight import DueQueue, KeyedScheduler, PartitionTracker
+from cv_queue.kafka.worker.offset_map import decode
 
 LIMIT = 4096
 

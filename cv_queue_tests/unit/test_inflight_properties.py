@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from cv_queue.kafka.inflight import DueQueue, KeyedScheduler, PartitionTracker
+from cv_queue.kafka.worker.inflight import DueQueue, KeyedScheduler, PartitionTracker
 
 DETERMINISTIC = settings(derandomize=True, database=None, deadline=None, max_examples=200,
                          stateful_step_count=60)

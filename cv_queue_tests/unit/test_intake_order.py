@@ -5,9 +5,9 @@ import pytest
 
 from cv_queue import headers as h
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka import intake as intake_module
-from cv_queue.kafka.intake import Intake
-from cv_queue.kafka.records import SourceRecord
+from cv_queue.kafka.wire.records import SourceRecord
+from cv_queue.kafka.worker import intake as intake_module
+from cv_queue.kafka.worker.intake import Intake
 from cv_queue.settings import QueueSettings
 
 NOW = 1_000_000_000_000

@@ -3,8 +3,8 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cv_queue.kafka.fleet_layout import Layout
-from cv_queue.kafka.layout import overlapping_slots
+from cv_queue.kafka.fleet.fencing import overlapping_slots
+from cv_queue.kafka.fleet.layout import Layout
 from cv_queue.settings import QueueSettings, Slot, TopicSettings
 
 

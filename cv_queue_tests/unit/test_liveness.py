@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from cv_queue.defs import tags
 from cv_queue.defs.liveness import Sightings, dead_worker_runs, status_since
-from cv_queue.kafka.fleet_layout import Layout
-from cv_queue.kafka.presence import member_client_id, member_slot
+from cv_queue.kafka.fleet.layout import Layout
+from cv_queue.kafka.fleet.presence import member_client_id, member_slot
 from cv_queue.settings import KafkaConnection, Slot
 
 DEAD_AFTER_S = 60.0

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cv_queue.kafka.offset_map import (
+from cv_queue.kafka.worker.offset_map import (
     HEADER_RESERVE,
     CorruptOffsetMap,
     ForeignOffsetMetadata,
@@ -15,7 +15,7 @@ from cv_queue.kafka.offset_map import (
     encoded_length,
     payload_fits,
 )
-from cv_queue.kafka.resume import OffsetMetadataError, restore_tracker
+from cv_queue.kafka.worker.resume import OffsetMetadataError, restore_tracker
 from cv_queue.settings import QueueSettings, WorkerSettings
 
 DETERMINISTIC = settings(derandomize=True, database=None, deadline=None, max_examples=400)

@@ -19,9 +19,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from cv_queue.kafka.inflight import KeyedScheduler
-from cv_queue.kafka.offset_map import HEADER_RESERVE, decode
-from cv_queue.kafka.tracker import PartitionTracker
+from cv_queue.kafka.worker.inflight import KeyedScheduler
+from cv_queue.kafka.worker.offset_map import HEADER_RESERVE, decode
+from cv_queue.kafka.worker.tracker import PartitionTracker
 
 KEYS = ("k0", "k1", "k2", "k3", "k4", "k5")
 # Tight limits hold outputs back for want of room; 4096 is Kafka's default.

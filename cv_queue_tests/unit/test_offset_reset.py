@@ -5,12 +5,12 @@ offset back inside the log. The real-process tests are in cv_queue_tests/kafka/t
 import pytest
 from confluent_kafka import TopicPartition
 
-from cv_queue.kafka.failures import EXIT_TOPIC_STATE, FailureKind, TopicStateError, kind_of_exception
-from cv_queue.kafka.offset_map import encode
-from cv_queue.kafka.records import SourceRecord
-from cv_queue.kafka.resume import OffsetOutOfRangeError, reset_out_of_range, track_fetched
-from cv_queue.kafka.startup import WorkerStartError
-from cv_queue.kafka.tracker import PartitionTracker
+from cv_queue.kafka.client.failures import EXIT_TOPIC_STATE, FailureKind, TopicStateError, kind_of_exception
+from cv_queue.kafka.fleet.join import WorkerStartError
+from cv_queue.kafka.wire.records import SourceRecord
+from cv_queue.kafka.worker.offset_map import encode
+from cv_queue.kafka.worker.resume import OffsetOutOfRangeError, reset_out_of_range, track_fetched
+from cv_queue.kafka.worker.tracker import PartitionTracker
 from cv_queue.settings import QueueSettings, WorkerSettings
 
 TOPIC = "ns.evaluate-jobs"

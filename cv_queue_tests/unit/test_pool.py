@@ -9,12 +9,19 @@ import pytest
 
 from cv_queue.errors import ErrorCategory, MalformedOutputError
 from cv_queue.evaluation.samples import sample_jobs
-from cv_queue.kafka.async_pool import AsyncHandlerPool
-from cv_queue.kafka.classify import ErrorClassifier
-from cv_queue.kafka.delivery import parse_delivery
-from cv_queue.kafka.execution import JOB_TIMEOUT_CLASS, AsyncJobRunner, Completion, JobRunner, Task, is_async_handler
-from cv_queue.kafka.pool import HandlerPool
-from cv_queue.kafka.records import SourceRecord
+from cv_queue.kafka.wire.delivery import parse_delivery
+from cv_queue.kafka.wire.records import SourceRecord
+from cv_queue.kafka.worker.async_pool import AsyncHandlerPool
+from cv_queue.kafka.worker.classify import ErrorClassifier
+from cv_queue.kafka.worker.execution import (
+    JOB_TIMEOUT_CLASS,
+    AsyncJobRunner,
+    Completion,
+    JobRunner,
+    Task,
+    is_async_handler,
+)
+from cv_queue.kafka.worker.pool import HandlerPool
 from cv_queue.messages import EvaluationScores
 from cv_queue.settings import RetrySettings
 

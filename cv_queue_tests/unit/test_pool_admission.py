@@ -4,9 +4,9 @@ counted as buffered (so flow control pauses intake), and its job timeout has not
 import threading
 import time
 
-from cv_queue.kafka.async_pool import AsyncHandlerPool
-from cv_queue.kafka.classify import ErrorClassifier
-from cv_queue.kafka.execution import AsyncJobRunner, Task
+from cv_queue.kafka.worker.async_pool import AsyncHandlerPool
+from cv_queue.kafka.worker.classify import ErrorClassifier
+from cv_queue.kafka.worker.execution import AsyncJobRunner, Task
 from cv_queue_tests.unit.test_async_abandon import RETRY, SCORES, _collect, _eventually, _task
 
 
@@ -42,8 +42,8 @@ def test_jobs_wait_in_the_pool_until_admitted_in_offer_order_without_their_timeo
 
 
 def test_the_thread_pool_starts_no_job_while_held_and_resumes_when_the_hold_ends() -> None:
-    from cv_queue.kafka.execution import JobRunner
-    from cv_queue.kafka.pool import HandlerPool
+    from cv_queue.kafka.worker.execution import JobRunner
+    from cv_queue.kafka.worker.pool import HandlerPool
 
     opened = threading.Event()
     asked = threading.Semaphore(0)

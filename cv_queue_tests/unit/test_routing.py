@@ -8,13 +8,13 @@ import pytest
 
 from cv_queue import headers as h
 from cv_queue.errors import ErrorCategory, RateLimitedError
-from cv_queue.kafka.backoff import delay_bounds_ms
-from cv_queue.kafka.delivery import parse_delivery
-from cv_queue.kafka.envelope import now_ms, read_dead_letter
-from cv_queue.kafka.fit import OutputLimits, shrink_dead_letter
-from cv_queue.kafka.records import Failure, OutputRecord, SourceRecord
-from cv_queue.kafka.routing import RESULT_TOO_LARGE_CLASS, Router
-from cv_queue.kafka.stats import WorkerStats
+from cv_queue.kafka.metrics.stats import WorkerStats
+from cv_queue.kafka.wire.delivery import parse_delivery
+from cv_queue.kafka.wire.envelope import now_ms, read_dead_letter
+from cv_queue.kafka.wire.fit import OutputLimits, shrink_dead_letter
+from cv_queue.kafka.wire.records import Failure, OutputRecord, SourceRecord
+from cv_queue.kafka.worker.backoff import delay_bounds_ms
+from cv_queue.kafka.worker.routing import RESULT_TOO_LARGE_CLASS, Router
 from cv_queue.settings import QueueSettings
 
 SETTINGS = QueueSettings()

@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 
 from cv_queue.defs.checks import LLM_SPEND, QueueDepths, spend_evaluation
 from cv_queue.evaluation.llm.spend import RESERVED_RECHECK_S, SpendGate
-from cv_queue.kafka.dlq_layout import DlqLayout
-from cv_queue.kafka.flow import FlowControl
-from cv_queue.kafka.spend_ledger import FleetSpend, decode_entry
+from cv_queue.kafka.fleet.dlq_layout import DlqLayout
+from cv_queue.kafka.fleet.spend_ledger import FleetSpend, decode_entry
+from cv_queue.kafka.worker.flow import FlowControl
 from cv_queue.quota_settings import SpendBudget
 from cv_queue.settings import LLMSettings, QueueSettings
 

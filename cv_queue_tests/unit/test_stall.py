@@ -2,7 +2,7 @@
 
 import time
 
-from cv_queue.kafka.stall import StallWatchdog
+from cv_queue.kafka.client.stall import StallWatchdog
 
 
 def test_a_call_past_its_limit_is_reported_once_and_one_within_it_never():

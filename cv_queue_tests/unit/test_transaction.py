@@ -16,18 +16,18 @@ from types import SimpleNamespace
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from cv_queue.kafka import faults, transaction
-from cv_queue.kafka.auth import EXIT_DENIED
-from cv_queue.kafka.envelope import OutputRecord
-from cv_queue.kafka.failures import FailureKind
-from cv_queue.kafka.faults import FaultPlan
-from cv_queue.kafka.transaction import (
+from cv_queue.kafka.client import faults, transaction
+from cv_queue.kafka.client.auth import EXIT_DENIED
+from cv_queue.kafka.client.failures import FailureKind
+from cv_queue.kafka.client.faults import FaultPlan
+from cv_queue.kafka.client.transaction import (
     STEP_ATTEMPTS,
     TransactionAbandonedError,
     TransactionFatalError,
     TransactionFencedError,
     commit_atomically,
 )
+from cv_queue.kafka.wire.envelope import OutputRecord
 
 OUTPUTS = [OutputRecord(topic="results", key=b"job-1", value=b"{}", headers=[]),
            OutputRecord(topic="results", key=b"job-2", value=b"{}", headers=[])]
@@ -321,7 +321,7 @@ def test_fault_plan_parsing():
 def test_the_kill_action_flushes_then_sigkills_the_process():
     # A process of its own: the kill is real. It must flush the producer first, then die before printing.
     script = (
-        "from cv_queue.kafka.faults import fault_point\n"
+        "from cv_queue.kafka.client.faults import fault_point\n"
         "class Producer:\n"
         "    def flush(self, timeout):\n"
         "        print('flushed', flush=True)\n"

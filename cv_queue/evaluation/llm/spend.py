@@ -7,7 +7,8 @@ which window a cost belongs to without talking to each other.
   llm.prices), and settles to what its usage says when it comes back. So a burst of calls started together cannot
   overshoot the limit by what they cost before the first one answers.
 - A worker knows its own spend exactly, and the rest of the fleet's from the spend ledger topic
-  (cv_queue/kafka/spend_ledger.py), read every `llm.spend.refresh_s`. What it publishes counts its reservations too.
+  (cv_queue/kafka/fleet/spend_ledger.py), read every `llm.spend.refresh_s`. What it publishes counts its
+  reservations too.
 - Between two looks at the ledger, a worker spends at most its share of what the window had left at the last one
   (1 / live workers of it, or one job), so that workers do not each spend all of it before the ledger tells them
   of the others. Each look renews the share, so the busy workers take what idle ones leave within a few looks.

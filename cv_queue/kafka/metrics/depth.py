@@ -8,9 +8,9 @@ thread, never on a worker's poll loop, where a broker outage would stall the loo
 import logging
 import threading
 
-from cv_queue.kafka.clients import admin_client
-from cv_queue.kafka.dlq_layout import DlqLayout, read_dlq_layout
-from cv_queue.kafka.lag import group_lag, partition_count, retained_offsets
+from cv_queue.kafka.admin.lag import group_lag, partition_count, retained_offsets
+from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.fleet.dlq_layout import DlqLayout, read_dlq_layout
 from cv_queue.kafka.metrics import families as f
 from cv_queue.settings import KafkaConnection, QueueSettings
 

@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 
 from cv_queue.errors import CATEGORY_ORDER
 from cv_queue.kafka.metrics.families import COMMIT_BUCKETS, JOB_BUCKETS, WORKER_FAMILIES
-from cv_queue.kafka.stats import WorkerStats
+from cv_queue.kafka.metrics.stats import WorkerStats
 
 TopicPartitionKey = tuple[str, int]
 MetricFamily = CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
