@@ -342,6 +342,26 @@ def wait_until_served(admin: AdminClient, name: str, partitions: int, timeout_s:
         time.sleep(0.1)
 
 
+def ensure_compacted_topic(admin: AdminClient, name: str, settings: QueueSettings, config: dict[str, str],
+                           error: type[Exception], what: str) -> str:
+    """Create a one-partition topic the fleet coordinates through (one order; `config` says how it is cleaned up)
+    if it is missing, replicated like the queue's topics; another process creating it first is fine. Raises
+    `error` naming `what` when the broker refuses."""
+    if name in admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics:
+        return name
+    config = dict(config)
+    if "min.insync.replicas" in settings.topics.main_config:
+        config["min.insync.replicas"] = settings.topics.main_config["min.insync.replicas"]
+    topic = NewTopic(name, num_partitions=1, replication_factor=settings.topics.replication_factor, config=config)
+    try:
+        admin.create_topics([topic], operation_timeout=ADMIN_TIMEOUT_S, request_timeout=ADMIN_TIMEOUT_S)[name].result()
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise error(f"could not create the {what} topic {name!r}: {exc}") from exc
+    wait_until_served(admin, name, 1)
+    return name
+
+
 def provision_topic(admin: AdminClient, spec: TopicSpec) -> TopicReport:
     live = describe_topics(admin, [spec.name]).get(spec.name)
     report = _create_topic(admin, spec) if live is None else _converge_topic(admin, spec, live)

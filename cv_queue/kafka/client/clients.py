@@ -24,7 +24,8 @@ PARTITIONER = "murmur2_random"
 IDLE_CONNECTION_CLOSE_MS = 10_000
 
 
-def _base(conn: KafkaConnection, role: str) -> dict[str, Any]:
+def client_config(conn: KafkaConnection, role: str) -> dict[str, Any]:
+    """The connection's librdkafka config for a client of `role` (its client.id suffix), logging through CLIENT_LOG."""
     conf = conn.client_config()
     conf["client.id"] = f"{conn.client_id}-{role}"
     conf["error_cb"] = CLIENT_LOG.error_cb
@@ -36,12 +37,12 @@ def _base(conn: KafkaConnection, role: str) -> dict[str, Any]:
 
 
 def admin_client(conn: KafkaConnection) -> AdminClient:
-    return AdminClient(_base(conn, "admin"))
+    return AdminClient(client_config(conn, "admin"))
 
 
 def job_producer(conn: KafkaConnection) -> Producer:
     """The enqueue producer: idempotent, acks=all, snappy, keyed by job_id."""
-    conf = _base(conn, "producer")
+    conf = client_config(conn, "producer")
     conf.update(
         {
             "enable.idempotence": True,
@@ -62,7 +63,7 @@ def transactional_producer(conn: KafkaConnection, transactional_id: str, timeout
     `max_message_bytes` must cover the largest record any output topic accepts (librdkafka refuses bigger ones
     locally, before the broker sees them).
     """
-    conf = _base(conn, "txn")
+    conf = client_config(conn, "txn")
     conf.update(
         {
             "message.max.bytes": max_message_bytes,
@@ -94,7 +95,7 @@ def assigned_consumer(conn: KafkaConnection, settings: QueueSettings, group_id: 
     seen, so a worker never acts on a retry or result that a crashed worker did not commit.
     """
     fetch = settings.fetch
-    conf = _base(conn, role)
+    conf = client_config(conn, role)
     conf.update(
         {
             "group.id": group_id,

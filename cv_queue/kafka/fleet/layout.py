@@ -17,14 +17,13 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 from pydantic import BaseModel, Field
 
 from cv_queue.kafka.admin.names import layout_reader_group, layout_topic
-from cv_queue.kafka.admin.topics import ADMIN_TIMEOUT_S, wait_until_served
+from cv_queue.kafka.admin.topics import ADMIN_TIMEOUT_S, ensure_compacted_topic
 from cv_queue.kafka.client.auth import authorization_code, denied
-from cv_queue.kafka.client.client_log import CLIENT_LOG
-from cv_queue.kafka.client.clients import admin_client
+from cv_queue.kafka.client.clients import admin_client, client_config
 from cv_queue.settings import KafkaConnection, QueueSettings, Slot
 
 LAYOUT_KEY = b"layout"
@@ -81,29 +80,11 @@ class LayoutRecord(Layout, frozen=True):
         return Layout(partitions=self.partitions, partitions_per_worker=self.partitions_per_worker)
 
 
-def _client_config(conn: KafkaConnection, role: str) -> dict:
-    conf = conn.client_config()
-    conf.update({"client.id": f"{conn.client_id}-{role}", "error_cb": CLIENT_LOG.error_cb, "logger": CLIENT_LOG})
-    return conf
-
-
 def ensure_layout_topic(admin: AdminClient, settings: QueueSettings) -> str:
     """Create the layout topic if it is missing: one partition (one key, one total order), compacted (only the
     latest record matters, and compaction keeps it forever), replicated like the queue's topics."""
-    name = layout_topic(settings)
-    if name in admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics:
-        return name
-    config = {"cleanup.policy": "compact"}
-    if "min.insync.replicas" in settings.topics.main_config:
-        config["min.insync.replicas"] = settings.topics.main_config["min.insync.replicas"]
-    topic = NewTopic(name, num_partitions=1, replication_factor=settings.topics.replication_factor, config=config)
-    try:
-        admin.create_topics([topic], operation_timeout=ADMIN_TIMEOUT_S, request_timeout=ADMIN_TIMEOUT_S)[name].result()
-    except KafkaException as exc:  # another worker created it first: fine
-        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-            raise LayoutError(f"could not create the layout topic {name!r}: {exc}") from exc
-    wait_until_served(admin, name, 1)
-    return name
+    return ensure_compacted_topic(admin, layout_topic(settings), settings, {"cleanup.policy": "compact"},
+                                  LayoutError, "layout")
 
 
 def read_latest(conn: KafkaConnection, settings: QueueSettings, key: bytes) -> bytes | None:
@@ -120,7 +101,7 @@ def read_records(conn: KafkaConnection, settings: QueueSettings, wanted: Callabl
     (tombstones left out). Compaction only drops a record that a later one of the same key supersedes; it never
     reorders."""
     name = layout_topic(settings)
-    consumer = Consumer({**_client_config(conn, "layout-reader"), "group.id": layout_reader_group(settings),
+    consumer = Consumer({**client_config(conn, "layout-reader"), "group.id": layout_reader_group(settings),
                          "enable.auto.commit": False, "isolation.level": "read_committed",
                          "enable.partition.eof": True})
     deadline = time.monotonic() + READ_TIMEOUT_S
@@ -179,7 +160,7 @@ def read_layout(conn: KafkaConnection, settings: QueueSettings) -> LayoutRecord 
 def append_record(conn: KafkaConnection, settings: QueueSettings, key: bytes, value: bytes, what: str) -> None:
     """Append one record to the layout topic (idempotent producer, acks=all: written once, durable, or an error
     naming `what`)."""
-    producer = Producer({**_client_config(conn, "layout-writer"), "enable.idempotence": True, "acks": "all"})
+    producer = Producer({**client_config(conn, "layout-writer"), "enable.idempotence": True, "acks": "all"})
     errors: list[KafkaError] = []
     done = threading.Event()
 

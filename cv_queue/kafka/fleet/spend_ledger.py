@@ -13,13 +13,13 @@ aborts, so the ledger counts calls, not committed results.
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from pydantic import BaseModel, Field
 
 from cv_queue.kafka.admin.names import spend_reader_group, spend_topic
-from cv_queue.kafka.admin.topics import ADMIN_TIMEOUT_S, wait_until_served
-from cv_queue.kafka.client.client_log import CLIENT_LOG
+from cv_queue.kafka.admin.topics import ADMIN_TIMEOUT_S, ensure_compacted_topic
+from cv_queue.kafka.client.clients import client_config
 from cv_queue.settings import KafkaConnection, QueueSettings
 
 READ_TIMEOUT_S = 30.0
@@ -42,28 +42,10 @@ class SpendEntry(BaseModel, frozen=True):
         return f"{self.worker}|{self.window_start}".encode()
 
 
-def _client_config(conn: KafkaConnection, role: str) -> dict:
-    conf = conn.client_config()
-    conf.update({"client.id": f"{conn.client_id}-{role}", "error_cb": CLIENT_LOG.error_cb, "logger": CLIENT_LOG})
-    return conf
-
-
 def ensure_spend_topic(admin: AdminClient, settings: QueueSettings) -> str:
     """Create the ledger topic if it is missing (one partition: one order; compacted, kept two windows)."""
-    name = spend_topic(settings)
-    if name in admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics:
-        return name
     config = {"cleanup.policy": "compact,delete", "retention.ms": str(2 * settings.llm.spend.window_s * 1000)}
-    if "min.insync.replicas" in settings.topics.main_config:
-        config["min.insync.replicas"] = settings.topics.main_config["min.insync.replicas"]
-    topic = NewTopic(name, num_partitions=1, replication_factor=settings.topics.replication_factor, config=config)
-    try:
-        admin.create_topics([topic], operation_timeout=ADMIN_TIMEOUT_S, request_timeout=ADMIN_TIMEOUT_S)[name].result()
-    except KafkaException as exc:  # another worker created it first: fine
-        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-            raise SpendLedgerError(f"could not create the spend ledger topic {name!r}: {exc}") from exc
-    wait_until_served(admin, name, 1)
-    return name
+    return ensure_compacted_topic(admin, spend_topic(settings), settings, config, SpendLedgerError, "spend ledger")
 
 
 def decode_entry(value: bytes | None) -> SpendEntry | None:
@@ -101,9 +83,9 @@ class SpendLedger:
         self.worker = worker
         self._totals = _Totals({})
         self._published: dict[int, tuple[float, bool]] = {}
-        self._producer = Producer({**_client_config(conn, "spend-writer"), "enable.idempotence": True,
+        self._producer = Producer({**client_config(conn, "spend-writer"), "enable.idempotence": True,
                                    "acks": "all", "linger.ms": 0})
-        self._consumer = Consumer({**_client_config(conn, "spend-reader"), "group.id": spend_reader_group(settings),
+        self._consumer = Consumer({**client_config(conn, "spend-reader"), "group.id": spend_reader_group(settings),
                                    "enable.auto.commit": False, "enable.partition.eof": False})
         self._consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
 
@@ -154,7 +136,7 @@ class SpendLedger:
 def read_fleet_spend(conn: KafkaConnection, settings: QueueSettings, window_start: int) -> FleetSpend | None:
     """The fleet's spend in `window_start` (the sum of every worker's latest total), and whether any worker paused
     for it. None when the ledger topic does not exist (no worker with a spend limit has run)."""
-    consumer = Consumer({**_client_config(conn, "spend-check"), "group.id": spend_reader_group(settings),
+    consumer = Consumer({**client_config(conn, "spend-check"), "group.id": spend_reader_group(settings),
                          "enable.auto.commit": False, "enable.partition.eof": True})
     name = spend_topic(settings)
     try:
