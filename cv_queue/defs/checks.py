@@ -37,6 +37,8 @@ from cv_queue.settings import KafkaConnection, QueueSettings
 CONSUMER_LAG = "consumer_lag"
 PARKED_DEPTH = "parked_depth"
 LLM_SPEND = "llm_spend"
+#: The spend ledger's read gets at most this much of a sensor tick (60 s in all).
+SPEND_READ_TIMEOUT_S = 15.0
 SEVERITY_RANK = {"OK": 0, "WARN": 1, "ERROR": 2}
 
 
@@ -72,6 +74,7 @@ class QueueDepths:
     # The fleet's spend in the current llm.spend window (None: no limit set, or no ledger yet), and that window.
     spend: FleetSpend | None = None
     spend_window: int = 0
+    spend_error: str | None = None  # the ledger could not be read: the spend check fails, the other checks go on
 
     def dlq_by_category(self) -> dict[ErrorCategory, int]:
         depth = dict.fromkeys(CATEGORY_ORDER, 0)
@@ -108,7 +111,11 @@ def _spend(conn: KafkaConnection, settings: QueueSettings) -> dict:
     if settings.llm.spend.limit is None:
         return {}
     window = settings.llm.spend.window_start(time.time())
-    return {"spend": read_fleet_spend(conn, settings, window), "spend_window": window}
+    try:
+        return {"spend": read_fleet_spend(conn, settings, window, timeout_s=SPEND_READ_TIMEOUT_S),
+                "spend_window": window}
+    except Exception as exc:  # the broker, ACLs, a huge ledger: one check fails, the tick goes on
+        return {"spend_window": window, "spend_error": f"{type(exc).__name__}: {exc}"}
 
 
 def grade(value: int, warn: int, error: int) -> str:
@@ -156,6 +163,11 @@ def spend_evaluation(depths: QueueDepths, settings: QueueSettings) -> dg.AssetCh
         return dg.AssetCheckEvaluation(asset_key=key, check_name=LLM_SPEND, passed=True,
                                        description="no spend limit (llm.spend.limit is unset)",
                                        metadata={"value": 0.0})
+    if depths.spend_error is not None:
+        return dg.AssetCheckEvaluation(
+            asset_key=key, check_name=LLM_SPEND, passed=False, severity=dg.AssetCheckSeverity.ERROR,
+            description=f"the spend ledger could not be read: {depths.spend_error}",
+            metadata={"value": -1.0, "warn_above": policy.warn_at * policy.limit, "error_above": policy.limit})
     spent = depths.spend.spent if depths.spend is not None else 0.0
     paused = depths.spend is not None and depths.spend.paused
     warn_at = policy.warn_at * policy.limit

@@ -150,14 +150,14 @@ def test_the_spend_check_reads_the_ledger_warn_then_error(resources, instance, s
         return {e.check_name: e for e in result.get_asset_check_evaluations()}[LLM_SPEND]
 
     try:
-        first.publish(window, 0.5, paused=False)
-        first.publish(window - 86400, 5.0, paused=True)  # yesterday's spend does not count
+        first.publish(window, 0.5, 0.0, paused=False)
+        first.publish(window - 86400, 5.0, 0.0, paused=True)  # yesterday's spend does not count
         assert spend_check().passed
-        second.publish(window, 1.2, paused=False)  # 1.7 of 2.0: past warn_at (0.8)
+        second.publish(window, 1.2, 0.0, paused=False)  # 1.7 of 2.0: past warn_at (0.8)
         warn = spend_check()
         assert (warn.passed, warn.severity) == (False, dg.AssetCheckSeverity.WARN)
         assert warn.metadata["value"].value == pytest.approx(1.7)
-        first.publish(window, 0.9, paused=True)  # the latest total per worker counts; a worker paused
+        first.publish(window, 0.9, 0.0, paused=True)  # the latest total per worker counts; a worker paused
         error = spend_check()
         assert (error.passed, error.severity) == (False, dg.AssetCheckSeverity.ERROR)
         assert error.metadata["value"].value == pytest.approx(2.1)

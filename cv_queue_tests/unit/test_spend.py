@@ -2,6 +2,8 @@
 the rest of a window once a job does not fit, and opens with the next; what the ledger says of the fleet counts.
 Also the flow-control pause and the llm_spend asset check's grades."""
 
+from dataclasses import replace
+
 import dagster as dg
 from hypothesis import given
 from hypothesis import strategies as st
@@ -122,7 +124,7 @@ def test_flow_control_pauses_every_source_while_the_spend_is_spent():
 
 def _depths(spend: float | None, paused: bool = False) -> QueueDepths:
     return QueueDepths(main=[], retry=[], interactive=[], dlq=[], parked={}, dlq_layout=DlqLayout.of(QueueSettings()),
-                       spend=None if spend is None else FleetSpend(spend, paused), spend_window=86400 * 10)
+                       spend=None if spend is None else FleetSpend(spend, 0.0, paused), spend_window=86400 * 10)
 
 
 def _settings(limit: float | None) -> QueueSettings:
@@ -141,33 +143,67 @@ def test_the_spend_check_grades_warn_then_error():
     assert not paused.passed and paused.severity == dg.AssetCheckSeverity.ERROR, "a worker paused: ERROR"
     assert spend_evaluation(_depths(None), _settings(None)).passed
     assert spend_evaluation(_depths(None), _settings(1.0)).passed, "no ledger yet: nothing spent"
+    unreadable = spend_evaluation(replace(_depths(None), spend_error="KafkaException: denied"), _settings(1.0))
+    assert not unreadable.passed and unreadable.severity == dg.AssetCheckSeverity.ERROR
+    assert "could not be read" in unreadable.description
 
 
 @given(st.integers(2, 4),
-       st.lists(st.tuples(st.integers(0, 3), st.booleans(), st.floats(0.01, 0.3), st.floats(0, 2)), max_size=300))
+       st.lists(st.tuples(st.integers(0, 3), st.sampled_from(["reserve", "settle", "sync"]), st.floats(0.01, 0.3),
+                          st.floats(0, 1), st.floats(0, 2)), max_size=300))
 def test_a_fleet_overspends_by_at_most_a_job_per_worker(fleet, steps):
-    """Workers that read the ledger at any times, or never: their spend in a window stays within the limit plus one
-    job per worker (what each may start on its share before it hears of the others)."""
+    """Workers that start calls, settle them later (across ledger reads and window ends, for less than their
+    estimates), and read the ledger at any times, or never: the spend settled in any window stays within the limit
+    plus one job per worker (what each may start on its share before it hears of the others)."""
     clock = Clock()
     gates = [SpendGate(SpendBudget(limit=2.0, window_s=60), clock) for _ in range(fleet)]
+    in_flight: list[list[tuple[float, float]]] = [[] for _ in range(fleet)]
     for gate in gates:
         gate.set_fleet_size(fleet)
     totals: dict[int, float] = {}
     biggest = 0.0
-    for who, sync, estimate, advance in steps:
+    for who, action, estimate, share, advance in steps:
         clock.now += advance
-        gate = gates[who % fleet]
+        index = who % fleet
+        gate = gates[index]
         window = gate.current_window()
-        if sync:  # the ledger: every other worker's last totals
-            gate.set_others(window, sum(g.own(window) for g in gates if g is not gate))
-        elif gate.try_reserve(estimate) == 0.0:
-            gate.settle(estimate, estimate)
-            totals[window] = totals.get(window, 0.0) + estimate
+        if action == "sync":  # the ledger: every other worker's last figures
+            published = [g.published(window) for g in gates if g is not gate]
+            gate.set_others(window, sum(p[0] for p in published), sum(p[1] for p in published))
+        elif action == "reserve" and gate.try_reserve(estimate) == 0.0:
+            in_flight[index].append((estimate, estimate * share))
             biggest = max(biggest, estimate)
+        elif action == "settle" and in_flight[index]:
+            reserved, cost = in_flight[index].pop(0)
+            gate.settle(reserved, cost)
+            totals[window] = totals.get(window, 0.0) + cost
     assert all(spent <= 2.0 + fleet * biggest + 1e-9 for spent in totals.values()), totals
+    for gate, calls in zip(gates, in_flight, strict=True):
+        for reserved, cost in calls:
+            gate.settle(reserved, cost)
+        assert gate.reserved == 0.0, "a settled reservation stayed counted"
 
 
 @given(st.binary(max_size=300))
 def test_the_ledger_decoder_takes_any_bytes(value):
     entry = decode_entry(value)
     assert entry is None or entry.spent >= 0
+
+
+def test_a_job_dearer_than_the_whole_limit_runs_alone_in_a_fresh_window_instead_of_stalling():
+    gate, clock = _gate(limit=1.0, window_s=100)
+    assert gate.try_reserve(5.0) == 0.0, "capped at the limit: it fits in a window nothing was spent in"
+    assert gate.reserved == 1.0
+    gate.settle(5.0, 1.3)
+    assert gate.wait_s() > 0, "spent past the limit: closed until the window ends"
+    clock.now = gate.current_window() + 100
+    assert gate.try_reserve(5.0) == 0.0, "and again in the next window"
+
+
+def test_reservations_of_others_make_a_job_wait_but_never_close_the_window():
+    gate, _ = _gate(limit=1.0)
+    gate.set_others(gate.current_window(), 0.1, 0.85)  # the others' calls in flight, at their worst case
+    assert gate.try_reserve(0.2) == RESERVED_RECHECK_S
+    assert gate.wait_s() == 0.0 and not gate.closed(gate.current_window())
+    gate.set_others(gate.current_window(), 0.3, 0.0)  # they settled far below their estimates
+    assert gate.try_reserve(0.2) == 0.0

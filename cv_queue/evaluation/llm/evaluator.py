@@ -252,8 +252,7 @@ class LLMEvaluator:
             cv_text = await read_cv_text(job, self._reads)
         except BaseException:
             if reservation is not None:  # no call was made for it
-                self.budget.release(reservation)
-                self.spend.release(self._cost_estimate(reservation.tokens))
+                self._release(reservation)
             raise
         criteria = list(job.scoring_rubric)
         schema = answer_schema(criteria)
@@ -286,7 +285,9 @@ class LLMEvaluator:
 
     async def aclose(self) -> None:
         """Close the HTTP connections (the worker calls this on shutdown, if it can)."""
-        self._reserved.clear()  # admitted jobs that never ran: their records are consumed again after the restart
+        for _job, reservation in self._reserved.values():  # admitted jobs that never ran: consumed again later
+            self._release(reservation)
+        self._reserved.clear()
         self._held.clear()
         if self._client is not None:
             await self._client.close()
@@ -320,17 +321,19 @@ class LLMEvaluator:
     async def _complete(self, messages: list[ChatCompletionMessageParam], schema: dict[str, Any],
                         reservation: Reservation | None = None) -> ChatCompletion:
         """One chat completion, falling back to weaker structured output while `auto` has not settled. Each
-        request spends a reservation of the budget (`reservation`, else one reserved here)."""
-        client, semaphore = self._client_for_this_loop()
+        request spends a reservation of the budget (`reservation`, else one reserved here), settled or released on
+        every way out."""
+        try:
+            client, semaphore = self._client_for_this_loop()
+        except BaseException:
+            if reservation is not None:
+                self._release(reservation)
+            raise
         mode = self._mode
         while True:
             fmt = response_format(mode, schema)
             admitted = reservation is not None
-            if reservation is not None:  # admitted: its spend was reserved with it
-                spent, reservation = reservation, None
-            else:
-                spent = await self._reserve(messages)
-                self.spend.force_reserve(self._cost_estimate(spent.tokens))
+            spent, reservation = reservation or await self._reserve_call(messages), None
             estimate = self._cost_estimate(spent.tokens)
             try:
                 async with semaphore:
@@ -343,14 +346,12 @@ class LLMEvaluator:
                     )
                 completion = raw.parse()
             except openai.RateLimitError as exc:
-                self.spend.release(estimate)
-                self.budget.settle(spent, 0)  # refused before any work: the provider counted no tokens
+                self._refund(spent, estimate, 0)  # refused before any work: the provider counted no tokens
                 self.rate_limited += 1
                 self.budget.refused(retry_after_hint(exc.response.headers))
                 raise map_api_error(exc, self.settings, self._api_key.get_secret_value()) from exc
             except openai.BadRequestError as exc:
-                self.spend.release(estimate)
-                self.budget.settle(spent, 0)
+                self._refund(spent, estimate, 0)
                 weaker = next_mode(mode) if self._may_fall_back and not self._mode_confirmed else None
                 if weaker is None:
                     raise map_api_error(exc, self.settings, self._api_key.get_secret_value()) from exc
@@ -359,32 +360,53 @@ class LLMEvaluator:
                 mode = weaker
                 continue
             except openai.APIError as exc:
-                self.spend.release(estimate)  # a failed call is not billed by OpenAI-style providers
-                self.budget.settle(spent, spent.tokens)  # what the provider counted is not known: the estimate
+                # Not billed by OpenAI-style providers; what the provider counted is not known: the estimate.
+                self._refund(spent, estimate, spent.tokens)
                 mapped = map_api_error(exc, self.settings, self._api_key.get_secret_value())
                 if hides_cause(exc):
                     raise mapped from None
                 raise mapped from exc
             except BaseException:
-                self.spend.release(estimate)
-                self.budget.settle(spent, spent.tokens)
+                self._refund(spent, estimate, spent.tokens)
                 raise
-            self.budget.observe(raw.headers)
-            self._account(completion, spent, estimate, admitted)
+            try:
+                self.budget.observe(raw.headers)
+            finally:
+                self._account(completion, spent, estimate, admitted)
             self._settle(mode)
             return completion
 
     def _account(self, completion: ChatCompletion, spent: Reservation, estimate: float, admitted: bool) -> None:
-        """Settle an answered call's budget and spend from its usage."""
+        """Settle an answered call's budget and spend from its usage (never raises: a usage with missing counts
+        settles at the estimates, and costs nothing we can tell)."""
         usage = completion.usage
+        prompt = getattr(usage, "prompt_tokens", None)
+        written = getattr(usage, "completion_tokens", None)
+        counted = isinstance(prompt, int) and isinstance(written, int)
         # As the provider counts it: the prompt, and the max_tokens it reserved for the answer.
-        self.budget.settle(spent, usage.prompt_tokens + self.settings.max_tokens if usage else spent.tokens)
-        if admitted and usage is not None:
-            self._learn_prompt_scale(spent, usage.prompt_tokens)
-        cost = self.price.cost(usage.prompt_tokens, usage.completion_tokens) \
-            if self.price is not None and usage is not None else 0.0
+        self.budget.settle(spent, prompt + self.settings.max_tokens if counted else spent.tokens)
+        if admitted and counted:
+            self._learn_prompt_scale(spent, prompt)
+        cost = self.price.cost(prompt, written) if self.price is not None and counted else 0.0
         self.cost += cost
         self.spend.settle(estimate, cost)
+
+    async def _reserve_call(self, messages: list[ChatCompletionMessageParam]) -> Reservation:
+        """A call that was not admitted (a repair, the threaded evaluator): it waits for the rate budget, and its
+        spend is reserved without asking (its job already started)."""
+        reservation = await self._reserve(messages)
+        self.spend.force_reserve(self._cost_estimate(reservation.tokens))
+        return reservation
+
+    def _refund(self, reservation: Reservation, estimate: float, counted_tokens: int) -> None:
+        """A call that was refused or failed: no spend, and the tokens the provider counted (or may have)."""
+        self.spend.release(estimate)
+        self.budget.settle(reservation, counted_tokens)
+
+    def _release(self, reservation: Reservation) -> None:
+        """A reservation (budget and spend) whose call never started."""
+        self.budget.release(reservation)
+        self.spend.release(self._cost_estimate(reservation.tokens))
 
     def _settle(self, mode: OutputMode) -> None:
         """Remember a mode once a call in it succeeded. Only success settles it: a 400 in every mode means the

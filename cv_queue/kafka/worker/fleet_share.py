@@ -16,6 +16,7 @@ A count or ledger that cannot be read keeps the last figures (and is logged): th
 """
 
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from typing import Any
 
 from cv_queue.kafka.client.clients import admin_client
 from cv_queue.kafka.fleet.presence import live_workers
-from cv_queue.kafka.fleet.spend_ledger import SpendLedger, ensure_spend_topic
+from cv_queue.kafka.fleet.spend_ledger import SpendLedger, SpendLedgerError, ensure_spend_topic
 from cv_queue.kafka.metrics.recorder import BudgetFigures, WorkerMetrics
 from cv_queue.settings import KafkaConnection, QueueSettings
 
@@ -69,8 +70,15 @@ class FleetShare:
         self._count()
         if self._spend is not None:
             ensure_spend_topic(self._admin, self._settings)
-            self._ledger = SpendLedger(self._conn, self._settings, self._worker_id)
-            self._sync_spend()
+            # Unique per process: a restarted process with the same id (same host name, pid 1 in a container)
+            # must not overwrite its predecessor's total.
+            self._ledger = SpendLedger(self._conn, self._settings, f"{self._worker_id}#{secrets.token_hex(4)}")
+            # The first read must succeed before the first job: a worker that took the fleet's spend for 0 could
+            # spend a whole limit again after a redeploy. A ledger it cannot read stops the start, loudly.
+            if not self._sync_spend():
+                self._ledger.close()
+                raise SpendLedgerError(f"could not read the spend ledger {self._ledger.topic} at start (see the "
+                                       "warning above); the worker does not start without the fleet's spend")
         self._thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
@@ -91,21 +99,28 @@ class FleetShare:
             self.fleet_size = size
             self._set_fleet_size(size)
 
-    def _sync_spend(self) -> None:
-        """Publish this worker's spend of the current window, and take in the rest of the fleet's."""
+    def _sync_spend(self) -> bool:
+        """Publish this worker's spend of the current window, and take in the rest of the fleet's (False when the
+        ledger could not be read). Publishing and reading fail apart: a worker that may not write still learns."""
         assert self._spend is not None and self._ledger is not None
         window = self._spend.current_window()
+        spent, reserved = self._spend.published(window)
         try:
-            self._ledger.publish(window, self._spend.own(window), self._spend.closed(window))
+            self._ledger.publish(window, spent, reserved, self._spend.closed(window))
+        except Exception as exc:  # the broker, ACLs, or a bug of ours: the others see this worker's last figures
+            log.warning("could not publish to the spend ledger (%s); the fleet sees this worker's last figures", exc)
+        try:
             self._ledger.refresh()
-        except Exception as exc:  # the broker, or a bug of ours: the last figures stay
-            log.warning("could not sync with the spend ledger (%s); the fleet's spend is as last read", exc)
-            return
-        self._spend.set_others(window, self._ledger.others(window))
+        except Exception as exc:  # likewise: the last figures stay, and so does this worker's share
+            log.warning("could not read the spend ledger (%s); the fleet's spend is as last read", exc)
+            return False
+        others = self._ledger.others(window)
+        self._spend.set_others(window, others.spent, others.reserved)
         if self._spend.closed(window) and self._paused_window != window:
             self._paused_window = window
             log.warning("the fleet has spent %.4f of llm.spend.limit=%g in this window: intake paused until the "
                         "next window", self._spend.spent(window), self._settings.llm.spend.limit)
+        return True
 
     def _run(self) -> None:
         count_every = self._settings.llm.budget.fleet_refresh_s

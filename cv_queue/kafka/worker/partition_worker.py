@@ -230,7 +230,7 @@ class PartitionWorker:
     def _update_pauses(self) -> None:
         assert self._consumer is not None
         wanted = self._flow.wanted(self._pool.buffered, self._trackers, self._intake.waiting_by_partition,
-                                   spend_exhausted=bool(getattr(self.handler, "spend_exhausted", False)))
+                                   spend_exhausted=self._spend_exhausted())
         if wanted != self._paused:
             to_pause = wanted - self._paused
             to_resume = self._paused - wanted
@@ -256,8 +256,12 @@ class PartitionWorker:
         self._progress.refresh(self._consumer, self._trackers, self._pool.in_flight, self._pool.buffered,
                                len(self._intake.due), len(self._paused), self._pool.abandoned)
 
+    def _spend_exhausted(self) -> bool:
+        return bool(getattr(self.handler, "spend_exhausted", False))
+
     def _poll_timeout(self) -> float:
-        if self._pool.in_flight or self._pool.buffered:
+        # Jobs held for a spent window wait for hours: polling for them at BUSY_POLL_S would only burn CPU.
+        if self._pool.in_flight or (self._pool.buffered and not self._spend_exhausted()):
             return BUSY_POLL_S
         timeout = self.settings.fetch.poll_timeout_ms / 1000
         next_due = self._intake.due.next_due_ms()
