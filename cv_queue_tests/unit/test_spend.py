@@ -207,3 +207,23 @@ def test_reservations_of_others_make_a_job_wait_but_never_close_the_window():
     assert gate.wait_s() == 0.0 and not gate.closed(gate.current_window())
     gate.set_others(gate.current_window(), 0.3, 0.0)  # they settled far below their estimates
     assert gate.try_reserve(0.2) == 0.0
+
+
+@given(st.lists(st.floats(0.01, 1000), min_size=1, max_size=50))
+def test_the_learned_prompt_scale_follows_the_provider_and_stays_bounded(ratios):
+    """Admission estimates learn what the provider counted of earlier prompts (a CV read from a file, another
+    tokenizer), and no answer, however odd, makes them absurd."""
+    from cv_queue.evaluation.llm.estimates import SCALE_BOUNDS, CallEstimates
+    from cv_queue_tests.llm.helpers import make_job
+
+    estimates = CallEstimates(max_tokens=100, template_chars=400, price=None)
+    job = make_job()
+    for ratio in ratios:
+        reserved = estimates.admission_tokens(job)
+        raw_prompt = (reserved - 100) / estimates.prompt_scale
+        estimates.learn(reserved, max(1, round(raw_prompt * ratio)))
+        assert SCALE_BOUNDS[0] <= estimates.prompt_scale <= SCALE_BOUNDS[1]
+    for _ in range(60):  # a steady provider: the estimate converges on what it counts
+        reserved = estimates.admission_tokens(job)
+        estimates.learn(reserved, 3 * round((reserved - 100) / estimates.prompt_scale))
+    assert abs(estimates.prompt_scale - 3.0) < 0.05

@@ -13,11 +13,8 @@ outcome against the fleet's spend in the window (spend.py), and holds every job 
 """
 
 import asyncio
-import json
 import logging
-import math
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import openai
@@ -33,6 +30,7 @@ from cv_queue.evaluation.llm.api_errors import (
     map_api_error,
 )
 from cv_queue.evaluation.llm.budget import ProviderBudget, Reservation
+from cv_queue.evaluation.llm.estimates import CallEstimates, UsageTally, estimated_tokens
 from cv_queue.evaluation.llm.parsing import AnswerError, parse_answer
 from cv_queue.evaluation.llm.prompt import (
     PROMPT_VERSION,
@@ -44,8 +42,8 @@ from cv_queue.evaluation.llm.prompt import (
 from cv_queue.evaluation.llm.rate_headers import retry_after_hint
 from cv_queue.evaluation.llm.schema import FALLBACK_ORDER, OutputMode, answer_schema, next_mode, response_format
 from cv_queue.evaluation.llm.spend import SpendGate
-from cv_queue.messages import Evaluation, EvaluationJob, ModelUsage
-from cv_queue.quota_settings import ModelPrice, ModelRateLimits
+from cv_queue.messages import Evaluation, EvaluationJob
+from cv_queue.quota_settings import ModelRateLimits
 from cv_queue.settings import LLMSettings, QueueSettings
 
 log = logging.getLogger(__name__)
@@ -67,36 +65,6 @@ def resolve_api_key(settings: LLMSettings) -> SecretStr:
         "Ollama or vLLM, accepts any non-empty value)")
 
 
-@dataclass
-class _UsageTally:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    calls: int = 0
-    model: str = ""
-
-    def add(self, completion: ChatCompletion) -> None:
-        self.calls += 1
-        self.model = completion.model or self.model
-        if completion.usage is not None:
-            self.prompt_tokens += completion.usage.prompt_tokens
-            self.completion_tokens += completion.usage.completion_tokens
-            self.total_tokens += completion.usage.total_tokens
-
-    def usage(self, prompt_version: str, price: ModelPrice | None) -> ModelUsage:
-        cost = price.cost(self.prompt_tokens, self.completion_tokens) if price is not None else None
-        return ModelUsage(
-            model=self.model, prompt_version=prompt_version, prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens, total_tokens=self.total_tokens, calls=max(self.calls, 1),
-            cost=cost)
-
-
-def estimated_tokens(texts: list[str], max_tokens: int) -> int:
-    """What a provider counts against tokens per minute before the call: the prompt (about four characters a
-    token) plus the completion it may write."""
-    return sum(len(text) for text in texts) // 4 + 1 + max_tokens
-
-
 def _answer_text(completion: ChatCompletion) -> str:
     if not completion.choices:
         raise AnswerError("the response has no choices")
@@ -108,7 +76,7 @@ def _answer_text(completion: ChatCompletion) -> str:
     return message.content
 
 
-def _unusable(raw: str, error: str, tally: _UsageTally) -> UnusableAnswerError:
+def _unusable(raw: str, error: str, tally: UsageTally) -> UnusableAnswerError:
     error = error if len(error) <= _ERROR_CHARS else error[:_ERROR_CHARS] + "..."
     kept = raw if len(raw) <= RAW_ANSWER_CHARS else raw[:RAW_ANSWER_CHARS] + " [truncated]"
     return UnusableAnswerError(
@@ -157,9 +125,8 @@ class LLMEvaluator:
                 f"llm.spend.limit is set but llm.prices has no price for model {self.settings.model!r}: its calls' "
                 "cost could not be counted (add it to CVQ_LLM__PRICES, or unset CVQ_LLM__SPEND__LIMIT)")
         self.spend = spend or SpendGate(self.settings.spend)
-        self._template_chars = sum(len(t.template) for t in (self.templates.system, self.templates.user))
-        self._schema_chars: dict[tuple[str, ...], int] = {}  # by rubric criteria
-        self._prompt_scale = 1.0  # what providers counted of admitted jobs' prompts, over our estimate (learned)
+        template_chars = sum(len(t.template) for t in (self.templates.system, self.templates.user))
+        self.estimates = CallEstimates(self.settings.max_tokens, template_chars, self.price)
         # By id() of the job admitted: the job (so that a later job at the same address is not mistaken for it) and
         # its first call's reservation.
         self._reserved: dict[int, tuple[EvaluationJob, Reservation]] = {}
@@ -193,47 +160,20 @@ class LLMEvaluator:
     def admit(self, job: EvaluationJob) -> float:
         """Reserve the budget of the job's first call: 0 when it may start now, else the seconds to wait (call
         again then). While the spend limit is reached, no job is admitted until the next window."""
-        tokens = self._admission_tokens(job)
+        tokens = self.estimates.admission_tokens(job)
         key = id(job)
-        spend_wait = self.spend.try_reserve(self._cost_estimate(tokens))
+        spend_wait = self.spend.try_reserve(self.estimates.cost(tokens))
         if spend_wait > 0:
             self._hold(key)
             return spend_wait
         reservation, wait = self.budget.try_reserve(tokens)
         if reservation is None:
-            self.spend.release(self._cost_estimate(tokens))
+            self.spend.release(self.estimates.cost(tokens))
             self._hold(key)
             return wait
         self._held.discard(key)
         self._reserved[key] = (job, reservation)
         return 0.0
-
-    def _admission_tokens(self, job: EvaluationJob) -> int:
-        """The first call's tokens as the provider will count them, before its prompt is built: the job's texts, the
-        templates and the answer schema quoted in the prompt, at four characters a token, times what the provider
-        counted of earlier admitted jobs against their estimates (it learns a CV read from a file, which only its
-        call reads, and the provider's tokenizer), plus max_tokens."""
-        criteria = tuple(job.scoring_rubric)
-        schema_chars = self._schema_chars.get(criteria)
-        if schema_chars is None:
-            schema_chars = self._schema_chars[criteria] = len(json.dumps(answer_schema(list(criteria)), indent=2))
-        chars = sum(len(text) for text in (job.cv_text or "", job.job_description, job.study_case_brief,
-                                           job.project_text or "", *criteria))
-        chars += self._template_chars + schema_chars
-        return math.ceil(chars / 4 * self._prompt_scale) + 1 + self.settings.max_tokens
-
-    def _learn_prompt_scale(self, reservation: Reservation, prompt_tokens: int) -> None:
-        estimated = reservation.tokens - self.settings.max_tokens
-        if estimated > 0 and prompt_tokens > 0:
-            ratio = prompt_tokens / (estimated / self._prompt_scale)
-            self._prompt_scale = min(20.0, max(0.25, 0.8 * self._prompt_scale + 0.2 * ratio))
-
-    def _cost_estimate(self, tokens: int) -> float:
-        """The most a call reserved at `tokens` (its prompt and all of max_tokens) can cost."""
-        if self.price is None:
-            return 0.0
-        completion = min(tokens, self.settings.max_tokens)
-        return self.price.cost(tokens - completion, completion)
 
     def _hold(self, key: int) -> None:
         if key not in self._held:
@@ -258,7 +198,7 @@ class LLMEvaluator:
         schema = answer_schema(criteria)
         prompt = build_messages(self.templates, job, cv_text, schema)
         messages = prompt
-        tally = _UsageTally(model=self.settings.model)
+        tally = UsageTally(model=self.settings.model)
         while True:
             completion = await self._complete(messages, schema, reservation)
             reservation = None  # spent by that call: repairs reserve their own
@@ -334,7 +274,7 @@ class LLMEvaluator:
             fmt = response_format(mode, schema)
             admitted = reservation is not None
             spent, reservation = reservation or await self._reserve_call(messages), None
-            estimate = self._cost_estimate(spent.tokens)
+            estimate = self.estimates.cost(spent.tokens)
             try:
                 async with semaphore:
                     raw = await client.chat.completions.with_raw_response.create(
@@ -386,7 +326,7 @@ class LLMEvaluator:
         # As the provider counts it: the prompt, and the max_tokens it reserved for the answer.
         self.budget.settle(spent, prompt + self.settings.max_tokens if counted else spent.tokens)
         if admitted and counted:
-            self._learn_prompt_scale(spent, prompt)
+            self.estimates.learn(spent.tokens, prompt)
         cost = self.price.cost(prompt, written) if self.price is not None and counted else 0.0
         self.cost += cost
         self.spend.settle(estimate, cost)
@@ -395,7 +335,7 @@ class LLMEvaluator:
         """A call that was not admitted (a repair, the threaded evaluator): it waits for the rate budget, and its
         spend is reserved without asking (its job already started)."""
         reservation = await self._reserve(messages)
-        self.spend.force_reserve(self._cost_estimate(reservation.tokens))
+        self.spend.force_reserve(self.estimates.cost(reservation.tokens))
         return reservation
 
     def _refund(self, reservation: Reservation, estimate: float, counted_tokens: int) -> None:
@@ -406,7 +346,7 @@ class LLMEvaluator:
     def _release(self, reservation: Reservation) -> None:
         """A reservation (budget and spend) whose call never started."""
         self.budget.release(reservation)
-        self.spend.release(self._cost_estimate(reservation.tokens))
+        self.spend.release(self.estimates.cost(reservation.tokens))
 
     def _settle(self, mode: OutputMode) -> None:
         """Remember a mode once a call in it succeeded. Only success settles it: a 400 in every mode means the
