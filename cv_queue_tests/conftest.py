@@ -1,9 +1,11 @@
 """Fixtures: a real Kafka broker for the whole session (or KAFKA_BOOTSTRAP_SERVERS), a 3-node cluster on
 demand, and unique names per test. A broker that cannot start fails the run: nothing is skipped."""
 
+import ast
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +27,20 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 hypothesis_settings.register_profile("cv-queue", deadline=None, max_examples=60)
 hypothesis_settings.load_profile("cv-queue")
 CV_QUEUE = str(Path(sys.executable).parent / "cv-queue")
+
+# CPython 3.11 keeps the AST converter's recursion depth in per-interpreter state shared by every thread (see CPython
+# gh-106905): two threads in ast.parse at once can raise "SystemError: AST constructor recursion depth mismatch". It
+# failed one run as hypothesis read a test's source while a thread left by an earlier test in the same process
+# parsed too. The test process serializes ast.parse (the product never parses code at run time).
+if sys.version_info < (3, 12):
+    _AST_LOCK = threading.RLock()
+    _parse = ast.parse
+
+    def _serialized_parse(*args: object, **kwargs: object) -> ast.AST:
+        with _AST_LOCK:
+            return _parse(*args, **kwargs)  # type: ignore[arg-type]
+
+    ast.parse = _serialized_parse  # type: ignore[assignment]
 
 
 def pytest_configure(config: pytest.Config) -> None:
