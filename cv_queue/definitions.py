@@ -19,4 +19,8 @@ defs = dg.Definitions(
     schedules=[purge_old_runs_schedule],
     sensors=[worker_fleet_sensor, dlq_sensor, queue_depth_sensor, worker_and_replay_failure_alert],
     resources=default_resources(),
+    # Every job here runs one op or a few light ones (the topic assets and their checks are admin calls): steps run
+    # in the run's own process. The default multiprocess executor would start a Python process per topic asset,
+    # importing Dagster each time, to provision seven topics.
+    executor=dg.in_process_executor,
 )
