@@ -120,20 +120,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
         _print_report(report)
         if metrics is not None:
-            if metrics.depth is not None:
-                _refresh_depth(metrics.depth)
             sys.stdout.flush()
-            _linger(args.metrics_linger)
+            # The replay is done and reported: a stop while the final depth is read, or while lingering, ends the
+            # command early and it still succeeds.
+            with contextlib.suppress(StopRequested):
+                if metrics.depth is not None:
+                    _refresh_depth(metrics.depth)
+                time.sleep(args.metrics_linger)
     finally:
         if metrics is not None:
             metrics.close()
     return 0
-
-
-def _linger(seconds: float) -> None:
-    """Keep the metrics up after the run; a stop signal ends the wait early, and the command still succeeds."""
-    with contextlib.suppress(StopRequested):
-        time.sleep(seconds)
 
 
 def _refresh_depth(depth: DepthPoller, deadline_s: float = 15.0) -> None:

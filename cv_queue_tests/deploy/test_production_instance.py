@@ -118,9 +118,8 @@ def test_production_instance_with_three_processes(conn, settings, postgres, tmp_
         # 1. The topic assets, materialized through the webserver: the topics exist only after that run.
         assert unprovisioned(admin_client(conn), settings) == settings.topic_names.all()
         keys = [asset_key(role) for role in TopicRole]
-        # In one process, as the Launchpad's executor setting allows: ten step processes would only add start-up time.
-        assets_run = _launch(graphql, dagster, IMPLICIT_ASSET_JOB_NAME, asset_selection=keys,
-                             run_config={"execution": {"config": {"in_process": {}}}})
+        # In one process: the definitions' executor (ten step processes would only add start-up time).
+        assets_run = _launch(graphql, dagster, IMPLICIT_ASSET_JOB_NAME, asset_selection=keys)
         for key in keys:
             event = instance.get_latest_materialization_event(key)
             assert event is not None and event.run_id == assets_run.run_id, key

@@ -102,7 +102,6 @@ def secured_run(secure_cluster, tmp_path_factory) -> SecuredRun:
     with running_daemon(tmp_path, namespace, dagster_env(secure_cluster, namespace)) as daemon:
         _cli(daemon, "asset materialize", run, "asset", "materialize", "--select",
              ",".join(asset_key(role).to_user_string() for role in TopicRole),
-             "--config-json", json.dumps({"execution": {"config": {"in_process": {}}}}),  # one process, not ten
              "-m", "cv_queue.definitions", "-a", "defs")
         for role in TopicRole:
             event = daemon.instance.get_latest_materialization_event(asset_key(role))
