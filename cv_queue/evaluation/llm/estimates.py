@@ -23,10 +23,10 @@ from cv_queue.quota_settings import ModelPrice
 SCALE_BOUNDS = (0.25, 20.0)
 
 
-def estimated_tokens(texts: list[str], max_tokens: int) -> int:
-    """What a provider counts against tokens per minute before the call: the prompt (about four characters a
-    token) plus the completion it may write."""
-    return sum(len(text) for text in texts) // 4 + 1 + max_tokens
+def estimated_tokens(texts: list[str], max_tokens: int, scale: float = 1.0, extra_chars: int = 0) -> int:
+    """What a provider counts against tokens per minute before the call: the prompt (`texts` and `extra_chars` more,
+    about four characters a token, times `scale`) plus the completion it may write."""
+    return math.ceil((sum(len(text) for text in texts) + extra_chars) / 4 * scale) + 1 + max_tokens
 
 
 class CallEstimates:
@@ -43,10 +43,8 @@ class CallEstimates:
         schema_chars = self._schema_chars.get(criteria)
         if schema_chars is None:
             schema_chars = self._schema_chars[criteria] = len(json.dumps(answer_schema(list(criteria)), indent=2))
-        chars = sum(len(text) for text in (job.cv_text or "", job.job_description, job.study_case_brief,
-                                           job.project_text or "", *criteria))
-        chars += self.template_chars + schema_chars
-        return math.ceil(chars / 4 * self.prompt_scale) + 1 + self.max_tokens
+        texts = [job.cv_text or "", job.job_description, job.study_case_brief, job.project_text or "", *criteria]
+        return estimated_tokens(texts, self.max_tokens, self.prompt_scale, self.template_chars + schema_chars)
 
     def learn(self, reserved_tokens: int, prompt_tokens: int) -> None:
         """An admitted call reserved at `reserved_tokens` was counted `prompt_tokens` of prompt."""
