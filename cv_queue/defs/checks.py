@@ -123,17 +123,21 @@ def grade(value: int, warn: int, error: int) -> str:
     return "ERROR" if value > error else "WARN" if value > warn else "OK"
 
 
+def _graded(key: dg.AssetKey, name: str, state: str, description: str, metadata: dict) -> dg.AssetCheckEvaluation:
+    """A check's evaluation in state OK, WARN or ERROR (metadata: value, warn_above, error_above, and any more)."""
+    return dg.AssetCheckEvaluation(
+        asset_key=key, check_name=name, passed=state == "OK",
+        severity=dg.AssetCheckSeverity.WARN if state == "WARN" else dg.AssetCheckSeverity.ERROR,
+        description=description, metadata=metadata)
+
+
 def _evaluation(key: dg.AssetKey, name: str, value: int, warn: int, error: int, what: str,
                 extra: dict | None = None) -> dg.AssetCheckEvaluation:
     state = grade(value, warn, error)
     limit = error if state == "ERROR" else warn
     description = f"{what}: {value}" + ("" if state == "OK" else f", above the {state} threshold {limit}")
-    return dg.AssetCheckEvaluation(
-        asset_key=key, check_name=name, passed=state == "OK",
-        severity=dg.AssetCheckSeverity.WARN if state == "WARN" else dg.AssetCheckSeverity.ERROR,
-        description=description,
-        metadata={"value": value, "warn_above": warn, "error_above": error, **(extra or {})},
-    )
+    return _graded(key, name, state, description,
+                   {"value": value, "warn_above": warn, "error_above": error, **(extra or {})})
 
 
 def evaluate(depths: QueueDepths, settings: QueueSettings, alerts: AlertsResource) -> list[dg.AssetCheckEvaluation]:
@@ -160,17 +164,14 @@ def evaluate(depths: QueueDepths, settings: QueueSettings, alerts: AlertsResourc
 def spend_evaluation(depths: QueueDepths, settings: QueueSettings) -> dg.AssetCheckEvaluation:
     key, policy = asset_key(TopicRole.RESULTS), settings.llm.spend
     if policy.limit is None:
-        return dg.AssetCheckEvaluation(asset_key=key, check_name=LLM_SPEND, passed=True,
-                                       description="no spend limit (llm.spend.limit is unset)",
-                                       metadata={"value": 0.0})
+        return _graded(key, LLM_SPEND, "OK", "no spend limit (llm.spend.limit is unset)", {"value": 0.0})
+    warn_at = policy.warn_at * policy.limit
+    thresholds = {"warn_above": warn_at, "error_above": policy.limit}
     if depths.spend_error is not None:
-        return dg.AssetCheckEvaluation(
-            asset_key=key, check_name=LLM_SPEND, passed=False, severity=dg.AssetCheckSeverity.ERROR,
-            description=f"the spend ledger could not be read: {depths.spend_error}",
-            metadata={"value": -1.0, "warn_above": policy.warn_at * policy.limit, "error_above": policy.limit})
+        return _graded(key, LLM_SPEND, "ERROR", f"the spend ledger could not be read: {depths.spend_error}",
+                       {"value": -1.0, **thresholds})
     spent = depths.spend.spent if depths.spend is not None else 0.0
     paused = depths.spend is not None and depths.spend.paused
-    warn_at = policy.warn_at * policy.limit
     # ERROR once a worker paused: what is left of the window is less than a job may cost.
     state = "ERROR" if spent >= policy.limit or paused else "WARN" if spent >= warn_at else "OK"
     window = datetime.fromtimestamp(depths.spend_window, UTC)
@@ -180,12 +181,9 @@ def spend_evaluation(depths: QueueDepths, settings: QueueSettings) -> dg.AssetCh
         description += f": intake paused until {ends.isoformat()}"
     elif state == "WARN":
         description += f", past the WARN share {policy.warn_at:g}"
-    return dg.AssetCheckEvaluation(
-        asset_key=key, check_name=LLM_SPEND, passed=state == "OK",
-        severity=dg.AssetCheckSeverity.WARN if state == "WARN" else dg.AssetCheckSeverity.ERROR,
-        description=description,
-        metadata={"value": round(spent, 6), "warn_above": warn_at, "error_above": policy.limit,
-                  "intake_paused": paused, "window_start": window.isoformat(), "window_end": ends.isoformat()})
+    return _graded(key, LLM_SPEND, state, description,
+                   {"value": round(spent, 6), **thresholds, "intake_paused": paused,
+                    "window_start": window.isoformat(), "window_end": ends.isoformat()})
 
 
 def state_of(evaluation: dg.AssetCheckEvaluation) -> str:
